@@ -1,0 +1,210 @@
+//! The tokenizer (tokenizer.json through the `tokenizers` crate) and the ids
+//! read from it: `<loc_0>`…`<loc_999>`, used to turn region inputs into
+//! prompt tokens and generated tokens into coordinates.
+
+use std::path::{Path, PathBuf};
+
+use super::ModelError;
+
+/// Number of location bins per axis in Florence-2.
+pub const LOCATION_BINS: usize = 1000;
+
+pub struct FlorenceTokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+    /// Id of `<loc_i>` at index i.
+    location_ids: Vec<i64>,
+    /// transformers' `clean_up_tokenization_spaces` from tokenizer_config.json.
+    clean_up_spaces: bool,
+}
+
+impl FlorenceTokenizer {
+    pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(ModelError::File {
+                path,
+                problem: "is missing; a Florence-2 model directory has tokenizer.json".into(),
+            });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::File {
+            path: path.clone(),
+            problem: format!("is not a tokenizers JSON file: {e}"),
+        })?;
+        let mut location_ids = Vec::with_capacity(LOCATION_BINS);
+        for i in 0..LOCATION_BINS {
+            let token = format!("<loc_{i}>");
+            let id = inner.token_to_id(&token).ok_or_else(|| ModelError::File {
+                path: path.clone(),
+                problem: format!("has no token {token}; Florence-2 tokenizers define <loc_0> … <loc_999>"),
+            })?;
+            location_ids.push(i64::from(id));
+        }
+        let clean_up_spaces = read_clean_up_flag(&dir.join("tokenizer_config.json"))?;
+        Ok(Self {
+            inner,
+            path,
+            location_ids,
+            clean_up_spaces,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of tokens including added ones.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.inner.token_to_id(token).map(i64::from)
+    }
+
+    /// Prompt ids as the reference builds them: `tokenizer.encode(prompt)`
+    /// with special tokens (BOS + prompt + EOS).
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<i64>, ModelError> {
+        let enc = self
+            .inner
+            .encode(prompt, true)
+            .map_err(|e| ModelError::Tokenizer(format!("cannot encode prompt {prompt:?}: {e}")))?;
+        Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+    }
+
+    /// Decode generated ids keeping special tokens (the post-processor needs
+    /// `<loc_N>`, `<sep>`, `<poly>` …), like `batch_decode(…,
+    /// skip_special_tokens=False)`.
+    pub fn decode_with_special_tokens(&self, ids: &[i64]) -> Result<String, ModelError> {
+        let ids: Vec<u32> = ids
+            .iter()
+            .map(|&i| u32::try_from(i).map_err(|_| ModelError::Tokenizer(format!("token id {i} out of range"))))
+            .collect::<Result<_, _>>()?;
+        let text = self
+            .inner
+            .decode(&ids, false)
+            .map_err(|e| ModelError::Tokenizer(format!("cannot decode: {e}")))?;
+        Ok(if self.clean_up_spaces {
+            clean_up_tokenization(&text)
+        } else {
+            text
+        })
+    }
+
+    /// Id of `<loc_bin>`.
+    pub fn location_id(&self, bin: usize) -> Option<i64> {
+        self.location_ids.get(bin).copied()
+    }
+
+    /// `(first id, contiguous)`: the GPU location-token kernel needs one
+    /// contiguous range.
+    pub fn location_range(&self) -> (i64, bool) {
+        let first = self.location_ids[0];
+        let contiguous = self
+            .location_ids
+            .iter()
+            .enumerate()
+            .all(|(i, &id)| id == first + i as i64);
+        (first, contiguous)
+    }
+}
+
+fn read_clean_up_flag(path: &Path) -> Result<bool, ModelError> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::File {
+        path: path.to_path_buf(),
+        problem: format!("cannot be read: {e}"),
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::File {
+        path: path.to_path_buf(),
+        problem: format!("is not valid JSON: {e}"),
+    })?;
+    Ok(v.get("clean_up_tokenization_spaces")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false))
+}
+
+/// transformers' `clean_up_tokenization`.
+pub fn clean_up_tokenization(text: &str) -> String {
+    text.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
+}
+
+/// Quantize a pixel coordinate to a location bin: `floor(v * 1000 / size)`
+/// clamped to [0, 999] (DESIGN.md §3).
+pub fn quantize(value: f64, size: u32) -> usize {
+    if size == 0 || value.is_nan() {
+        return 0;
+    }
+    let bin = (value * LOCATION_BINS as f64 / f64::from(size)).floor();
+    bin.clamp(0.0, (LOCATION_BINS - 1) as f64) as usize
+}
+
+/// A region given in pixels, written as the four location tokens the region
+/// tasks take as input.
+pub fn region_tokens(
+    box_xyxy: [f64; 4],
+    width: u32,
+    height: u32,
+) -> Result<String, ModelError> {
+    let [x1, y1, x2, y2] = box_xyxy;
+    if box_xyxy.iter().any(|v| !v.is_finite()) || x2 < x1 || y2 < y1 {
+        return Err(ModelError::Region(format!(
+            "region {x1},{y1},{x2},{y2} is not a box x1,y1,x2,y2 with x1 <= x2 and y1 <= y2"
+        )));
+    }
+    if x1 < 0.0 || y1 < 0.0 || x2 > f64::from(width) || y2 > f64::from(height) {
+        return Err(ModelError::Region(format!(
+            "region {x1},{y1},{x2},{y2} lies outside the {width}x{height} image"
+        )));
+    }
+    Ok(format!(
+        "<loc_{}><loc_{}><loc_{}><loc_{}>",
+        quantize(x1, width),
+        quantize(y1, height),
+        quantize(x2, width),
+        quantize(y2, height)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantization_floors_and_clamps() {
+        assert_eq!(quantize(0.0, 640), 0);
+        assert_eq!(quantize(639.99, 640), 999);
+        assert_eq!(quantize(640.0, 640), 999);
+        assert_eq!(quantize(320.0, 640), 500);
+        assert_eq!(quantize(0.64, 640), 1);
+        assert_eq!(quantize(0.639, 640), 0);
+        assert_eq!(quantize(-5.0, 640), 0);
+    }
+
+    #[test]
+    fn region_tokens_validate_the_box() {
+        assert_eq!(
+            region_tokens([10.0, 20.0, 320.0, 240.0], 640, 480).unwrap(),
+            "<loc_15><loc_41><loc_500><loc_500>"
+        );
+        assert!(region_tokens([30.0, 0.0, 10.0, 5.0], 640, 480).is_err());
+        let e = region_tokens([0.0, 0.0, 700.0, 5.0], 640, 480).unwrap_err().to_string();
+        assert!(e.contains("outside the 640x480"), "{e}");
+    }
+
+    #[test]
+    fn clean_up_matches_transformers() {
+        assert_eq!(clean_up_tokenization("a car . it is n't red , ok ?"), "a car. it isn't red, ok?");
+    }
+}

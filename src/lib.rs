@@ -1,0 +1,12 @@
+//! florence-edge: cameras in, Florence-2 results out.
+//!
+//! The modules follow the data flow of DESIGN.md §1: `ingest` (GStreamer) →
+//! `preprocess` → `florence2` (model, prompts, generation) on a `runtime`
+//! (ONNX Runtime) → `postprocess` (token text → boxes, quads, polygons).
+
+pub mod florence2;
+#[cfg(feature = "gstreamer")]
+pub mod ingest;
+pub mod postprocess;
+pub mod preprocess;
+pub mod runtime;

@@ -1,0 +1,216 @@
+//! The `florence-edge` command line.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use florence_edge::florence2::engine::{Decoding, Engine, TaskRequest};
+use florence_edge::florence2::{DecoderLayout, LoadOptions, Strategy, Task, Variant};
+use florence_edge::postprocess::{self, ImageSize};
+use florence_edge::preprocess::RgbFrame;
+use florence_edge::runtime::Backend;
+
+#[derive(Parser)]
+#[command(name = "florence-edge", version, about = "Cameras in, Florence-2 results out.")]
+struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `florence_edge=debug`.
+    #[arg(long, global = true, env = "FLORENCE_EDGE_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DecodingArg {
+    Greedy,
+    Beam,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LayoutArg {
+    /// decoder_model + decoder_with_past_model (what TensorRT needs)
+    Split,
+    /// decoder_model_merged (one graph with an If on use_cache_branch)
+    Merged,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one task on image files and print one JSON object per image.
+    Infer {
+        /// Model directory in the onnx-community layout (config.json, tokenizer.json, onnx/…).
+        #[arg(long, env = "FLORENCE_EDGE_MODEL")]
+        model: PathBuf,
+        /// Task token, e.g. '<OD>', '<CAPTION>', '<OCR_WITH_REGION>' (or its topic name, e.g. od).
+        #[arg(long)]
+        task: String,
+        /// Text input for <CAPTION_TO_PHRASE_GROUNDING>, <REFERRING_EXPRESSION_SEGMENTATION>,
+        /// <OPEN_VOCABULARY_DETECTION>; or location tokens for the region tasks.
+        #[arg(long)]
+        text: Option<String>,
+        /// Region x1,y1,x2,y2 in pixels for the <REGION_TO_…> tasks.
+        #[arg(long, value_parser = parse_region)]
+        region: Option<[f64; 4]>,
+        /// Decoding strategy: greedy (the default for video) or beam search.
+        #[arg(long, value_enum, default_value = "greedy")]
+        decoding: DecodingArg,
+        /// Beams for beam search (default: num_beams from generation_config.json).
+        #[arg(long)]
+        num_beams: Option<usize>,
+        /// Most tokens to generate.
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        /// Execution backend: auto, tensorrt, cuda or cpu.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// Graph precision variant: fp32, fp16, q4, q4f16, int8, uint8, quantized, bnb4.
+        #[arg(long, default_value = "fp32")]
+        variant: String,
+        /// Decoder graphs: split or merged.
+        #[arg(long, value_enum, default_value = "split")]
+        decoder: LayoutArg,
+        /// Images per batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Intra-op threads per ONNX Runtime session (0: ONNX Runtime decides).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Path of libonnxruntime.so (else $ORT_DYLIB_PATH, .local/onnxruntime/lib, system locations).
+        #[arg(long)]
+        ort_lib: Option<PathBuf>,
+        /// Image files (PNG, JPEG).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Post-process raw decoder text (as the model emits it, special tokens included)
+    /// read from stdin, and print the result as JSON.
+    Parse {
+        /// Task token, e.g. '<OD>'.
+        #[arg(long)]
+        task: String,
+        /// Width of the image the text was generated for, in pixels.
+        #[arg(long)]
+        width: u32,
+        /// Height of the image, in pixels.
+        #[arg(long)]
+        height: u32,
+    },
+}
+
+fn parse_region(s: &str) -> Result<[f64; 4], String> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("region {s:?}: {e}; expected x1,y1,x2,y2 in pixels"))?;
+    <[f64; 4]>::try_from(v).map_err(|v| format!("region {s:?} has {} numbers; expected x1,y1,x2,y2", v.len()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Infer {
+            model,
+            task,
+            text,
+            region,
+            decoding,
+            num_beams,
+            max_new_tokens,
+            backend,
+            variant,
+            decoder,
+            batch,
+            threads,
+            ort_lib,
+            images,
+        } => {
+            let task: Task = task.parse()?;
+            let mut opts = LoadOptions::new(model);
+            opts.backend = backend.parse::<Backend>()?;
+            opts.variant = Variant::parse(&variant)?;
+            opts.layout = match decoder {
+                LayoutArg::Split => DecoderLayout::Split,
+                LayoutArg::Merged => DecoderLayout::Merged,
+            };
+            opts.ort_library = ort_lib;
+            opts.intra_threads = threads;
+            if batch == 0 {
+                bail!("--batch must be at least 1");
+            }
+            let mut engine = Engine::load(&opts)?;
+            let strategy = match decoding {
+                DecodingArg::Greedy => Strategy::Greedy,
+                DecodingArg::Beam => Strategy::Beam {
+                    num_beams: num_beams.unwrap_or(engine.model.generation.num_beams),
+                },
+            };
+            let decoding = Decoding {
+                strategy,
+                max_new_tokens,
+            };
+            let request = TaskRequest { task, text, region };
+            let stdout = std::io::stdout();
+            for chunk in images.chunks(batch) {
+                let decoded: Vec<(u32, u32, Vec<u8>)> = chunk
+                    .iter()
+                    .map(|p| -> Result<_> {
+                        let img = image::open(p)
+                            .with_context(|| format!("reading image {}", p.display()))?
+                            .to_rgb8();
+                        Ok((img.width(), img.height(), img.into_raw()))
+                    })
+                    .collect::<Result<_>>()?;
+                let items: Vec<(RgbFrame<'_>, TaskRequest)> = decoded
+                    .iter()
+                    .map(|(w, h, data)| Ok((RgbFrame::packed(*w, *h, data)?, request.clone())))
+                    .collect::<Result<_>>()?;
+                let results = engine.run(&items, decoding)?;
+                let mut out = stdout.lock();
+                for (path, r) in chunk.iter().zip(results) {
+                    let mut v = serde_json::to_value(&r)?;
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("image".into(), path.display().to_string().into());
+                        o.insert("backend".into(), engine.model.backend.backend.to_string().into());
+                        o.insert("variant".into(), engine.model.variant.name().into());
+                    }
+                    writeln!(out, "{}", serde_json::to_string(&v)?)?;
+                }
+            }
+            Ok(())
+        }
+        Command::Parse {
+            task,
+            width,
+            height,
+        } => {
+            let task: Task = task.parse()?;
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading decoder text from stdin")?;
+            let parsed = postprocess::post_process(text.trim_end_matches(['\n', '\r']), task.parse_kind(), ImageSize { width, height })?;
+            let mut result = serde_json::Map::new();
+            result.insert(task.token().to_string(), serde_json::to_value(&parsed)?);
+            println!("{}", serde_json::Value::Object(result));
+            Ok(())
+        }
+    }
+}

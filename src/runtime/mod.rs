@@ -1,0 +1,450 @@
+//! ONNX Runtime: finding the shared library, choosing an execution provider
+//! (backend), and opening sessions.
+//!
+//! The library is loaded at run time (`ort`'s `load-dynamic`), so the binary
+//! builds and runs on machines without it until a model is actually opened,
+//! and a missing library is an error that says where we looked — never a
+//! panic inside `ort`.
+//!
+//! TensorRT is reached through ONNX Runtime's TensorRT execution provider and
+//! CUDA through its CUDA provider; both need a GPU build of ONNX Runtime
+//! (`onnxruntime-gpu`). Neither can be exercised on the CPU-only machines this
+//! project is tested on: what is tested here is that asking for them on a CPU
+//! build fails with a clear message instead of silently running on the CPU.
+
+use std::env;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::ep::{self, ExecutionProvider};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+
+/// The ONNX Runtime version whose C API this build needs (ort's `api-31`).
+pub const REQUIRED_ORT_VERSION: &str = "1.31";
+
+/// Environment variable `ort` itself honours for the library path.
+pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "ONNX Runtime shared library (libonnxruntime.so, version {REQUIRED_ORT_VERSION}.x) not found; looked in: {}. \
+         Install it with `tools/setup.sh` (it unpacks the PyPI `onnxruntime=={REQUIRED_ORT_VERSION}.1` wheel into .local/onnxruntime/lib), \
+         or point `--ort-lib`/`model.ort_library`/${ORT_DYLIB_ENV} at the file",
+        .searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    LibraryNotFound { searched: Vec<PathBuf> },
+    #[error("the ONNX Runtime library {path} given by {source_of_path} does not exist")]
+    LibraryMissing {
+        path: PathBuf,
+        source_of_path: &'static str,
+    },
+    #[error("could not load the ONNX Runtime library {path}: {reason} (this build needs ONNX Runtime {REQUIRED_ORT_VERSION} or newer)")]
+    LibraryLoad { path: PathBuf, reason: String },
+    #[error("ONNX Runtime was already initialised from {loaded}; cannot switch to {requested} in the same process")]
+    AlreadyLoaded { loaded: PathBuf, requested: PathBuf },
+    #[error("could not create the ONNX Runtime environment: {0}")]
+    Environment(String),
+    #[error("backend {requested} is not available: {reason}")]
+    BackendUnavailable { requested: Backend, reason: String },
+    #[error("unknown backend {0:?}; allowed: auto, tensorrt, cuda, cpu")]
+    UnknownBackend(String),
+    #[error("could not open {path}: {reason}")]
+    Session { path: PathBuf, reason: String },
+}
+
+/// Where inference runs. `Auto` picks the best available, in the order
+/// TensorRT, CUDA, CPU, and says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Auto,
+    #[serde(rename = "tensorrt")]
+    TensorRt,
+    Cuda,
+    Cpu,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::TensorRt => "tensorrt",
+            Backend::Cuda => "cuda",
+            Backend::Cpu => "cpu",
+        })
+    }
+}
+
+impl FromStr for Backend {
+    type Err = RuntimeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Backend::Auto),
+            "tensorrt" | "trt" => Ok(Backend::TensorRt),
+            "cuda" => Ok(Backend::Cuda),
+            "cpu" => Ok(Backend::Cpu),
+            _ => Err(RuntimeError::UnknownBackend(s.to_string())),
+        }
+    }
+}
+
+/// Which execution providers the loaded ONNX Runtime library offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderAvailability {
+    pub tensorrt: bool,
+    pub cuda: bool,
+}
+
+/// The backend actually used and why it was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendChoice {
+    pub backend: Backend,
+    pub reason: String,
+}
+
+/// Pure decision: requested backend + what the library offers → choice or a
+/// clear error. An explicit request that cannot be met never falls back.
+pub fn choose_backend(
+    requested: Backend,
+    available: ProviderAvailability,
+) -> Result<BackendChoice, RuntimeError> {
+    const CPU_BUILD: &str = "the loaded ONNX Runtime library does not include the {ep} execution provider \
+        (a CPU-only build, e.g. the PyPI `onnxruntime` wheel); install a GPU build (`onnxruntime-gpu`, or JetPack's \
+        onnxruntime on a Jetson) with CUDA and TensorRT libraries, or set backend = \"cpu\"";
+    match requested {
+        Backend::TensorRt if available.tensorrt => Ok(BackendChoice {
+            backend: Backend::TensorRt,
+            reason: "requested explicitly".into(),
+        }),
+        Backend::TensorRt => Err(RuntimeError::BackendUnavailable {
+            requested,
+            reason: CPU_BUILD.replace("{ep}", "TensorRT"),
+        }),
+        Backend::Cuda if available.cuda => Ok(BackendChoice {
+            backend: Backend::Cuda,
+            reason: "requested explicitly".into(),
+        }),
+        Backend::Cuda => Err(RuntimeError::BackendUnavailable {
+            requested,
+            reason: CPU_BUILD.replace("{ep}", "CUDA"),
+        }),
+        Backend::Cpu => Ok(BackendChoice {
+            backend: Backend::Cpu,
+            reason: "requested explicitly".into(),
+        }),
+        Backend::Auto if available.tensorrt => Ok(BackendChoice {
+            backend: Backend::TensorRt,
+            reason: "auto: the TensorRT execution provider is available".into(),
+        }),
+        Backend::Auto if available.cuda => Ok(BackendChoice {
+            backend: Backend::Cuda,
+            reason: "auto: the CUDA execution provider is available, TensorRT is not".into(),
+        }),
+        Backend::Auto => Ok(BackendChoice {
+            backend: Backend::Cpu,
+            reason: "auto: the loaded ONNX Runtime library has neither the TensorRT nor the CUDA execution provider"
+                .into(),
+        }),
+    }
+}
+
+/// Candidate locations for the library, in search order, with where each
+/// candidate came from. Pure, so the order is testable.
+pub fn library_candidates(
+    explicit: Option<&Path>,
+    env_value: Option<&str>,
+    exe_dir: Option<&Path>,
+    cwd: Option<&Path>,
+) -> Vec<(PathBuf, &'static str)> {
+    let mut out = Vec::new();
+    if let Some(p) = explicit {
+        out.push((p.to_path_buf(), "the configuration (--ort-lib / model.ort_library)"));
+    }
+    if let Some(v) = env_value.filter(|v| !v.is_empty()) {
+        out.push((PathBuf::from(v), ORT_DYLIB_ENV));
+    }
+    let file = "libonnxruntime.so";
+    // Project-local install made by tools/setup.sh: next to the binary
+    // (target/release/../../.local) and in the working directory.
+    if let Some(dir) = exe_dir {
+        for up in [dir.join(".local"), dir.join("../../.local"), dir.join("../lib/florence-edge")] {
+            out.push((up.join("onnxruntime/lib").join(file), "project-local install"));
+        }
+    }
+    if let Some(dir) = cwd {
+        out.push((dir.join(".local/onnxruntime/lib").join(file), "project-local install"));
+    }
+    for dir in [
+        "/var/lib/florence-edge/onnxruntime/lib",
+        "/usr/local/lib",
+        "/usr/lib",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/opt/onnxruntime/lib",
+    ] {
+        out.push((Path::new(dir).join(file), "system location"));
+    }
+    out
+}
+
+/// A directory may hold only the versioned file (`libonnxruntime.so.1.31.1`,
+/// as the wheel ships it); accept that too.
+fn resolve_candidate(path: &Path) -> Option<PathBuf> {
+    if path.is_file() {
+        return Some(path.to_path_buf());
+    }
+    let dir = path.parent()?;
+    let stem = path.file_name()?.to_str()?;
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{stem}.")))
+        })
+        .collect();
+    versioned.sort();
+    versioned.pop()
+}
+
+/// Find the library: explicit path, then `ORT_DYLIB_PATH`, then the
+/// project-local install, then system locations.
+pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
+    let env_value = env::var(ORT_DYLIB_ENV).ok();
+    let exe_dir = env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    let cwd = env::current_dir().ok();
+    let candidates = library_candidates(explicit, env_value.as_deref(), exe_dir.as_deref(), cwd.as_deref());
+    for (i, (path, source_of_path)) in candidates.iter().enumerate() {
+        if let Some(found) = resolve_candidate(path) {
+            return Ok(found);
+        }
+        // An explicitly named library that is missing is an error of its own:
+        // silently using another one would hide a typo.
+        let explicit_count = usize::from(explicit.is_some())
+            + usize::from(env_value.as_deref().is_some_and(|v| !v.is_empty()));
+        if i < explicit_count {
+            return Err(RuntimeError::LibraryMissing {
+                path: path.clone(),
+                source_of_path,
+            });
+        }
+    }
+    Err(RuntimeError::LibraryNotFound {
+        searched: candidates.into_iter().map(|(p, _)| p).collect(),
+    })
+}
+
+/// The process-wide ONNX Runtime: the library it was loaded from and the
+/// environment sessions are created in.
+pub struct OrtRuntime {
+    pub library: PathBuf,
+    pub environment: Environment,
+    pub providers: ProviderAvailability,
+}
+
+static RUNTIME: OnceLock<OrtRuntime> = OnceLock::new();
+
+/// Load the library (once per process) and create the environment.
+pub fn init(explicit: Option<&Path>) -> Result<&'static OrtRuntime, RuntimeError> {
+    if let Some(rt) = RUNTIME.get() {
+        if let Some(p) = explicit {
+            if p != rt.library {
+                return Err(RuntimeError::AlreadyLoaded {
+                    loaded: rt.library.clone(),
+                    requested: p.to_path_buf(),
+                });
+            }
+        }
+        return Ok(rt);
+    }
+    let library = locate_library(explicit)?;
+    let builder = ort::init_from(&library).map_err(|e| RuntimeError::LibraryLoad {
+        path: library.clone(),
+        reason: e.to_string(),
+    })?;
+    let environment = builder
+        .with_name("florence-edge")
+        .build()
+        .map_err(|e| RuntimeError::Environment(e.to_string()))?;
+    let providers = ProviderAvailability {
+        tensorrt: ep::TensorRT::is_available().unwrap_or(false),
+        cuda: ep::CUDA::is_available().unwrap_or(false),
+    };
+    tracing::info!(
+        library = %library.display(),
+        tensorrt = providers.tensorrt,
+        cuda = providers.cuda,
+        "ONNX Runtime loaded."
+    );
+    let _ = RUNTIME.set(OrtRuntime {
+        library,
+        environment,
+        providers,
+    });
+    RUNTIME
+        .get()
+        .ok_or_else(|| RuntimeError::Environment("runtime initialisation raced".into()))
+}
+
+/// How sessions are built. Threads: 0 lets ONNX Runtime decide.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub backend: Backend,
+    pub intra_threads: usize,
+    /// TensorRT: FP16 engines, engine and timing cache under this directory.
+    pub tensorrt_fp16: bool,
+    pub engine_cache_dir: Option<PathBuf>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Cpu,
+            intra_threads: 0,
+            tensorrt_fp16: true,
+            engine_cache_dir: None,
+        }
+    }
+}
+
+/// Open one graph as a session on the chosen backend. The backend must
+/// already be resolved (not `Auto`); explicit providers are registered with
+/// `error_on_failure` so a provider that fails to initialise is an error,
+/// not a silent CPU run.
+pub fn open_session(
+    rt: &OrtRuntime,
+    path: &Path,
+    options: &SessionOptions,
+) -> Result<Session, RuntimeError> {
+    let err = |e: String| RuntimeError::Session {
+        path: path.to_path_buf(),
+        reason: e,
+    };
+    let mut builder = Session::builder(&rt.environment).map_err(|e| err(e.to_string()))?;
+    builder = builder
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| err(e.to_string()))?;
+    if options.intra_threads > 0 {
+        builder = builder
+            .with_intra_threads(options.intra_threads)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    match options.backend {
+        Backend::Cpu => {}
+        Backend::Cuda => {
+            builder = builder
+                .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
+                .map_err(|e| err(e.to_string()))?;
+        }
+        Backend::TensorRt => {
+            let mut trt = ep::TensorRT::default()
+                .with_fp16(options.tensorrt_fp16)
+                .with_layer_norm_fp32_fallback(true);
+            if let Some(dir) = &options.engine_cache_dir {
+                let dir = dir.display().to_string();
+                trt = trt
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(&dir)
+                    .with_timing_cache(true)
+                    .with_timing_cache_path(&dir);
+            }
+            builder = builder
+                .with_execution_providers([
+                    trt.build().error_on_failure(),
+                    ep::CUDA::default().build().error_on_failure(),
+                ])
+                .map_err(|e| err(e.to_string()))?;
+        }
+        Backend::Auto => {
+            return Err(err("internal error: backend must be resolved before opening sessions".into()));
+        }
+    }
+    builder.commit_from_file(path).map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CPU_ONLY: ProviderAvailability = ProviderAvailability {
+        tensorrt: false,
+        cuda: false,
+    };
+    const GPU: ProviderAvailability = ProviderAvailability {
+        tensorrt: true,
+        cuda: true,
+    };
+
+    #[test]
+    fn explicit_gpu_backends_on_a_cpu_build_are_errors_naming_the_missing_provider() {
+        let e = choose_backend(Backend::TensorRt, CPU_ONLY).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("tensorrt is not available"), "{msg}");
+        assert!(msg.contains("TensorRT execution provider"), "{msg}");
+        let e = choose_backend(Backend::Cuda, CPU_ONLY).unwrap_err();
+        assert!(e.to_string().contains("CUDA execution provider"));
+    }
+
+    #[test]
+    fn auto_prefers_tensorrt_then_cuda_then_cpu_and_says_why() {
+        assert_eq!(choose_backend(Backend::Auto, GPU).unwrap().backend, Backend::TensorRt);
+        let cuda_only = ProviderAvailability {
+            tensorrt: false,
+            cuda: true,
+        };
+        let c = choose_backend(Backend::Auto, cuda_only).unwrap();
+        assert_eq!(c.backend, Backend::Cuda);
+        assert!(c.reason.contains("TensorRT is not"));
+        let c = choose_backend(Backend::Auto, CPU_ONLY).unwrap();
+        assert_eq!(c.backend, Backend::Cpu);
+        assert!(c.reason.contains("neither"));
+        assert_eq!(choose_backend(Backend::Cpu, GPU).unwrap().backend, Backend::Cpu);
+    }
+
+    #[test]
+    fn backend_names_parse_and_unknown_ones_list_the_allowed() {
+        assert_eq!("TensorRT".parse::<Backend>().unwrap(), Backend::TensorRt);
+        assert_eq!("cpu".parse::<Backend>().unwrap(), Backend::Cpu);
+        let e = "vulkan".parse::<Backend>().unwrap_err().to_string();
+        assert!(e.contains("vulkan") && e.contains("auto, tensorrt, cuda, cpu"), "{e}");
+    }
+
+    #[test]
+    fn library_search_order_is_explicit_env_local_system() {
+        let c = library_candidates(
+            Some(Path::new("/x/lib.so")),
+            Some("/env/lib.so"),
+            Some(Path::new("/opt/fe/bin")),
+            Some(Path::new("/work")),
+        );
+        assert_eq!(c[0].0, PathBuf::from("/x/lib.so"));
+        assert_eq!(c[1].0, PathBuf::from("/env/lib.so"));
+        assert!(c[2].0.starts_with("/opt/fe/bin/.local"));
+        let local = c.iter().position(|(p, _)| p.starts_with("/work/.local")).unwrap();
+        let system = c.iter().position(|(p, _)| p.starts_with("/usr/lib")).unwrap();
+        assert!(local < system);
+    }
+
+    #[test]
+    fn a_missing_explicit_library_is_named_in_the_error() {
+        let e = locate_library(Some(Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("/nonexistent/libonnxruntime.so") && msg.contains("does not exist"), "{msg}");
+    }
+
+    #[test]
+    fn versioned_library_files_are_found_in_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("libonnxruntime.so.1.31.1"), b"").unwrap();
+        let found = resolve_candidate(&dir.path().join("libonnxruntime.so")).unwrap();
+        assert!(found.ends_with("libonnxruntime.so.1.31.1"));
+    }
+}

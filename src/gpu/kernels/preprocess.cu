@@ -1,0 +1,232 @@
+// Batched Florence-2 preprocessing: RGB8 / NV12 frames of any size -> resized,
+// normalized CHW planes (FP32 or FP16), bit-exact with the CPU path.
+//
+// The resize is Pillow's fixed-point separable bicubic filter (libImaging/Resample.c):
+// a horizontal pass over the source rows the vertical pass needs, clipped to u8, then a
+// vertical pass clipped to u8. The host computes the integer tap tables once (exactly as
+// the CPU twin does) and uploads them; the kernels only do integer multiply-adds, so the
+// u8 result is identical. Normalisation maps each (channel, byte) through the CPU twin's
+// own 3x256 table of float32((double)v * rescale), then (x - mean) / std in float32
+// (`Preprocessor::lut_f32`), so the float values are the same bits by construction; the
+// FP16 kernel rounds that float32 to nearest even (cvt.rn), as `half::f16::from_f32` does.
+//
+// Layouts shared with the host (src/gpu/preprocess.rs, #[repr(C)], size-checked there).
+
+#define PRECISION_BITS 22
+
+struct TapTable {
+    unsigned int bounds_offset;  // index of the first (first input, tap count) pair
+    unsigned int coeff_offset;   // index of the first coefficient
+    unsigned int ksize;          // coefficients per output sample
+    unsigned int out_size;       // output samples along this axis
+};
+
+struct PreprocessItem {
+    unsigned long long src;        // RGB8 pixels or NV12 luma plane (device address)
+    unsigned long long src_uv;     // NV12 interleaved chroma plane, 0 for RGB8
+    unsigned long long tmp_offset; // byte offset of this item's horizontally resized rows
+    unsigned int format;           // 0 = RGB8, 1 = NV12
+    unsigned int width;
+    unsigned int height;
+    unsigned int stride;           // bytes per row (RGB8 or luma)
+    unsigned int uv_stride;        // bytes per chroma row
+    unsigned int row_first;        // first source row the vertical pass reads
+    unsigned int rows;             // number of source rows the vertical pass reads
+    unsigned int pad;
+    TapTable horizontal;
+    TapTable vertical;
+};
+
+// Integer YUV -> RGB (limited range), the CPU twin's formula (preprocess::YuvToRgbCoeffs):
+// c = y*(Y - 16) + 128, d = U - 128, e = V - 128,
+// R = (c + rv*e) >> 8, G = (c - gu*d - gv*e) >> 8, B = (c + bu*d) >> 8, clamped to [0, 255].
+struct YuvCoeffs {
+    int y;
+    int rv;
+    int gu;
+    int gv;
+    int bu;
+};
+
+#define LUT_LEN (3 * 256)
+
+__device__ __forceinline__ unsigned char clip8(int v) {
+    int s = v >> PRECISION_BITS;
+    return (unsigned char)(s < 0 ? 0 : (s > 255 ? 255 : s));
+}
+
+__device__ __forceinline__ int clamp255(int v) {
+    return v < 0 ? 0 : (v > 255 ? 255 : v);
+}
+
+__device__ __forceinline__ void yuv_to_rgb(const YuvCoeffs& m, int y, int u, int v, int* rgb) {
+    const int c = m.y * (y - 16) + 128;
+    const int d = u - 128;
+    const int e = v - 128;
+    rgb[0] = clamp255((c + m.rv * e) >> 8);
+    rgb[1] = clamp255((c - m.gu * d - m.gv * e) >> 8);
+    rgb[2] = clamp255((c + m.bu * d) >> 8);
+}
+
+// One thread per (output column, needed source row, item); 3 channels each.
+extern "C" __global__ void resize_horizontal_u8(
+    const PreprocessItem* __restrict__ items,
+    const uint2* __restrict__ bounds,
+    const int* __restrict__ coeffs,
+    YuvCoeffs yuv,
+    unsigned char* __restrict__ tmp)
+{
+    const PreprocessItem& it = items[blockIdx.z];
+    const unsigned int r = blockIdx.y;
+    const unsigned int xx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= it.rows || xx >= it.horizontal.out_size) {
+        return;
+    }
+    const uint2 b = bounds[it.horizontal.bounds_offset + xx];
+    const int* k = coeffs + it.horizontal.coeff_offset + (size_t)xx * it.horizontal.ksize;
+    const unsigned int y = it.row_first + r;
+    int s0 = 1 << (PRECISION_BITS - 1);
+    int s1 = s0;
+    int s2 = s0;
+    if (it.format == 0) {
+        const unsigned char* row = (const unsigned char*)it.src + (size_t)y * it.stride;
+        for (unsigned int x = 0; x < b.y; ++x) {
+            const unsigned char* p = row + (size_t)(b.x + x) * 3;
+            const int w = k[x];
+            s0 += (int)p[0] * w;
+            s1 += (int)p[1] * w;
+            s2 += (int)p[2] * w;
+        }
+    } else {
+        const unsigned char* luma = (const unsigned char*)it.src + (size_t)y * it.stride;
+        const unsigned char* chroma = (const unsigned char*)it.src_uv + (size_t)(y >> 1) * it.uv_stride;
+        for (unsigned int x = 0; x < b.y; ++x) {
+            const unsigned int px = b.x + x;
+            int rgb[3];
+            yuv_to_rgb(yuv, luma[px], chroma[(px >> 1) * 2], chroma[(px >> 1) * 2 + 1], rgb);
+            const int w = k[x];
+            s0 += rgb[0] * w;
+            s1 += rgb[1] * w;
+            s2 += rgb[2] * w;
+        }
+    }
+    unsigned char* o = tmp + it.tmp_offset + ((size_t)r * it.horizontal.out_size + xx) * 3;
+    o[0] = clip8(s0);
+    o[1] = clip8(s1);
+    o[2] = clip8(s2);
+}
+
+__device__ __forceinline__ void vertical_u8(
+    const PreprocessItem& it, const uint2* bounds, const int* coeffs, const unsigned char* tmp,
+    unsigned int xx, unsigned int yy, unsigned char* rgb)
+{
+    const unsigned int w = it.horizontal.out_size;
+    const uint2 b = bounds[it.vertical.bounds_offset + yy];
+    const int* k = coeffs + it.vertical.coeff_offset + (size_t)yy * it.vertical.ksize;
+    const unsigned char* col = tmp + it.tmp_offset + ((size_t)(b.x - it.row_first) * w + xx) * 3;
+    int s0 = 1 << (PRECISION_BITS - 1);
+    int s1 = s0;
+    int s2 = s0;
+    for (unsigned int y = 0; y < b.y; ++y) {
+        const unsigned char* p = col + (size_t)y * w * 3;
+        const int c = k[y];
+        s0 += (int)p[0] * c;
+        s1 += (int)p[1] * c;
+        s2 += (int)p[2] * c;
+    }
+    rgb[0] = clip8(s0);
+    rgb[1] = clip8(s1);
+    rgb[2] = clip8(s2);
+}
+
+__device__ __forceinline__ unsigned short to_half_bits(float x) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    return h;
+}
+
+// One thread per (output column, output row, item); writes the three CHW planes.
+extern "C" __global__ void resize_vertical_normalize_f32(
+    const PreprocessItem* __restrict__ items,
+    const uint2* __restrict__ bounds,
+    const int* __restrict__ coeffs,
+    const unsigned char* __restrict__ tmp,
+    const float* __restrict__ lut,
+    float* __restrict__ out)
+{
+    __shared__ float table[LUT_LEN];
+    for (unsigned int i = threadIdx.x; i < LUT_LEN; i += blockDim.x) {
+        table[i] = lut[i];
+    }
+    __syncthreads();
+    const PreprocessItem& it = items[blockIdx.z];
+    const unsigned int xx = blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned int yy = blockIdx.y;
+    const unsigned int w = it.horizontal.out_size;
+    const unsigned int h = it.vertical.out_size;
+    if (xx >= w || yy >= h) {
+        return;
+    }
+    unsigned char rgb[3];
+    vertical_u8(it, bounds, coeffs, tmp, xx, yy, rgb);
+    const size_t plane = (size_t)w * h;
+    float* o = out + (size_t)blockIdx.z * 3 * plane + (size_t)yy * w + xx;
+    o[0] = table[rgb[0]];
+    o[plane] = table[256 + rgb[1]];
+    o[2 * plane] = table[512 + rgb[2]];
+}
+
+extern "C" __global__ void resize_vertical_normalize_f16(
+    const PreprocessItem* __restrict__ items,
+    const uint2* __restrict__ bounds,
+    const int* __restrict__ coeffs,
+    const unsigned char* __restrict__ tmp,
+    const float* __restrict__ lut,
+    unsigned short* __restrict__ out)
+{
+    __shared__ unsigned short table[LUT_LEN];
+    for (unsigned int i = threadIdx.x; i < LUT_LEN; i += blockDim.x) {
+        table[i] = to_half_bits(lut[i]);
+    }
+    __syncthreads();
+    const PreprocessItem& it = items[blockIdx.z];
+    const unsigned int xx = blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned int yy = blockIdx.y;
+    const unsigned int w = it.horizontal.out_size;
+    const unsigned int h = it.vertical.out_size;
+    if (xx >= w || yy >= h) {
+        return;
+    }
+    unsigned char rgb[3];
+    vertical_u8(it, bounds, coeffs, tmp, xx, yy, rgb);
+    const size_t plane = (size_t)w * h;
+    unsigned short* o = out + (size_t)blockIdx.z * 3 * plane + (size_t)yy * w + xx;
+    o[0] = table[rgb[0]];
+    o[plane] = table[256 + rgb[1]];
+    o[2 * plane] = table[512 + rgb[2]];
+}
+
+// The u8 result of the resize, packed RGB per item (dst_w * dst_h * 3 bytes each); used to
+// check the resize on its own against the CPU twin (max error must be 0).
+extern "C" __global__ void resize_vertical_u8(
+    const PreprocessItem* __restrict__ items,
+    const uint2* __restrict__ bounds,
+    const int* __restrict__ coeffs,
+    const unsigned char* __restrict__ tmp,
+    unsigned char* __restrict__ out)
+{
+    const PreprocessItem& it = items[blockIdx.z];
+    const unsigned int xx = blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned int yy = blockIdx.y;
+    const unsigned int w = it.horizontal.out_size;
+    const unsigned int h = it.vertical.out_size;
+    if (xx >= w || yy >= h) {
+        return;
+    }
+    unsigned char rgb[3];
+    vertical_u8(it, bounds, coeffs, tmp, xx, yy, rgb);
+    unsigned char* o = out + ((size_t)blockIdx.z * h * w + (size_t)yy * w + xx) * 3;
+    o[0] = rgb[0];
+    o[1] = rgb[1];
+    o[2] = rgb[2];
+}

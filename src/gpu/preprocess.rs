@@ -1,0 +1,616 @@
+//! Host side of `kernels/preprocess.cu`: a batch of RGB8 / NV12 frames of any size →
+//! resized, normalized CHW planes in FP32 or FP16, written straight into the
+//! caller's device buffer (the one the engine reads), bit-exact with the CPU twin.
+//!
+//! The integer tap tables come from the CPU twin ([`ResampleCoeffs::bicubic`]), so
+//! both paths use the very same coefficients; the kernels only add up integer
+//! products, in the same order of passes as Pillow (horizontal over the source rows
+//! the vertical pass needs, then vertical), and clip to u8 after each pass.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+
+use super::context::PREPROCESS;
+use super::{driver, GpuContext, GpuError};
+use crate::preprocess::{Preprocessor, ResampleCoeffs, YuvMatrix, YuvToRgbCoeffs, MAX_SIDE};
+
+/// Largest batch: the batch is the grid's z dimension (CUDA allows 65 535).
+pub const MAX_BATCH: usize = 1024;
+const THREADS_X: u32 = 128;
+/// Frames are placed at this alignment in the staging buffer.
+const STAGING_ALIGN: usize = 256;
+
+/// One axis of the resize: where its (first input, tap count) pairs and its
+/// coefficients start in the uploaded tables.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapTable {
+    pub bounds_offset: u32,
+    pub coeff_offset: u32,
+    pub ksize: u32,
+    pub out_size: u32,
+}
+
+/// Per-frame descriptor read by both kernels (mirrors `PreprocessItem` in the .cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PreprocessItem {
+    pub src: u64,
+    pub src_uv: u64,
+    pub tmp_offset: u64,
+    pub format: u32,
+    pub width: u32,
+    pub height: u32,
+    pub stride: u32,
+    pub uv_stride: u32,
+    pub row_first: u32,
+    pub rows: u32,
+    pub pad: u32,
+    pub horizontal: TapTable,
+    pub vertical: TapTable,
+}
+
+/// The CPU twin's integer YUV → RGB coefficients ([`YuvToRgbCoeffs`]) as the kernel
+/// takes them (`YuvCoeffs` in preprocess.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelYuvCoeffs {
+    pub y: i32,
+    pub rv: i32,
+    pub gu: i32,
+    pub gv: i32,
+    pub bu: i32,
+}
+
+impl From<YuvToRgbCoeffs> for KernelYuvCoeffs {
+    fn from(c: YuvToRgbCoeffs) -> Self {
+        KernelYuvCoeffs {
+            y: c.y,
+            rv: c.rv,
+            gu: c.gu,
+            gv: c.gv,
+            bu: c.bu,
+        }
+    }
+}
+
+// SAFETY: #[repr(C)] structs of plain scalars, mirrored in preprocess.cu and pinned
+// by the size tests below.
+unsafe impl DeviceRepr for TapTable {}
+unsafe impl DeviceRepr for PreprocessItem {}
+unsafe impl DeviceRepr for KernelYuvCoeffs {}
+// SAFETY: zero is a valid value of every field.
+unsafe impl ValidAsZeroBits for PreprocessItem {}
+
+/// A frame in host memory, borrowed for the duration of the upload.
+#[derive(Debug, Clone, Copy)]
+pub enum GpuFrame<'a> {
+    /// Packed RGB8, `stride` bytes per row (≥ 3 × width).
+    Rgb {
+        data: &'a [u8],
+        width: u32,
+        height: u32,
+        stride: u32,
+    },
+    /// NV12: a luma plane and an interleaved U/V plane at half resolution (rounded
+    /// up for odd sizes); each chroma sample covers a 2×2 block of luma.
+    Nv12 {
+        luma: &'a [u8],
+        chroma: &'a [u8],
+        width: u32,
+        height: u32,
+        luma_stride: u32,
+        chroma_stride: u32,
+    },
+}
+
+impl GpuFrame<'_> {
+    pub fn size(&self) -> (u32, u32) {
+        match *self {
+            GpuFrame::Rgb { width, height, .. } | GpuFrame::Nv12 { width, height, .. } => {
+                (width, height)
+            }
+        }
+    }
+
+    /// The planes as (bytes to upload, stride); checks that the slices hold them.
+    fn planes(&self, index: usize) -> Result<[Option<(&[u8], u32)>; 2], GpuError> {
+        let bad = |reason: String| GpuError::Frame { index, reason };
+        let (w, h) = self.size();
+        if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
+            return Err(bad(format!(
+                "size {w}x{h}; each side must be between 1 and {MAX_SIDE}"
+            )));
+        }
+        let needed = |stride: u32, rows: u32, row_bytes: u32| {
+            stride as usize * (rows as usize - 1) + row_bytes as usize
+        };
+        match *self {
+            GpuFrame::Rgb { data, stride, .. } => {
+                if stride < 3 * w {
+                    return Err(bad(format!("RGB stride {stride} < 3 × width {w}")));
+                }
+                let n = needed(stride, h, 3 * w);
+                let bytes = data.get(..n).ok_or_else(|| {
+                    bad(format!("RGB data has {} bytes, {w}x{h} with stride {stride} needs {n}", data.len()))
+                })?;
+                Ok([Some((bytes, stride)), None])
+            }
+            GpuFrame::Nv12 {
+                luma,
+                chroma,
+                luma_stride,
+                chroma_stride,
+                ..
+            } => {
+                let cw = w.div_ceil(2) * 2;
+                let ch = h.div_ceil(2);
+                if luma_stride < w || chroma_stride < cw {
+                    return Err(bad(format!(
+                        "NV12 strides {luma_stride}/{chroma_stride} < {w}/{cw} (luma width / interleaved chroma width)"
+                    )));
+                }
+                let nl = needed(luma_stride, h, w);
+                let nc = needed(chroma_stride, ch, cw);
+                let l = luma.get(..nl).ok_or_else(|| {
+                    bad(format!("NV12 luma has {} bytes, needs {nl}", luma.len()))
+                })?;
+                let c = chroma.get(..nc).ok_or_else(|| {
+                    bad(format!("NV12 chroma has {} bytes, needs {nc}", chroma.len()))
+                })?;
+                Ok([Some((l, luma_stride)), Some((c, chroma_stride))])
+            }
+        }
+    }
+}
+
+/// Which kernel writes the output, by element type. Sealed: f32 and f16 are the
+/// normalized CHW planes; u8 is the bare resize (packed RGB, HWC, per frame), which
+/// the tests compare with the CPU resize on its own.
+pub trait OutputElement: DeviceRepr + sealed::Sealed {
+    const FUNCTION: &'static str;
+}
+impl OutputElement for f32 {
+    const FUNCTION: &'static str = "resize_vertical_normalize_f32";
+}
+impl OutputElement for half::f16 {
+    const FUNCTION: &'static str = "resize_vertical_normalize_f16";
+}
+impl OutputElement for u8 {
+    const FUNCTION: &'static str = "resize_vertical_u8";
+}
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for u8 {}
+}
+
+/// Device buffers reused across batches; they only grow.
+#[derive(Default)]
+struct Buffers {
+    staging: Option<CudaSlice<u8>>,
+    tmp: Option<CudaSlice<u8>>,
+    items: Option<CudaSlice<PreprocessItem>>,
+    bounds: Option<CudaSlice<u32>>,
+    coeffs: Option<CudaSlice<i32>>,
+}
+
+fn ensure<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    slot: &mut Option<CudaSlice<T>>,
+    len: usize,
+    what: &str,
+) -> Result<(), GpuError> {
+    if slot.as_ref().is_none_or(|s| s.len() < len) {
+        *slot = None;
+        *slot = Some(
+            stream
+                .alloc_zeros(len.max(1))
+                .map_err(driver(format!("allocating {len} elements for {what}")))?,
+        );
+    }
+    Ok(())
+}
+
+/// Shape of the last batch, to launch the kernels again without uploads (benchmarks).
+#[derive(Debug, Clone, Copy)]
+struct LaunchShape {
+    batch: u32,
+    max_rows: u32,
+}
+
+/// Batched GPU preprocessing for one output size and normalization.
+pub struct GpuPreprocessor {
+    stream: Arc<CudaStream>,
+    horizontal: CudaFunction,
+    vertical_f32: CudaFunction,
+    vertical_f16: CudaFunction,
+    vertical_u8: CudaFunction,
+    out_width: u32,
+    out_height: u32,
+    /// The CPU twin's float32 value of every (channel, byte), 3 × 256.
+    lut: CudaSlice<f32>,
+    yuv: KernelYuvCoeffs,
+    tables: HashMap<(u32, u32), Arc<ResampleCoeffs>>,
+    buffers: Buffers,
+    last: Option<LaunchShape>,
+}
+
+/// Camera sizes are few; the table cache is cleared if it ever grows past this.
+const MAX_CACHED_TABLES: usize = 64;
+
+impl GpuPreprocessor {
+    /// Takes the output size and the value table from the CPU twin `cpu`, so that
+    /// both paths apply the same preprocessor_config.json; NV12 frames are converted
+    /// with `matrix`.
+    pub fn new(gpu: &GpuContext, cpu: &Preprocessor, matrix: YuvMatrix) -> Result<Self, GpuError> {
+        let (out_height, out_width) = cpu.config().size;
+        if !(1..=MAX_SIDE).contains(&out_width) || !(1..=MAX_SIDE).contains(&out_height) {
+            return Err(GpuError::OutputShape {
+                width: out_width,
+                height: out_height,
+                max: MAX_SIDE,
+            });
+        }
+        let table: Vec<f32> = cpu.lut_f32().iter().flatten().copied().collect();
+        let stream = gpu.stream().clone();
+        let lut = stream
+            .clone_htod(&table)
+            .map_err(driver("uploading the normalization table"))?;
+        let f = |name| gpu.function(PREPROCESS.name, name);
+        Ok(GpuPreprocessor {
+            stream,
+            horizontal: f("resize_horizontal_u8")?,
+            vertical_f32: f(<f32 as OutputElement>::FUNCTION)?,
+            vertical_f16: f(<half::f16 as OutputElement>::FUNCTION)?,
+            vertical_u8: f(<u8 as OutputElement>::FUNCTION)?,
+            out_width,
+            out_height,
+            lut,
+            yuv: matrix.coeffs().into(),
+            tables: HashMap::new(),
+            buffers: Buffers::default(),
+            last: None,
+        })
+    }
+
+    pub fn output_size(&self) -> (u32, u32) {
+        (self.out_width, self.out_height)
+    }
+
+    /// Elements of output for a batch of `batch` frames (batch × 3 × H × W).
+    pub fn output_len(&self, batch: usize) -> usize {
+        batch * 3 * self.out_width as usize * self.out_height as usize
+    }
+
+    fn coeffs(&mut self, in_size: u32, out_size: u32) -> Arc<ResampleCoeffs> {
+        if self.tables.len() >= MAX_CACHED_TABLES {
+            self.tables.clear();
+        }
+        self.tables
+            .entry((in_size, out_size))
+            .or_insert_with(|| Arc::new(ResampleCoeffs::bicubic(in_size, out_size)))
+            .clone()
+    }
+
+    /// Preprocesses `frames` into `out` (batch × 3 × H × W, or batch × H × W × 3 for
+    /// u8). Work is queued on the context's stream; the call returns once the frames
+    /// are uploaded, and `out` is ready for any later work on that stream.
+    pub fn preprocess_into<T: OutputElement>(
+        &mut self,
+        frames: &[GpuFrame<'_>],
+        out: &mut CudaViewMut<'_, T>,
+    ) -> Result<(), GpuError> {
+        let expected = self.output_len(frames.len());
+        if out.len() != expected {
+            return Err(GpuError::OutputSize {
+                expected,
+                actual: out.len(),
+            });
+        }
+        self.upload(frames)?;
+        let stream = self.stream.clone();
+        let (ptr, _record) = out.device_ptr_mut(&stream);
+        self.launch::<T>(ptr)
+    }
+
+    /// As [`Self::preprocess_into`], for a buffer owned by someone else (an engine's
+    /// input binding).
+    ///
+    /// # Safety
+    /// `out` must be a device address in this context, valid for writes of
+    /// `out_len` elements of `T` until the stream's work is done, and not used by
+    /// other streams meanwhile.
+    pub unsafe fn preprocess_into_raw<T: OutputElement>(
+        &mut self,
+        frames: &[GpuFrame<'_>],
+        out: u64,
+        out_len: usize,
+    ) -> Result<(), GpuError> {
+        let expected = self.output_len(frames.len());
+        if out_len != expected {
+            return Err(GpuError::OutputSize {
+                expected,
+                actual: out_len,
+            });
+        }
+        self.upload(frames)?;
+        self.launch::<T>(out)
+    }
+
+    /// Runs the kernels again on the frames of the last call, already on the device
+    /// (no upload): the benchmark times the kernels alone with it.
+    pub fn relaunch_into<T: OutputElement>(
+        &mut self,
+        out: &mut CudaViewMut<'_, T>,
+    ) -> Result<(), GpuError> {
+        let last = self.last.ok_or(GpuError::EmptyBatch)?;
+        let expected = self.output_len(last.batch as usize);
+        if out.len() != expected {
+            return Err(GpuError::OutputSize {
+                expected,
+                actual: out.len(),
+            });
+        }
+        let stream = self.stream.clone();
+        let (ptr, _record) = out.device_ptr_mut(&stream);
+        self.launch::<T>(ptr)
+    }
+
+    /// Builds descriptors and tap tables, and uploads them with the frames.
+    fn upload(&mut self, frames: &[GpuFrame<'_>]) -> Result<(), GpuError> {
+        if frames.is_empty() {
+            return Err(GpuError::EmptyBatch);
+        }
+        if frames.len() > MAX_BATCH {
+            return Err(GpuError::Frame {
+                index: MAX_BATCH,
+                reason: format!("batch of {} frames; at most {MAX_BATCH}", frames.len()),
+            });
+        }
+        let planes = frames
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.planes(i))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut bounds: Vec<u32> = Vec::new();
+        let mut coeffs: Vec<i32> = Vec::new();
+        let mut placed: HashMap<(u32, u32), TapTable> = HashMap::new();
+        let mut place = |table: &ResampleCoeffs| -> TapTable {
+            *placed
+                .entry((table.in_size, table.out_size))
+                .or_insert_with(|| {
+                    let t = TapTable {
+                        bounds_offset: (bounds.len() / 2) as u32,
+                        coeff_offset: coeffs.len() as u32,
+                        ksize: table.ksize,
+                        out_size: table.out_size,
+                    };
+                    bounds.extend(table.bounds.iter().flat_map(|&(first, n)| [first, n]));
+                    coeffs.extend_from_slice(&table.coeffs);
+                    t
+                })
+        };
+
+        let mut items = Vec::with_capacity(frames.len());
+        let mut staging_len = 0usize;
+        let mut tmp_len = 0usize;
+        let mut plane_offsets = Vec::with_capacity(frames.len());
+        for (frame, frame_planes) in frames.iter().zip(&planes) {
+            let (w, h) = frame.size();
+            let horizontal = self.coeffs(w, self.out_width);
+            let vertical = self.coeffs(h, self.out_height);
+            let last = vertical.bounds.len().checked_sub(1).and_then(|i| vertical.bounds.get(i));
+            let (row_first, row_end) = match (vertical.bounds.first(), last) {
+                (Some(&(first, _)), Some(&(start, n))) => (first, start + n),
+                _ => (0, h),
+            };
+            let mut offsets = [0usize; 2];
+            for (slot, plane) in offsets.iter_mut().zip(frame_planes) {
+                if let Some((bytes, _)) = plane {
+                    *slot = staging_len;
+                    staging_len += bytes.len().div_ceil(STAGING_ALIGN) * STAGING_ALIGN;
+                }
+            }
+            plane_offsets.push(offsets);
+            let rows = row_end - row_first;
+            let (format, stride, uv_stride) = match *frame {
+                GpuFrame::Rgb { stride, .. } => (0, stride, 0),
+                GpuFrame::Nv12 {
+                    luma_stride,
+                    chroma_stride,
+                    ..
+                } => (1, luma_stride, chroma_stride),
+            };
+            items.push(PreprocessItem {
+                src: 0,
+                src_uv: 0,
+                tmp_offset: tmp_len as u64,
+                format,
+                width: w,
+                height: h,
+                stride,
+                uv_stride,
+                row_first,
+                rows,
+                pad: 0,
+                horizontal: place(&horizontal),
+                vertical: place(&vertical),
+            });
+            tmp_len += rows as usize * self.out_width as usize * 3;
+        }
+
+        let s = self.stream.clone();
+        let b = &mut self.buffers;
+        ensure(&s, &mut b.staging, staging_len, "frame staging")?;
+        ensure(&s, &mut b.tmp, tmp_len, "horizontally resized rows")?;
+        ensure(&s, &mut b.items, items.len(), "frame descriptors")?;
+        ensure(&s, &mut b.bounds, bounds.len(), "resize bounds")?;
+        ensure(&s, &mut b.coeffs, coeffs.len(), "resize coefficients")?;
+        let (Some(staging), Some(items_dev), Some(bounds_dev), Some(coeffs_dev)) = (
+            b.staging.as_mut(),
+            b.items.as_mut(),
+            b.bounds.as_mut(),
+            b.coeffs.as_mut(),
+        ) else {
+            return Err(GpuError::EmptyBatch);
+        };
+
+        for (frame_planes, offsets) in planes.iter().zip(&plane_offsets) {
+            for (plane, &offset) in frame_planes.iter().zip(offsets) {
+                if let Some((bytes, _)) = plane {
+                    s.memcpy_htod(*bytes, &mut staging.slice_mut(offset..offset + bytes.len()))
+                        .map_err(driver("uploading frame pixels"))?;
+                }
+            }
+        }
+        let base = {
+            let (ptr, _record) = staging.device_ptr(&s);
+            ptr
+        };
+        for ((item, offsets), frame) in items.iter_mut().zip(&plane_offsets).zip(frames) {
+            item.src = base + offsets[0] as u64;
+            if matches!(frame, GpuFrame::Nv12 { .. }) {
+                item.src_uv = base + offsets[1] as u64;
+            }
+        }
+        s.memcpy_htod(&items, &mut items_dev.slice_mut(..items.len()))
+            .map_err(driver("uploading frame descriptors"))?;
+        s.memcpy_htod(&bounds, &mut bounds_dev.slice_mut(..bounds.len()))
+            .map_err(driver("uploading resize bounds"))?;
+        s.memcpy_htod(&coeffs, &mut coeffs_dev.slice_mut(..coeffs.len()))
+            .map_err(driver("uploading resize coefficients"))?;
+        self.last = Some(LaunchShape {
+            batch: items.len() as u32,
+            max_rows: items.iter().map(|i| i.rows).max().unwrap_or(0),
+        });
+        Ok(())
+    }
+
+    fn launch<T: OutputElement>(&mut self, out: u64) -> Result<(), GpuError> {
+        let shape = self.last.ok_or(GpuError::EmptyBatch)?;
+        let s = self.stream.clone();
+        let yuv = self.yuv;
+        let lut = &self.lut;
+        let b = &mut self.buffers;
+        let (Some(items), Some(bounds), Some(coeffs), Some(tmp)) = (
+            b.items.as_ref(),
+            b.bounds.as_ref(),
+            b.coeffs.as_ref(),
+            b.tmp.as_mut(),
+        ) else {
+            return Err(GpuError::EmptyBatch);
+        };
+        let blocks_x = self.out_width.div_ceil(THREADS_X);
+        let horizontal = LaunchConfig {
+            grid_dim: (blocks_x, shape.max_rows, shape.batch),
+            block_dim: (THREADS_X, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut h = s.launch_builder(&self.horizontal);
+        h.arg(items).arg(bounds).arg(coeffs).arg(&yuv).arg(&mut *tmp);
+        // SAFETY: arguments match resize_horizontal_u8; every item's rows and taps
+        // were checked against its uploaded frame and the tmp buffer was sized for
+        // all items' rows in upload().
+        unsafe { h.launch(horizontal) }.map_err(driver("launching resize_horizontal_u8"))?;
+
+        let vertical = LaunchConfig {
+            grid_dim: (blocks_x, self.out_height, shape.batch),
+            block_dim: (THREADS_X, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let function = match T::FUNCTION {
+            "resize_vertical_normalize_f32" => &self.vertical_f32,
+            "resize_vertical_normalize_f16" => &self.vertical_f16,
+            _ => &self.vertical_u8,
+        };
+        let mut v = s.launch_builder(function);
+        v.arg(items).arg(bounds).arg(coeffs).arg(&*tmp);
+        if T::FUNCTION != <u8 as OutputElement>::FUNCTION {
+            v.arg(lut);
+        }
+        v.arg(&out);
+        // SAFETY: arguments match the chosen kernel; `out` holds output_len(batch)
+        // elements of T (checked by the callers).
+        unsafe { v.launch(vertical) }.map_err(driver(format!("launching {}", T::FUNCTION)))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repr_c_layouts_match_the_kernel() {
+        assert_eq!(std::mem::size_of::<TapTable>(), 16);
+        assert_eq!(std::mem::size_of::<PreprocessItem>(), 88);
+        assert_eq!(std::mem::align_of::<PreprocessItem>(), 8);
+        assert_eq!(std::mem::size_of::<KernelYuvCoeffs>(), 20);
+        assert_eq!(std::mem::offset_of!(PreprocessItem, horizontal), 56);
+    }
+
+    #[test]
+    fn frame_sizes_and_strides_are_checked() {
+        let data = vec![0u8; 10 * 4 * 3];
+        let ok = GpuFrame::Rgb {
+            data: &data,
+            width: 10,
+            height: 4,
+            stride: 30,
+        };
+        assert!(ok.planes(0).is_ok());
+        let short = GpuFrame::Rgb {
+            data: &data[..100],
+            width: 10,
+            height: 4,
+            stride: 30,
+        };
+        assert!(matches!(short.planes(3), Err(GpuError::Frame { index: 3, .. })));
+        let narrow = GpuFrame::Rgb {
+            data: &data,
+            width: 10,
+            height: 4,
+            stride: 29,
+        };
+        assert!(narrow.planes(0).is_err());
+        // odd NV12: 5x3 luma, chroma 3 pairs wide (6 bytes) and 2 rows
+        let luma = [0u8; 15];
+        let chroma = [0u8; 12];
+        let nv12 = |chroma: &[u8]| {
+            GpuFrame::Nv12 {
+                luma: &luma,
+                chroma,
+                width: 5,
+                height: 3,
+                luma_stride: 5,
+                chroma_stride: 6,
+            }
+            .planes(0)
+            .is_ok()
+        };
+        assert!(nv12(&chroma));
+        assert!(!nv12(&chroma[..11]));
+        let zero = GpuFrame::Rgb {
+            data: &data,
+            width: 0,
+            height: 4,
+            stride: 30,
+        };
+        assert!(zero.planes(0).is_err());
+    }
+
+    #[test]
+    fn yuv_coefficients_come_from_the_cpu_twin() {
+        let k = KernelYuvCoeffs::from(YuvMatrix::Bt709Limited.coeffs());
+        let c = YuvMatrix::Bt709Limited.coeffs();
+        assert_eq!((k.y, k.rv, k.gu, k.gv, k.bu), (c.y, c.rv, c.gu, c.gv, c.bu));
+    }
+}

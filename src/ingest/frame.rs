@@ -1,0 +1,80 @@
+//! Decoded frames as the rest of the daemon sees them.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+/// Pixel layout of frames handed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelFormat {
+    /// Packed 8-bit RGB, what the CPU preprocessing reads.
+    #[default]
+    Rgb,
+    /// Y plane then interleaved UV at half resolution, what GPU decoders emit
+    /// and the CUDA preprocessing kernel reads without a conversion.
+    Nv12,
+}
+
+impl PixelFormat {
+    pub(crate) fn gst_format(self) -> &'static str {
+        match self {
+            PixelFormat::Rgb => "RGB",
+            PixelFormat::Nv12 => "NV12",
+        }
+    }
+}
+
+/// Where the UV plane of an NV12 frame sits inside [`Frame::data`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChromaPlane {
+    pub offset: usize,
+    pub stride: usize,
+}
+
+/// The bytes of a decoded frame: the GStreamer buffer itself, mapped for
+/// reading, so handing a frame over copies nothing.
+pub struct FrameData(gstreamer::MappedBuffer<gstreamer::buffer::Readable>);
+
+impl FrameData {
+    pub(crate) fn new(mapped: gstreamer::MappedBuffer<gstreamer::buffer::Readable>) -> Self {
+        FrameData(mapped)
+    }
+}
+
+impl Deref for FrameData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl fmt::Debug for FrameData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FrameData({} bytes)", self.0.len())
+    }
+}
+
+/// One decoded frame of one camera.
+#[derive(Debug)]
+pub struct Frame {
+    pub camera: Arc<str>,
+    /// Per camera, counts handed-over frames from 0 and never restarts, even
+    /// across reconnects, so a gap means frames were dropped.
+    pub seq: u64,
+    /// Stream time of the frame (restarts when the pipeline is rebuilt).
+    pub pts: Option<Duration>,
+    /// Wall clock at capture, as far as the pipeline clock can tell.
+    pub captured_at: SystemTime,
+    pub width: u32,
+    pub height: u32,
+    pub format: PixelFormat,
+    /// Bytes per row of the first (RGB or Y) plane.
+    pub stride: usize,
+    /// The UV plane, for NV12.
+    pub chroma: Option<ChromaPlane>,
+    pub data: FrameData,
+}

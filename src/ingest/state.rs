@@ -1,0 +1,564 @@
+//! The supervisor's decisions as pure logic: no GStreamer, no threads, no
+//! clock of its own. Every input carries `now`, and every random choice
+//! (backoff jitter) arrives as a number in `[0, 1)`, so tests drive it with a
+//! fake clock and fixed jitter.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::settings::MaxAttempts;
+
+/// Where a camera is, as published on `{prefix}/{camera}/status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraState {
+    /// The first pipeline is being built and has not produced a frame yet.
+    Starting,
+    /// Decoded frames arrive.
+    Streaming,
+    /// A streaming camera produced no frame for the watchdog time; the
+    /// pipeline is being torn down.
+    Stalled,
+    /// Waiting out the backoff, or a rebuilt pipeline waits for its first frame.
+    Reconnecting,
+    /// Gave up after the configured number of attempts; an operator must act.
+    Failed,
+}
+
+impl CameraState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CameraState::Starting => "starting",
+            CameraState::Streaming => "streaming",
+            CameraState::Stalled => "stalled",
+            CameraState::Reconnecting => "reconnecting",
+            CameraState::Failed => "failed",
+        }
+    }
+}
+
+/// Exponential backoff with a cap and symmetric jitter, as in `fallbacksrc`'s
+/// retry model: attempt n waits `min(max, initial · multiplierⁿ⁻¹ · (1 ± jitter))`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BackoffPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+    pub multiplier: f64,
+    /// Fraction in `[0, 1]`; 0.2 spreads each delay over ±20 % so that many
+    /// cameras behind one failed switch do not reconnect in lockstep.
+    pub jitter: f64,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        BackoffPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl BackoffPolicy {
+    /// Says what is wrong with the policy, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if self.initial.is_zero() {
+            return Err("initial delay must be above 0".into());
+        }
+        if self.max < self.initial {
+            return Err(format!(
+                "max {:?} is below initial {:?}; allowed: max >= initial",
+                self.max, self.initial
+            ));
+        }
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0 && self.multiplier <= 100.0) {
+            return Err(format!(
+                "multiplier {} is outside 1..=100",
+                self.multiplier
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(format!("jitter {} is outside 0..=1", self.jitter));
+        }
+        Ok(())
+    }
+
+    /// The wait before attempt `attempt` (1-based); `unit` is a uniform random
+    /// number in `[0, 1)` (0.5 means no jitter).
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(64) as i32;
+        let max = self.max.as_secs_f64();
+        let base = (self.initial.as_secs_f64() * self.multiplier.powi(exponent)).min(max);
+        let unit = unit.clamp(0.0, 1.0);
+        let jittered = base * (1.0 + self.jitter * (2.0 * unit - 1.0));
+        Duration::from_secs_f64(jittered.clamp(0.0, max))
+    }
+}
+
+/// The timing part of a camera's settings that the state machine needs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SupervisionPolicy {
+    pub watchdog: Duration,
+    pub startup_timeout: Duration,
+    pub backoff: BackoffPolicy,
+    pub max_attempts: MaxAttempts,
+}
+
+/// What the shell must do after an input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Nothing,
+    /// Build a pipeline and set it playing.
+    Build,
+    /// Stop and drop the pipeline.
+    TearDown,
+}
+
+/// A change the rest of the daemon hears about. `from == to` happens for
+/// `reconnecting`: each new attempt is published with its number.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    pub from: CameraState,
+    pub to: CameraState,
+    /// Consecutive failed attempts so far (0 once frames flow).
+    pub attempt: u32,
+    /// Why, for every state but `streaming`.
+    pub reason: Option<String>,
+    /// How long until the next attempt, when one is planned.
+    pub retry_in: Option<Duration>,
+}
+
+/// One camera's supervision state.
+#[derive(Debug)]
+pub struct CameraMachine {
+    policy: SupervisionPolicy,
+    state: CameraState,
+    attempt: u32,
+    pipeline_up: bool,
+    builds: u64,
+    built_at: Instant,
+    last_frame: Option<Instant>,
+    retry_at: Option<Instant>,
+    transitions: Vec<Transition>,
+}
+
+impl CameraMachine {
+    /// A camera that is about to build its first pipeline (at the next tick).
+    pub fn new(policy: SupervisionPolicy, now: Instant) -> Self {
+        CameraMachine {
+            policy,
+            state: CameraState::Starting,
+            attempt: 0,
+            pipeline_up: false,
+            builds: 0,
+            built_at: now,
+            last_frame: None,
+            retry_at: Some(now),
+            transitions: Vec::new(),
+        }
+    }
+
+    pub fn state(&self) -> CameraState {
+        self.state
+    }
+
+    /// Consecutive failed attempts.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Pipelines built after the first one.
+    pub fn reconnects(&self) -> u64 {
+        self.builds.saturating_sub(1)
+    }
+
+    /// When the next build is due, if one is planned.
+    pub fn retry_at(&self) -> Option<Instant> {
+        if self.pipeline_up {
+            None
+        } else {
+            self.retry_at
+        }
+    }
+
+    /// Transitions since the last call, oldest first.
+    pub fn take_transitions(&mut self) -> Vec<Transition> {
+        std::mem::take(&mut self.transitions)
+    }
+
+    /// A decoded frame arrived from the current pipeline.
+    pub fn frame(&mut self, now: Instant) {
+        if !self.pipeline_up || self.state == CameraState::Failed {
+            return;
+        }
+        self.last_frame = Some(now);
+        if self.state != CameraState::Streaming {
+            self.attempt = 0;
+            self.push(CameraState::Streaming, None, None);
+        }
+    }
+
+    /// The current pipeline failed: an error or end-of-stream on the bus, or
+    /// it could not be built. Returns `TearDown` unless nothing was running.
+    pub fn failure(&mut self, now: Instant, reason: impl Into<String>, unit: f64) -> Command {
+        if !self.pipeline_up || self.state == CameraState::Failed {
+            return Command::Nothing;
+        }
+        self.fail(now, reason.into(), unit);
+        Command::TearDown
+    }
+
+    /// Time passes: the watchdog, the startup timeout and the backoff timer.
+    pub fn tick(&mut self, now: Instant, unit: f64) -> Command {
+        if self.state == CameraState::Failed {
+            return Command::Nothing;
+        }
+        if !self.pipeline_up {
+            return match self.retry_at {
+                Some(at) if now >= at => {
+                    self.pipeline_up = true;
+                    self.builds += 1;
+                    self.built_at = now;
+                    self.last_frame = None;
+                    self.retry_at = None;
+                    Command::Build
+                }
+                _ => Command::Nothing,
+            };
+        }
+        match self.last_frame {
+            Some(last) if now.saturating_duration_since(last) >= self.policy.watchdog => {
+                let silent = now.saturating_duration_since(last);
+                let reason = format!(
+                    "no frame for {:.1}s (watchdog {:.1}s)",
+                    silent.as_secs_f64(),
+                    self.policy.watchdog.as_secs_f64()
+                );
+                self.push(CameraState::Stalled, Some(reason.clone()), None);
+                self.fail(now, reason, unit);
+                Command::TearDown
+            }
+            None if now.saturating_duration_since(self.built_at) >= self.policy.startup_timeout => {
+                let reason = format!(
+                    "no frame within {:.1}s of starting the pipeline",
+                    self.policy.startup_timeout.as_secs_f64()
+                );
+                self.fail(now, reason, unit);
+                Command::TearDown
+            }
+            _ => Command::Nothing,
+        }
+    }
+
+    fn fail(&mut self, now: Instant, reason: String, unit: f64) {
+        self.pipeline_up = false;
+        self.last_frame = None;
+        self.attempt = self.attempt.saturating_add(1);
+        let exhausted = match self.policy.max_attempts {
+            MaxAttempts::Unlimited => false,
+            MaxAttempts::Limit(n) => self.attempt >= n,
+        };
+        if exhausted {
+            self.retry_at = None;
+            self.push(CameraState::Failed, Some(reason), None);
+        } else {
+            let delay = self.policy.backoff.delay(self.attempt, unit);
+            self.retry_at = Some(now + delay);
+            self.push(CameraState::Reconnecting, Some(reason), Some(delay));
+        }
+    }
+
+    fn push(&mut self, to: CameraState, reason: Option<String>, retry_in: Option<Duration>) {
+        self.transitions.push(Transition {
+            from: self.state,
+            to,
+            attempt: self.attempt,
+            reason,
+            retry_in,
+        });
+        self.state = to;
+    }
+}
+
+/// Drops decoded frames down to the analysis rate, by presentation time, so
+/// that frames nobody will analyse are never colour-converted. Works for
+/// fractional rates (0.2 fps = one frame every 5 s), which videorate's
+/// integer `max-rate` cannot express.
+#[derive(Clone, Debug)]
+pub struct AnalysisRate {
+    interval: Option<Duration>,
+    next_due: Option<Duration>,
+}
+
+impl AnalysisRate {
+    /// `None` lets every frame through.
+    pub fn new(fps: Option<f64>) -> Self {
+        AnalysisRate {
+            interval: fps
+                .filter(|f| f.is_finite() && *f > 0.0)
+                .map(|f| Duration::from_secs_f64(1.0 / f)),
+            next_due: None,
+        }
+    }
+
+    /// Whether the frame at stream time `pts` is handed over. Frames without
+    /// a timestamp are all handed over (there is nothing to space them by).
+    pub fn admit(&mut self, pts: Option<Duration>) -> bool {
+        let (Some(interval), Some(t)) = (self.interval, pts) else {
+            return true;
+        };
+        // Timestamps jitter by a few microseconds (RTP clock conversions); a
+        // frame a tenth of an interval early still counts as on time, so a
+        // 15 fps stream analysed at 5 fps yields exactly every third frame.
+        let tolerance = interval / 10;
+        match self.next_due {
+            None => {
+                self.next_due = Some(t + interval);
+                true
+            }
+            Some(due) if t + tolerance < due => {
+                if due > t + 2 * interval {
+                    // Time went backwards (a file restarted): start over.
+                    self.next_due = Some(t + interval);
+                    true
+                } else {
+                    false
+                }
+            }
+            Some(due) => {
+                self.next_due = Some(if t >= due + interval {
+                    t + interval
+                } else {
+                    due + interval
+                });
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_JITTER: f64 = 0.5;
+
+    fn policy(max_attempts: MaxAttempts) -> SupervisionPolicy {
+        SupervisionPolicy {
+            watchdog: Duration::from_secs(2),
+            startup_timeout: Duration::from_secs(5),
+            backoff: BackoffPolicy {
+                initial: Duration::from_millis(500),
+                max: Duration::from_secs(4),
+                multiplier: 2.0,
+                jitter: 0.2,
+            },
+            max_attempts,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn states(ts: &[Transition]) -> Vec<(CameraState, CameraState)> {
+        ts.iter().map(|t| (t.from, t.to)).collect()
+    }
+
+    #[test]
+    fn backoff_grows_by_the_multiplier_up_to_the_cap() {
+        let b = policy(MaxAttempts::Unlimited).backoff;
+        let delays: Vec<_> = (1..=6).map(|n| b.delay(n, NO_JITTER)).collect();
+        assert_eq!(delays, vec![ms(500), ms(1000), ms(2000), ms(4000), ms(4000), ms(4000)]);
+    }
+
+    #[test]
+    fn jitter_spreads_symmetrically_and_never_exceeds_the_cap() {
+        let b = policy(MaxAttempts::Unlimited).backoff;
+        assert_eq!(b.delay(1, 0.0), ms(400));
+        let high = b.delay(1, 0.999_999);
+        assert!(high > ms(599) && high <= ms(600), "{high:?}");
+        assert_eq!(b.delay(10, 0.999_999), ms(4000));
+        assert_eq!(b.delay(10, 0.0), ms(3200));
+        assert_eq!(b.delay(u32::MAX, 0.5), ms(4000));
+    }
+
+    #[test]
+    fn bad_backoff_is_rejected() {
+        let mut b = BackoffPolicy::default();
+        b.max = ms(10);
+        assert!(b.check().is_err());
+        let mut b = BackoffPolicy::default();
+        b.jitter = 1.5;
+        assert!(b.check().is_err());
+        let mut b = BackoffPolicy::default();
+        b.multiplier = 0.5;
+        assert!(b.check().is_err());
+        assert!(BackoffPolicy::default().check().is_ok());
+    }
+
+    #[test]
+    fn first_frame_makes_a_starting_camera_streaming() {
+        let t0 = Instant::now();
+        let mut m = CameraMachine::new(policy(MaxAttempts::Unlimited), t0);
+        assert_eq!(m.state(), CameraState::Starting);
+        assert_eq!(m.tick(t0, NO_JITTER), Command::Build);
+        assert_eq!(m.tick(t0 + ms(100), NO_JITTER), Command::Nothing);
+        m.frame(t0 + ms(300));
+        assert_eq!(m.state(), CameraState::Streaming);
+        assert_eq!(
+            states(&m.take_transitions()),
+            vec![(CameraState::Starting, CameraState::Streaming)]
+        );
+        assert_eq!(m.reconnects(), 0);
+    }
+
+    #[test]
+    fn silence_past_the_watchdog_is_a_stall_then_a_reconnect() {
+        let t0 = Instant::now();
+        let mut m = CameraMachine::new(policy(MaxAttempts::Unlimited), t0);
+        m.tick(t0, NO_JITTER);
+        m.frame(t0 + ms(100));
+        m.take_transitions();
+        assert_eq!(m.tick(t0 + ms(2099), NO_JITTER), Command::Nothing);
+        assert_eq!(m.tick(t0 + ms(2100), NO_JITTER), Command::TearDown);
+        let ts = m.take_transitions();
+        assert_eq!(
+            states(&ts),
+            vec![
+                (CameraState::Streaming, CameraState::Stalled),
+                (CameraState::Stalled, CameraState::Reconnecting)
+            ]
+        );
+        assert!(ts[0].reason.as_deref().unwrap_or("").contains("watchdog"));
+        assert_eq!(ts[1].retry_in, Some(ms(500)));
+        assert_eq!(ts[1].attempt, 1);
+        // Backoff: nothing before the retry time, a build at it.
+        assert_eq!(m.tick(t0 + ms(2599), NO_JITTER), Command::Nothing);
+        assert_eq!(m.tick(t0 + ms(2600), NO_JITTER), Command::Build);
+        assert_eq!(m.state(), CameraState::Reconnecting);
+        m.frame(t0 + ms(3000));
+        assert_eq!(m.state(), CameraState::Streaming);
+        assert_eq!(m.attempt(), 0);
+        assert_eq!(m.reconnects(), 1);
+    }
+
+    #[test]
+    fn errors_back_off_exponentially_and_fail_after_the_limit() {
+        let t0 = Instant::now();
+        let mut m = CameraMachine::new(policy(MaxAttempts::Limit(3)), t0);
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(m.tick(now, NO_JITTER), Command::Build);
+            assert_eq!(m.failure(now, "connection refused", NO_JITTER), Command::TearDown);
+            let ts = m.take_transitions();
+            assert_eq!(ts.len(), 1);
+            match ts[0].retry_in {
+                Some(d) => {
+                    delays.push(d);
+                    now += d;
+                }
+                None => assert_eq!(ts[0].to, CameraState::Failed),
+            }
+        }
+        assert_eq!(delays, vec![ms(500), ms(1000)]);
+        assert_eq!(m.state(), CameraState::Failed);
+        assert_eq!(m.attempt(), 3);
+        // A failed camera stays failed and asks for nothing.
+        assert_eq!(m.tick(now + Duration::from_secs(3600), NO_JITTER), Command::Nothing);
+        assert_eq!(m.failure(now, "again", NO_JITTER), Command::Nothing);
+        m.frame(now);
+        assert_eq!(m.state(), CameraState::Failed);
+    }
+
+    #[test]
+    fn a_pipeline_that_never_produces_a_frame_times_out() {
+        let t0 = Instant::now();
+        let mut m = CameraMachine::new(policy(MaxAttempts::Unlimited), t0);
+        m.tick(t0, NO_JITTER);
+        assert_eq!(m.tick(t0 + ms(4999), NO_JITTER), Command::Nothing);
+        assert_eq!(m.tick(t0 + ms(5000), NO_JITTER), Command::TearDown);
+        let ts = m.take_transitions();
+        assert_eq!(states(&ts), vec![(CameraState::Starting, CameraState::Reconnecting)]);
+        assert!(ts[0].reason.as_deref().unwrap_or("").contains("no frame within"));
+    }
+
+    #[test]
+    fn each_retry_is_published_with_its_attempt_number() {
+        let t0 = Instant::now();
+        let mut m = CameraMachine::new(policy(MaxAttempts::Unlimited), t0);
+        let mut now = t0;
+        let mut attempts = Vec::new();
+        for _ in 0..4 {
+            m.tick(now, NO_JITTER);
+            m.failure(now, "refused", NO_JITTER);
+            for t in m.take_transitions() {
+                attempts.push((t.to, t.attempt));
+                now += t.retry_in.unwrap_or_default();
+            }
+        }
+        assert_eq!(
+            attempts,
+            vec![
+                (CameraState::Reconnecting, 1),
+                (CameraState::Reconnecting, 2),
+                (CameraState::Reconnecting, 3),
+                (CameraState::Reconnecting, 4)
+            ]
+        );
+        assert_eq!(m.reconnects(), 3);
+    }
+
+    #[test]
+    fn a_stale_error_after_teardown_changes_nothing() {
+        let t0 = Instant::now();
+        let mut m = CameraMachine::new(policy(MaxAttempts::Unlimited), t0);
+        m.tick(t0, NO_JITTER);
+        m.failure(t0, "first", NO_JITTER);
+        m.take_transitions();
+        assert_eq!(m.failure(t0, "second", NO_JITTER), Command::Nothing);
+        assert!(m.take_transitions().is_empty());
+        assert_eq!(m.attempt(), 1);
+    }
+
+    #[test]
+    fn analysis_rate_keeps_every_third_frame_of_15_fps_at_5_fps() {
+        let mut rate = AnalysisRate::new(Some(5.0));
+        // 15 fps with a few microseconds of timestamp jitter.
+        let kept: Vec<usize> = (0..30)
+            .filter(|i| {
+                let jitter = if i % 2 == 0 { 3 } else { 0 };
+                let pts = Duration::from_nanos(*i as u64 * 66_666_667) + ms(1)
+                    - Duration::from_micros(jitter);
+                rate.admit(Some(pts))
+            })
+            .collect();
+        assert_eq!(kept, vec![0, 3, 6, 9, 12, 15, 18, 21, 24, 27]);
+    }
+
+    #[test]
+    fn analysis_rate_handles_fractional_rates_gaps_and_restarts() {
+        let mut rate = AnalysisRate::new(Some(0.5));
+        let admitted: Vec<u64> = (0..10)
+            .map(|s| Duration::from_secs(s))
+            .filter(|t| rate.admit(Some(*t)))
+            .map(|t| t.as_secs())
+            .collect();
+        assert_eq!(admitted, vec![0, 2, 4, 6, 8]);
+        // A gap longer than the interval re-anchors instead of bursting.
+        assert!(rate.admit(Some(Duration::from_secs(30))));
+        assert!(!rate.admit(Some(Duration::from_secs(31))));
+        assert!(rate.admit(Some(Duration::from_secs(32))));
+        // Time going backwards (a file restarting) starts over.
+        assert!(rate.admit(Some(Duration::from_secs(0))));
+        assert!(!rate.admit(Some(Duration::from_secs(1))));
+        // No rate, or no timestamp: everything.
+        let mut all = AnalysisRate::new(None);
+        assert!(all.admit(Some(ms(1))) && all.admit(Some(ms(2))));
+        let mut five = AnalysisRate::new(Some(5.0));
+        assert!(five.admit(None) && five.admit(None));
+    }
+}

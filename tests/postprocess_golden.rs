@@ -88,7 +88,13 @@ impl Checker<'_> {
 
     /// One flat coordinate list (a box, quad or polygon): ours, our normalized one, the
     /// original's floats and, when comparable, the port's ints.
-    fn coordinates(&mut self, ours: &Value, normalized: &Value, original: &Value, port: Option<&Value>) {
+    fn coordinates(
+        &mut self,
+        ours: &Value,
+        normalized: &Value,
+        original: &Value,
+        port: Option<&Value>,
+    ) {
         let ours = self.array(ours, "our coordinates").clone();
         let normalized = self.array(normalized, "our normalized coordinates").clone();
         let original = self.array(original, "expected coordinates").clone();
@@ -117,7 +123,9 @@ impl Checker<'_> {
             let e = self.number(&original[k], "expected coordinate");
             let bin_f = (n * 1000.0 - 0.5).round();
             if !(0.0..=f64::from(MAX_BIN)).contains(&bin_f) {
-                self.fail(&format!("normalized {n} is not the centre of a bin in 0..=999"));
+                self.fail(&format!(
+                    "normalized {n} is not the centre of a bin in 0..=999"
+                ));
             }
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let bin = bin_f as u32;
@@ -127,7 +135,9 @@ impl Checker<'_> {
                 ));
             }
             if (x - e).abs() > ORIGINAL_RELATIVE_TOLERANCE * e.abs().max(x.abs()) {
-                self.fail(&format!("coordinate {x} differs from the original's {e} (bin {bin}, size {size})"));
+                self.fail(&format!(
+                    "coordinate {x} differs from the original's {e} (bin {bin}, size {size})"
+                ));
             }
             if let Some(port) = &port {
                 let want = self.number(&port[k], "transformers coordinate");
@@ -164,17 +174,26 @@ impl Checker<'_> {
             let port_i = port_list.as_ref().map(|p| &p[i]);
             if key == "polygons" {
                 let ours_inst = self.array(&ours_list[i], "polygon instance").clone();
-                let norm_inst = self.array(&normalized_list[i], "normalized instance").clone();
+                let norm_inst = self
+                    .array(&normalized_list[i], "normalized instance")
+                    .clone();
                 let exp_inst = self.array(&expected_list[i], "expected instance").clone();
                 if ours_inst.len() != exp_inst.len() || norm_inst.len() != exp_inst.len() {
-                    self.fail(&format!("polygon instance {i} has another number of polygons"));
+                    self.fail(&format!(
+                        "polygon instance {i} has another number of polygons"
+                    ));
                 }
                 for j in 0..ours_inst.len() {
                     let port_ij = port_i.map(|p| &p[j]);
                     self.coordinates(&ours_inst[j], &norm_inst[j], &exp_inst[j], port_ij);
                 }
             } else {
-                self.coordinates(&ours_list[i], &normalized_list[i], &expected_list[i], port_i);
+                self.coordinates(
+                    &ours_list[i],
+                    &normalized_list[i],
+                    &expected_list[i],
+                    port_i,
+                );
             }
         }
     }
@@ -220,7 +239,11 @@ fn golden_cases_match_the_reference() {
             filtered += 1;
         }
         // Port integers are comparable where the reference neither raised nor was filtered.
-        let port = if case.filtered { None } else { case.transformers.as_ref() };
+        let port = if case.filtered {
+            None
+        } else {
+            case.transformers.as_ref()
+        };
 
         match (&case.expected, &output) {
             (Value::String(text), TaskOutput::Text(got)) => {
@@ -267,7 +290,9 @@ fn golden_cases_match_the_reference() {
                     }
                 }
             }
-            (expected, _) => checker.fail(&format!("answer shape differs: expected {expected}, ours {ours}")),
+            (expected, _) => checker.fail(&format!(
+                "answer shape differs: expected {expected}, ours {ours}"
+            )),
         }
 
         let dropped = output.dropped();
@@ -285,10 +310,20 @@ fn golden_cases_match_the_reference() {
         port_ints += checker.compared_port_ints;
         coordinates += checker.compared_coordinates;
     }
-    assert_eq!(kinds_seen.len(), 7, "every parse kind is covered: {kinds_seen:?}");
+    assert_eq!(
+        kinds_seen.len(),
+        7,
+        "every parse kind is covered: {kinds_seen:?}"
+    );
     // Guards against a golden file whose cases stopped exercising coordinates.
-    assert!(coordinates >= 600, "only {coordinates} coordinates compared");
+    assert!(
+        coordinates >= 600,
+        "only {coordinates} coordinates compared"
+    );
     assert!(port_ints >= 400, "only {port_ints} port integers compared");
-    assert!(filtered >= 5, "only {filtered} cases exercise out-of-range bins");
+    assert!(
+        filtered >= 5,
+        "only {filtered} cases exercise out-of-range bins"
+    );
     assert!(reference_errors >= 1, "no case where the reference raises");
 }

@@ -166,7 +166,8 @@ mod tests {
                 y2: 999
             }
         );
-        let bins = LocationBins::from_pixel_box(33.6, 160.08, 596.8, 371.76, VGA).expect("valid box");
+        let bins =
+            LocationBins::from_pixel_box(33.6, 160.08, 596.8, 371.76, VGA).expect("valid box");
         assert_eq!(bins.prompt(), "<loc_52><loc_333><loc_932><loc_774>");
     }
 
@@ -188,15 +189,34 @@ mod tests {
     #[test]
     fn rejects_boxes_outside_inverted_or_not_finite() {
         let err = LocationBins::from_pixel_box(-1.0, 0.0, 10.0, 10.0, VGA).unwrap_err();
-        assert!(matches!(err, PostprocessError::OutsideImage { name: "x1", .. }));
+        assert!(matches!(
+            err,
+            PostprocessError::OutsideImage { name: "x1", .. }
+        ));
         let err = LocationBins::from_pixel_box(0.0, 0.0, 10.0, 480.5, VGA).unwrap_err();
-        assert!(matches!(err, PostprocessError::OutsideImage { name: "y2", limit: 480, .. }));
+        assert!(matches!(
+            err,
+            PostprocessError::OutsideImage {
+                name: "y2",
+                limit: 480,
+                ..
+            }
+        ));
         let err = LocationBins::from_pixel_box(20.0, 0.0, 10.0, 10.0, VGA).unwrap_err();
-        assert!(matches!(err, PostprocessError::InvertedRegion { low_name: "x1", .. }));
+        assert!(matches!(
+            err,
+            PostprocessError::InvertedRegion { low_name: "x1", .. }
+        ));
         let err = LocationBins::from_pixel_box(0.0, 30.0, 10.0, 10.0, VGA).unwrap_err();
-        assert!(matches!(err, PostprocessError::InvertedRegion { low_name: "y1", .. }));
+        assert!(matches!(
+            err,
+            PostprocessError::InvertedRegion { low_name: "y1", .. }
+        ));
         let err = LocationBins::from_pixel_box(f64::NAN, 0.0, 10.0, 10.0, VGA).unwrap_err();
-        assert!(matches!(err, PostprocessError::NonFiniteCoordinate { name: "x1", .. }));
+        assert!(matches!(
+            err,
+            PostprocessError::NonFiniteCoordinate { name: "x1", .. }
+        ));
         let empty = ImageSize {
             width: 0,
             height: 480,

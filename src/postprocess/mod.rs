@@ -33,9 +33,13 @@ pub enum PostprocessError {
         "image size {width}x{height} has a zero side; location bins need an image of at least 1x1 pixels"
     )]
     EmptyImage { width: u32, height: u32 },
-    #[error("region coordinate {name} = {value} is not a finite number; a pixel coordinate is required")]
+    #[error(
+        "region coordinate {name} = {value} is not a finite number; a pixel coordinate is required"
+    )]
     NonFiniteCoordinate { name: &'static str, value: f64 },
-    #[error("region coordinate {name} = {value} lies outside the image; allowed is 0..={limit} pixels")]
+    #[error(
+        "region coordinate {name} = {value} lies outside the image; allowed is 0..={limit} pixels"
+    )]
     OutsideImage {
         name: &'static str,
         value: f64,
@@ -321,7 +325,11 @@ pub fn post_process(
 fn pixels<const N: usize>(bins: [u32; N], image: ImageSize) -> [f64; N] {
     let mut out = [0.0; N];
     for (k, (value, bin)) in out.iter_mut().zip(bins).enumerate() {
-        let size = if k % 2 == 0 { image.width } else { image.height };
+        let size = if k % 2 == 0 {
+            image.width
+        } else {
+            image.height
+        };
         *value = dequantize(bin, size);
     }
     out
@@ -357,7 +365,11 @@ fn polygon_columns(found: Vec<parse::PolygonInstance>, image: ImageSize) -> Poly
                         .iter()
                         .enumerate()
                         .map(|(k, &bin)| {
-                            let size = if k % 2 == 0 { image.width } else { image.height };
+                            let size = if k % 2 == 0 {
+                                image.width
+                            } else {
+                                image.height
+                            };
                             dequantize(bin, size)
                         })
                         .collect()
@@ -445,7 +457,10 @@ mod tests {
             ocr["<OCR_WITH_REGION>"]["quad_boxes"],
             serde_json::json!([[0.5, 0.5, 9.5, 0.5, 9.5, 9.5, 0.5, 9.5]])
         );
-        assert_eq!(ocr["<OCR_WITH_REGION>"]["labels"], serde_json::json!(["STOP"]));
+        assert_eq!(
+            ocr["<OCR_WITH_REGION>"]["labels"],
+            serde_json::json!(["STOP"])
+        );
     }
 
     #[test]
@@ -500,7 +515,10 @@ mod tests {
 
     #[test]
     fn task_table_matches_the_reference() {
-        assert_eq!(ParseKind::for_task("<OD>"), ParseKind::DescriptionWithBboxes);
+        assert_eq!(
+            ParseKind::for_task("<OD>"),
+            ParseKind::DescriptionWithBboxes
+        );
         assert_eq!(ParseKind::for_task("<REGION_PROPOSAL>"), ParseKind::Bboxes);
         assert_eq!(
             ParseKind::for_task("<REGION_TO_SEGMENTATION>"),

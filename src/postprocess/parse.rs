@@ -27,14 +27,12 @@ fn pattern(source: &str) -> Regex {
 /// One `<loc_N>` token anywhere.
 static LOC_TOKEN: LazyLock<Regex> = LazyLock::new(|| pattern(r"<loc_(\d+)>"));
 /// description_with_bboxes: a label (no `<`) followed by at least four location tokens.
-static PHRASE_WITH_BOXES: LazyLock<Regex> =
-    LazyLock::new(|| pattern(r"[^<]+(?:<loc_\d+>){4,}"));
+static PHRASE_WITH_BOXES: LazyLock<Regex> = LazyLock::new(|| pattern(r"[^<]+(?:<loc_\d+>){4,}"));
 /// bboxes (region proposals): four or more location tokens, no label.
 static BOXES_WITHOUT_PHRASE: LazyLock<Regex> = LazyLock::new(|| pattern(r"(?:<loc_\d+>){4,}"));
 /// The label: leading whitespace, then the shortest text up to one of these delimiters.
-static PHRASE_TEXT: LazyLock<Regex> = LazyLock::new(|| {
-    pattern(r"^[\s\x1C-\x1F]*.*?(<od>|</od>|<box>|</box>|<bbox>|</bbox>|<loc_)")
-});
+static PHRASE_TEXT: LazyLock<Regex> =
+    LazyLock::new(|| pattern(r"^[\s\x1C-\x1F]*.*?(<od>|</od>|<box>|</box>|<bbox>|</bbox>|<loc_)"));
 static BOX: LazyLock<Regex> =
     LazyLock::new(|| pattern(r"<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>"));
 /// OCR: the shortest non-empty text (it may contain location tokens) followed by a quad.
@@ -59,14 +57,78 @@ static POLYGON_RUN: LazyLock<Regex> = LazyLock::new(|| pattern(r"((?:<loc_\d+>)+
 /// conversion writes into processor_config.json, identical to Microsoft's black list). Matching
 /// is exact and case-sensitive, on the stripped phrase before non-ASCII characters are removed.
 pub const BANNED_GROUNDING_PHRASES: &[&str] = &[
-    "it", "I", "me", "mine", "you", "your", "yours", "he", "him", "his", "she", "her", "hers",
-    "they", "them", "their", "theirs", "one", "oneself", "we", "us", "our", "ours", "its",
-    "myself", "yourself", "himself", "herself", "itself", "ourselves", "yourselves",
-    "themselves", "this", "that", "these", "those", "who", "whom", "whose", "which", "what",
-    "all", "another", "any", "anybody", "anyone", "anything", "each", "everybody", "everyone",
-    "everything", "few", "many", "nobody", "none", "several", "some", "somebody", "someone",
-    "something", "each other", "one another", "the image", "image", "images", "the", "a", "an",
-    "a group", "other objects", "lots", "a set",
+    "it",
+    "I",
+    "me",
+    "mine",
+    "you",
+    "your",
+    "yours",
+    "he",
+    "him",
+    "his",
+    "she",
+    "her",
+    "hers",
+    "they",
+    "them",
+    "their",
+    "theirs",
+    "one",
+    "oneself",
+    "we",
+    "us",
+    "our",
+    "ours",
+    "its",
+    "myself",
+    "yourself",
+    "himself",
+    "herself",
+    "itself",
+    "ourselves",
+    "yourselves",
+    "themselves",
+    "this",
+    "that",
+    "these",
+    "those",
+    "who",
+    "whom",
+    "whose",
+    "which",
+    "what",
+    "all",
+    "another",
+    "any",
+    "anybody",
+    "anyone",
+    "anything",
+    "each",
+    "everybody",
+    "everyone",
+    "everything",
+    "few",
+    "many",
+    "nobody",
+    "none",
+    "several",
+    "some",
+    "somebody",
+    "someone",
+    "something",
+    "each other",
+    "one another",
+    "the image",
+    "image",
+    "images",
+    "the",
+    "a",
+    "an",
+    "a group",
+    "other objects",
+    "lots",
+    "a set",
 ];
 
 /// Python's `str.isspace`, which `str.strip()` and `re`'s `\s` use: Rust's White_Space plus the
@@ -259,7 +321,11 @@ pub(super) enum BoxLabels {
 /// `parse_description_with_bboxes_from_text_and_spans` and
 /// `parse_phrase_grounding_from_text_and_spans` (whose per-phrase box lists the reference flattens
 /// into one box per label, which is what this returns).
-pub(super) fn boxes(cleaned: &str, labels: BoxLabels, inventory: &mut LocationTokens) -> Vec<BoxInstance> {
+pub(super) fn boxes(
+    cleaned: &str,
+    labels: BoxLabels,
+    inventory: &mut LocationTokens,
+) -> Vec<BoxInstance> {
     let phrases = match labels {
         BoxLabels::Empty => &*BOXES_WITHOUT_PHRASE,
         BoxLabels::Required | BoxLabels::RequiredNotBanned => &*PHRASE_WITH_BOXES,
@@ -438,11 +504,26 @@ mod tests {
 
     #[test]
     fn label_stops_at_the_first_delimiter_and_rejects_inner_newlines() {
-        assert_eq!(label_before_delimiter("  car<loc_1>", &PHRASE_TEXT), Some("  car"));
-        assert_eq!(label_before_delimiter("\n car<loc_1>", &PHRASE_TEXT), Some("\n car"));
-        assert_eq!(label_before_delimiter("red\ncar<loc_1>", &PHRASE_TEXT), None);
-        assert_eq!(label_before_delimiter("<sep><loc_1>", &POLYGON_PHRASE_TEXT), Some("<sep>"));
-        assert_eq!(label_before_delimiter("</poly></poly>", &POLYGON_PHRASE_TEXT), None);
+        assert_eq!(
+            label_before_delimiter("  car<loc_1>", &PHRASE_TEXT),
+            Some("  car")
+        );
+        assert_eq!(
+            label_before_delimiter("\n car<loc_1>", &PHRASE_TEXT),
+            Some("\n car")
+        );
+        assert_eq!(
+            label_before_delimiter("red\ncar<loc_1>", &PHRASE_TEXT),
+            None
+        );
+        assert_eq!(
+            label_before_delimiter("<sep><loc_1>", &POLYGON_PHRASE_TEXT),
+            Some("<sep>")
+        );
+        assert_eq!(
+            label_before_delimiter("</poly></poly>", &POLYGON_PHRASE_TEXT),
+            None
+        );
     }
 
     #[test]
@@ -470,7 +551,10 @@ mod tests {
             }]
         );
         let dropped = inventory.dropped(GroupSize::Tokens(4));
-        assert_eq!((dropped.dropped_groups, dropped.dropped_location_tokens), (1, 4));
+        assert_eq!(
+            (dropped.dropped_groups, dropped.dropped_location_tokens),
+            (1, 4)
+        );
     }
 
     #[test]
@@ -482,7 +566,10 @@ mod tests {
         assert_eq!(found[0].polygons, vec![vec![1, 2, 3, 4]]);
         let dropped = inventory.dropped(GroupSize::WholeRun);
         // <loc_5> (unpaired) and the run holding <loc_8000>.
-        assert_eq!((dropped.dropped_groups, dropped.dropped_location_tokens), (2, 5));
+        assert_eq!(
+            (dropped.dropped_groups, dropped.dropped_location_tokens),
+            (2, 5)
+        );
     }
 
     #[test]
@@ -492,6 +579,11 @@ mod tests {
         let found = boxes(text, BoxLabels::Required, &mut inventory);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].label, "dog");
-        assert_eq!(inventory.dropped(GroupSize::Tokens(4)).dropped_location_tokens, 4);
+        assert_eq!(
+            inventory
+                .dropped(GroupSize::Tokens(4))
+                .dropped_location_tokens,
+            4
+        );
     }
 }

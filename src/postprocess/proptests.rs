@@ -53,7 +53,11 @@ fn check_coordinates(values: &[f64], normalized: &[f64], image: ImageSize) -> Re
         ));
     }
     for (k, (&v, &n)) in values.iter().zip(normalized).enumerate() {
-        let size = if k % 2 == 0 { image.width } else { image.height };
+        let size = if k % 2 == 0 {
+            image.width
+        } else {
+            image.height
+        };
         if !(n > 0.0 && n < 1.0) {
             return Err(format!("normalized {n} outside (0, 1)"));
         }

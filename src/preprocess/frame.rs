@@ -253,17 +253,21 @@ pub fn nv12_to_rgb(
         let luma = &frame.y_plane[y * frame.y_stride..y * frame.y_stride + width];
         let uv_start = (y / 2) * frame.uv_stride;
         let chroma = &frame.uv_plane[uv_start..uv_start + width.div_ceil(2) * 2];
-        for ((px, &l), uv) in out_row
-            .chunks_exact_mut(3)
-            .zip(luma)
-            .zip(chroma.chunks_exact(2).flat_map(|uv| [uv, uv]))
+        // Two pixels per chroma pair; an odd last column uses its pair alone.
+        for ((pair, luma), uv) in out_row
+            .chunks_mut(6)
+            .zip(luma.chunks(2))
+            .zip(chroma.chunks_exact(2))
         {
-            let c = m.y * (i32::from(l) - 16) + 128;
             let d = i32::from(uv[0]) - 128;
             let e = i32::from(uv[1]) - 128;
-            px[0] = ((c + m.rv * e) >> 8).clamp(0, 255) as u8;
-            px[1] = ((c - m.gu * d - m.gv * e) >> 8).clamp(0, 255) as u8;
-            px[2] = ((c + m.bu * d) >> 8).clamp(0, 255) as u8;
+            let (r, g, b) = (m.rv * e, -m.gu * d - m.gv * e, m.bu * d);
+            for (px, &l) in pair.chunks_exact_mut(3).zip(luma) {
+                let c = m.y * (i32::from(l) - 16) + 128;
+                px[0] = ((c + r) >> 8).clamp(0, 255) as u8;
+                px[1] = ((c + g) >> 8).clamp(0, 255) as u8;
+                px[2] = ((c + b) >> 8).clamp(0, 255) as u8;
+            }
         }
     }
     Ok(())

@@ -393,9 +393,8 @@ impl Supervisor {
 fn describe(msg: &gst::Message, error: &gst::glib::Error, debug: Option<&str>) -> String {
     let source = msg
         .src()
-        .map(|s| s.path_string().to_string())
+        .map(|s| s.name().to_string())
         .unwrap_or_else(|| "pipeline".into());
-    let source = source.rsplit('/').next().unwrap_or(&source).to_string();
     match debug.and_then(|d| d.lines().last()) {
         Some(d) if !d.is_empty() => {
             let d: String = d.chars().take(200).collect();

@@ -1,7 +1,9 @@
 //! Preprocessing speed: frame → 3×768×768 `pixel_values`, per frame size, on one thread and
 //! split over threads. A plain `harness = false` bench timed with `std::time` (no criterion):
-//! it prints the median and the fastest of a short run, enough to compare with the reference
-//! processor (`tools/make_preprocess_golden.py --bench`).
+//! it prints the median and the fastest wall time of a short run and, on Linux, the median CPU
+//! time of the calling thread (which a busy machine does not inflate the way it inflates wall
+//! time), enough to compare with the reference processor
+//! (`tools/make_preprocess_golden.py --bench`).
 //!
 //! `cargo bench --bench preprocess` (optional arguments: iterations, thread count).
 
@@ -24,21 +26,71 @@ fn noise(len: usize, mut state: u64) -> Vec<u8> {
         .collect()
 }
 
-fn time<F: FnMut()>(iterations: usize, mut f: F) -> (Duration, Duration) {
+/// CPU time of the calling thread (Linux `CLOCK_THREAD_CPUTIME_ID`); `None` elsewhere.
+#[cfg(target_os = "linux")]
+fn thread_cpu_time() -> Option<Duration> {
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_cpu_time() -> Option<Duration> {
+    None
+}
+
+/// Median wall, best wall, median CPU time of this thread.
+struct Timing {
+    median: Duration,
+    best: Duration,
+    cpu: Option<Duration>,
+}
+
+fn time<F: FnMut()>(iterations: usize, mut f: F) -> Timing {
     f(); // warm-up: plans, scratch buffers, page faults
-    let mut samples: Vec<Duration> = (0..iterations)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed()
-        })
-        .collect();
-    samples.sort();
-    (samples[samples.len() / 2], samples[0])
+    let mut wall = Vec::with_capacity(iterations);
+    let mut cpu = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let cpu_start = thread_cpu_time();
+        let start = Instant::now();
+        f();
+        wall.push(start.elapsed());
+        if let (Some(a), Some(b)) = (cpu_start, thread_cpu_time()) {
+            cpu.push(b.saturating_sub(a));
+        }
+    }
+    wall.sort();
+    cpu.sort();
+    Timing {
+        median: wall[wall.len() / 2],
+        best: wall[0],
+        cpu: cpu.get(cpu.len() / 2).copied(),
+    }
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1e3)
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+/// "median / best [cpu]" in ms; the CPU column only for single-thread runs.
+fn cell(t: &Timing, with_cpu: bool) -> String {
+    match (with_cpu, t.cpu) {
+        (true, Some(cpu)) => format!("{} / {} [{}]", ms(t.median), ms(t.best), ms(cpu)),
+        _ => format!("{} / {}", ms(t.median), ms(t.best)),
+    }
 }
 
 fn main() {
@@ -63,10 +115,11 @@ fn main() {
         }
     };
     println!(
-        "preprocess bench: {iterations} iterations, median / best in ms; threads = {threads}; avx2 = {avx2}"
+        "preprocess bench: {iterations} iterations; wall median / best [thread CPU median], ms; \
+         threads = {threads}; avx2 = {avx2}"
     );
     println!(
-        "{:<12} {:>18} {:>18} {:>18} {:>18} {:>18}",
+        "{:<10} {:>24} {:>24} {:>16} {:>16} {:>24}",
         "frame",
         "resize 1T",
         "f32 1T",
@@ -121,15 +174,14 @@ fn main() {
             nv12_to_rgb(&nv12, YuvMatrix::Bt709Limited, &mut rgb).expect("convert");
             black_box(&rgb);
         });
-        let cell = |(median, best): (Duration, Duration)| format!("{} / {}", ms(median), ms(best));
         println!(
-            "{:<12} {:>18} {:>18} {:>18} {:>18} {:>18}",
+            "{:<10} {:>24} {:>24} {:>16} {:>16} {:>24}",
             format!("{w}x{h}"),
-            cell(resize),
-            cell(f32_single),
-            cell(f32_threaded),
-            cell(f16_threaded),
-            cell(convert)
+            cell(&resize, true),
+            cell(&f32_single, true),
+            cell(&f32_threaded, false),
+            cell(&f16_threaded, false),
+            cell(&convert, true)
         );
     }
 }

@@ -253,24 +253,52 @@ pub fn nv12_to_rgb(
         let luma = &frame.y_plane[y * frame.y_stride..y * frame.y_stride + width];
         let uv_start = (y / 2) * frame.uv_stride;
         let chroma = &frame.uv_plane[uv_start..uv_start + width.div_ceil(2) * 2];
-        // Two pixels per chroma pair; an odd last column uses its pair alone.
-        for ((pair, luma), uv) in out_row
-            .chunks_mut(6)
-            .zip(luma.chunks(2))
-            .zip(chroma.chunks_exact(2))
-        {
-            let d = i32::from(uv[0]) - 128;
-            let e = i32::from(uv[1]) - 128;
-            let (r, g, b) = (m.rv * e, -m.gu * d - m.gv * e, m.bu * d);
-            for (px, &l) in pair.chunks_exact_mut(3).zip(luma) {
-                let c = m.y * (i32::from(l) - 16) + 128;
-                px[0] = ((c + r) >> 8).clamp(0, 255) as u8;
-                px[1] = ((c + g) >> 8).clamp(0, 255) as u8;
-                px[2] = ((c + b) >> 8).clamp(0, 255) as u8;
-            }
-        }
+        convert_row(&m, luma, chroma, out_row);
     }
     Ok(())
+}
+
+/// Pixels converted per group: fixed-size arrays let the compiler vectorize the arithmetic.
+const GROUP: usize = 16;
+
+dispatch!(
+    convert_row,
+    convert_row_generic,
+    convert_row_avx2,
+    (m: &YuvToRgbCoeffs, luma: &[u8], chroma: &[u8], out: &mut [u8])
+);
+
+/// One row: `luma` has `width` bytes, `chroma` one (Cb, Cr) pair per two pixels.
+#[inline(always)]
+fn convert_row_generic(m: &YuvToRgbCoeffs, luma: &[u8], chroma: &[u8], out: &mut [u8]) {
+    let full = luma.len() - luma.len() % GROUP;
+    for ((l, uv), px) in luma[..full]
+        .chunks_exact(GROUP)
+        .zip(chroma.chunks_exact(GROUP))
+        .zip(out.chunks_exact_mut(GROUP * 3))
+    {
+        let (mut r, mut g, mut b) = ([0u8; GROUP], [0u8; GROUP], [0u8; GROUP]);
+        for i in 0..GROUP {
+            let c = m.y * (i32::from(l[i]) - 16) + 128;
+            let d = i32::from(uv[i & !1]) - 128;
+            let e = i32::from(uv[i | 1]) - 128;
+            r[i] = ((c + m.rv * e) >> 8).clamp(0, 255) as u8;
+            g[i] = ((c - m.gu * d - m.gv * e) >> 8).clamp(0, 255) as u8;
+            b[i] = ((c + m.bu * d) >> 8).clamp(0, 255) as u8;
+        }
+        for (i, p) in px.chunks_exact_mut(3).enumerate() {
+            p.copy_from_slice(&[r[i], g[i], b[i]]);
+        }
+    }
+    // The rest, including an odd last column whose chroma pair covers it alone.
+    for (x, px) in out.chunks_exact_mut(3).enumerate().skip(full) {
+        let c = m.y * (i32::from(luma[x]) - 16) + 128;
+        let d = i32::from(chroma[x & !1]) - 128;
+        let e = i32::from(chroma[x | 1]) - 128;
+        px[0] = ((c + m.rv * e) >> 8).clamp(0, 255) as u8;
+        px[1] = ((c - m.gu * d - m.gv * e) >> 8).clamp(0, 255) as u8;
+        px[2] = ((c + m.bu * d) >> 8).clamp(0, 255) as u8;
+    }
 }
 
 #[cfg(test)]
@@ -349,6 +377,35 @@ mod tests {
         assert!(red[0] >= 253 && red[1] <= 2 && red[2] <= 2, "{red:?}");
         assert_eq!(&rgb[0..6], &rgb[12..18]);
         assert_eq!(&rgb[6..12], &[128, 128, 128, 128, 128, 128]);
+    }
+
+    #[test]
+    fn nv12_wide_rows_follow_the_documented_formula() {
+        // 37 wide (two 16-pixel groups and an odd tail), padded strides, every byte value.
+        let (w, h, y_stride, uv_stride) = (37usize, 5usize, 40usize, 42usize);
+        let y_plane: Vec<u8> = (0..y_stride * h).map(|i| (i * 89 % 256) as u8).collect();
+        let uv_plane: Vec<u8> = (0..uv_stride * 3).map(|i| (i * 53 % 256) as u8).collect();
+        let frame = Nv12Frame::new(w as u32, h as u32, y_stride, &y_plane, uv_stride, &uv_plane)
+            .expect("frame");
+        for matrix in [YuvMatrix::Bt601Limited, YuvMatrix::Bt709Limited] {
+            let mut rgb = vec![0u8; w * h * 3];
+            nv12_to_rgb(&frame, matrix, &mut rgb).expect("convert");
+            let m = matrix.coeffs();
+            for y in 0..h {
+                for x in 0..w {
+                    let c = m.y * (i32::from(y_plane[y * y_stride + x]) - 16) + 128;
+                    let d = i32::from(uv_plane[(y / 2) * uv_stride + (x / 2) * 2]) - 128;
+                    let e = i32::from(uv_plane[(y / 2) * uv_stride + (x / 2) * 2 + 1]) - 128;
+                    let expected = [
+                        ((c + m.rv * e) >> 8).clamp(0, 255) as u8,
+                        ((c - m.gu * d - m.gv * e) >> 8).clamp(0, 255) as u8,
+                        ((c + m.bu * d) >> 8).clamp(0, 255) as u8,
+                    ];
+                    let at = (y * w + x) * 3;
+                    assert_eq!(rgb[at..at + 3], expected, "{matrix:?} pixel ({x}, {y})");
+                }
+            }
+        }
     }
 
     #[test]

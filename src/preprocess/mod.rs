@@ -14,6 +14,32 @@
 //! rows across threads gives the same bytes. The CUDA twin uploads the same tables
 //! ([`ResampleCoeffs`], [`Preprocessor::lut_f32`]) and does the same integer sums.
 
+/// Runtime dispatch: the same generic loops compiled once more with AVX2 enabled, chosen when
+/// the CPU has it. The integer results are identical either way; only the speed differs.
+macro_rules! dispatch {
+    ($name:ident, $generic:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
+        /// # Safety
+        /// The CPU must support AVX2.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $avx2($($arg: $ty),*) {
+            $generic($($arg),*)
+        }
+
+        #[inline(always)]
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked just above.
+                    return unsafe { $avx2($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+
 mod config;
 mod frame;
 #[cfg(test)]

@@ -540,30 +540,6 @@ fn store_row_generic(acc: &[i32], out: &mut [u8]) {
     }
 }
 
-/// Runtime dispatch: the same generic loops compiled once more with AVX2 enabled, chosen when
-/// the CPU has it. The integer results are identical either way; only the speed differs.
-macro_rules! dispatch {
-    ($name:ident, $generic:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        fn $avx2($($arg: $ty),*) {
-            $generic($($arg),*)
-        }
-
-        #[inline(always)]
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2, checked just above.
-                    return unsafe { $avx2($($arg),*) };
-                }
-            }
-            $generic($($arg),*)
-        }
-    };
-}
-
 /// The horizontal tile kernel, with explicit AVX2 where the CPU has it: left to itself the
 /// compiler vectorizes across taps with byte gathers (several times slower) instead of across
 /// the 24 lanes of a tap.
@@ -585,9 +561,11 @@ fn horizontal_block(
     horizontal_block_generic(h, x0, in_start, columns, out)
 }
 
+/// # Safety
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn horizontal_block_avx2(
+unsafe fn horizontal_block_avx2(
     h: &ResampleCoeffs,
     x0: usize,
     in_start: usize,
@@ -595,14 +573,13 @@ fn horizontal_block_avx2(
     out: &mut [u8],
 ) {
     use std::arch::x86_64::*;
-    let (out_pixels, _) = out.as_chunks_mut::<BLOCK_PIXEL>();
-    for (i, out_px) in out_pixels.iter_mut().enumerate() {
+    for (i, out_px) in out.chunks_exact_mut(BLOCK_PIXEL).enumerate() {
         let (first, taps) = h.taps(x0 + i);
         let at = (first * 3 - in_start) * BLOCK_ROWS;
-        let (pixels, _) = columns[at..at + taps.len() * BLOCK_PIXEL].as_chunks::<BLOCK_PIXEL>();
+        let pixels = columns[at..at + taps.len() * BLOCK_PIXEL].chunks_exact(BLOCK_PIXEL);
         let half = _mm256_set1_epi32(ROUNDING_HALF);
         let (mut r, mut g, mut b) = (half, half, half);
-        for (px, &k) in pixels.iter().zip(taps) {
+        for (px, &k) in pixels.zip(taps) {
             let k = _mm256_set1_epi32(k);
             // SAFETY: `px` is 24 bytes; the three loads read bytes 0..8, 8..16 and 16..24.
             let (pr, pg, pb) = unsafe {
@@ -630,6 +607,7 @@ fn horizontal_block_avx2(
         }
     }
 }
+
 dispatch!(
     accumulate_row,
     accumulate_row_generic,

@@ -333,6 +333,17 @@ impl Supervisor {
                 }
                 None
             }
+            MessageView::Qos(q) => {
+                // GstVideoDecoder does not post its decode errors on the bus
+                // (max-errors = -1 since 1.18): it drops the frame and posts a
+                // QoS message. A drop that was not late (jitter <= 0) is a
+                // frame the decoder could not decode.
+                let (jitter, _, _) = q.values();
+                if jitter <= 0 && is_decoder(msg) {
+                    self.shared.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                None
+            }
             MessageView::Eos(_) => Some("end of stream".to_string()),
             _ => None,
         }
@@ -405,9 +416,10 @@ fn describe(msg: &gst::Message, error: &gst::glib::Error, debug: Option<&str>) -
 }
 
 fn is_decode_trouble(msg: &gst::Message, error: &gst::glib::Error) -> bool {
-    if error.matches(gst::StreamError::Decode) {
-        return true;
-    }
+    error.matches(gst::StreamError::Decode) || is_decoder(msg)
+}
+
+fn is_decoder(msg: &gst::Message) -> bool {
     msg.src()
         .and_then(|s| s.downcast_ref::<gst::Element>())
         .and_then(|e| e.factory())

@@ -17,7 +17,7 @@ use florence_edge::runtime::Backend;
 #[command(name = "florence-edge", version, about = "Cameras in, Florence-2 results out.")]
 struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `florence_edge=debug`.
-    #[arg(long, global = true, env = "FLORENCE_EDGE_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "FLORENCE_EDGE_LOG", default_value = "info,ort=warn")]
     log: String,
     #[command(subcommand)]
     command: Command,

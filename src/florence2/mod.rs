@@ -2,6 +2,7 @@
 //! the ONNX graphs, and generation.
 
 pub mod config;
+pub mod engine;
 pub mod generate;
 pub mod graphs;
 pub mod model;

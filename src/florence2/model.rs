@@ -49,6 +49,9 @@ pub struct StageTimings {
     pub encoder_ms: f64,
     pub decode_ms: f64,
     pub decode_steps: usize,
+    /// Time spent inside ONNX Runtime `run` calls (all graphs); the rest of
+    /// the model stages is orchestration (tensor building, search).
+    pub session_ms: f64,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -88,6 +91,8 @@ pub struct Florence2 {
     vocab_size: usize,
     /// (height, width) the vision encoder expects, when the graph fixes it.
     pub pixel_size: Option<(usize, usize)>,
+    /// Time inside ONNX Runtime since the last `generate` started.
+    session_time: Duration,
 }
 
 impl Florence2 {
@@ -238,6 +243,7 @@ impl Florence2 {
             kv_type,
             vocab_size,
             pixel_size,
+            session_time: Duration::ZERO,
         })
     }
 
@@ -272,9 +278,10 @@ impl Florence2 {
         let g = &mut self.vision;
         let pv = graphs::float_tensor(self.pixel_type, shape.iter().map(|&d| d as i64).collect(), pixel_values)
             .map_err(|e| g.run_error(e))?;
-        let mut out = g
-            .session
-            .run(ort::inputs! {"pixel_values" => pv})
+        let t = Instant::now();
+        let out = g.session.run(ort::inputs! {"pixel_values" => pv});
+        self.session_time += t.elapsed();
+        let mut out = out
             .map_err(|e| ModelError::Run { path: g.path.clone(), reason: e.to_string() })?;
         out.remove("image_features")
             .ok_or_else(|| ModelError::Run { path: g.path.clone(), reason: "no output image_features".into() })
@@ -284,9 +291,10 @@ impl Florence2 {
         let cols = ids.len() / rows.max(1);
         let g = &mut self.embed;
         let t = graphs::i64_tensor(vec![rows as i64, cols as i64], ids).map_err(|e| g.run_error(e))?;
-        let mut out = g
-            .session
-            .run(ort::inputs! {"input_ids" => t})
+        let start = Instant::now();
+        let out = g.session.run(ort::inputs! {"input_ids" => t});
+        self.session_time += start.elapsed();
+        let mut out = out
             .map_err(|e| ModelError::Run { path: g.path.clone(), reason: e.to_string() })?;
         out.remove("inputs_embeds")
             .ok_or_else(|| ModelError::Run { path: g.path.clone(), reason: "no output inputs_embeds".into() })
@@ -335,9 +343,10 @@ impl Florence2 {
         let emb = graphs::float_tensor(self.embeds_in_type[0], vec![batch as i64, s as i64, d as i64], &embeds)
             .map_err(|e| g.run_error(e))?;
         let m = graphs::i64_tensor(vec![batch as i64, s as i64], mask.clone()).map_err(|e| g.run_error(e))?;
-        let mut out = g
-            .session
-            .run(ort::inputs! {"attention_mask" => m, "inputs_embeds" => emb})
+        let start = Instant::now();
+        let out = g.session.run(ort::inputs! {"attention_mask" => m, "inputs_embeds" => emb});
+        self.session_time += start.elapsed();
+        let mut out = out
             .map_err(|e| ModelError::Run { path: g.path.clone(), reason: e.to_string() })?;
         let hidden = out
             .remove("last_hidden_state")
@@ -367,6 +376,7 @@ impl Florence2 {
             return Err(ModelError::Input("max_new_tokens must be at least 1".into()));
         }
         let mut timings = StageTimings::default();
+        self.session_time = Duration::ZERO;
         let t0 = Instant::now();
         let features = self.encode_image(pixel_values, shape)?;
         timings.vision_ms = ms(t0.elapsed());
@@ -406,6 +416,7 @@ impl Florence2 {
         };
         timings.decode_steps = step.steps;
         timings.decode_ms = ms(t2.elapsed());
+        timings.session_ms = ms(self.session_time);
         Ok((seqs, timings))
     }
 }
@@ -514,7 +525,10 @@ impl DecoderStep for OrtStep<'_> {
         }
         let path = graph.path.clone();
         let run_err = |e: ort::Error| ModelError::Run { path: path.clone(), reason: e.to_string() };
-        let mut out = graph.session.run(inputs).map_err(run_err)?;
+        let start = Instant::now();
+        let out = graph.session.run(inputs);
+        let elapsed = start.elapsed();
+        let mut out = out.map_err(run_err)?;
         let logits = out
             .remove("logits")
             .ok_or_else(|| ModelError::Run { path: path.clone(), reason: "no output logits".into() })?;
@@ -534,6 +548,7 @@ impl DecoderStep for OrtStep<'_> {
             }
         }
         drop(out);
+        model.session_time += elapsed;
         if first {
             self.encoder_kv = new_enc;
         }

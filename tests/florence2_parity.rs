@@ -1,0 +1,262 @@
+//! Token-for-token parity with the Hugging Face reference on the project's
+//! tiny random-weight Florence-2 (tests/fixtures/tiny-florence2, goldens in
+//! tests/fixtures/golden, made by tools/make_tiny_florence2.py and
+//! tools/make_golden.py). Runs ONNX Runtime on the CPU.
+
+use std::path::{Path, PathBuf};
+
+use florence_edge::florence2::engine::{Decoding, Engine, TaskRequest};
+use florence_edge::florence2::{DecoderLayout, LoadOptions, Strategy, Task};
+use florence_edge::preprocess::RgbFrame;
+use florence_edge::runtime::Backend;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn load(layout: DecoderLayout) -> Engine {
+    let mut opts = LoadOptions::new(fixtures().join("tiny-florence2"));
+    opts.backend = Backend::Cpu;
+    opts.layout = layout;
+    opts.intra_threads = 1;
+    Engine::load(&opts).expect("the tiny model loads")
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+struct Image {
+    width: u32,
+    height: u32,
+    rgb: Vec<u8>,
+}
+
+fn image(name: &str) -> Image {
+    let img = image::open(fixtures().join("images").join(name)).unwrap().to_rgb8();
+    Image {
+        width: img.width(),
+        height: img.height(),
+        rgb: img.into_raw(),
+    }
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+}
+
+fn request(case: &Value) -> TaskRequest {
+    let task: Task = case["task"].as_str().unwrap().parse().unwrap();
+    let mut req = TaskRequest::new(task);
+    if let Some(region) = case["region"].as_object() {
+        let b: Vec<f64> = region["pixel_box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        req.region = Some([b[0], b[1], b[2], b[3]]);
+    } else if let Some(t) = case["text_input"].as_str() {
+        req.text = Some(t.to_string());
+    }
+    req
+}
+
+fn cases() -> Vec<Value> {
+    let index = read_json(&fixtures().join("golden/index.json"));
+    index["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            let doc = read_json(&fixtures().join("golden").join(f.as_str().unwrap()));
+            doc["cases"].as_array().unwrap().clone()
+        })
+        .collect()
+}
+
+/// Every image × every task, greedy and beam, one layout; returns the
+/// number of cases checked.
+fn check_unbatched(layout: DecoderLayout) -> usize {
+    let mut engine = load(layout);
+    let cases = cases();
+    assert!(cases.len() >= 15 * 4, "expected every task on several images, got {}", cases.len());
+    let mut mismatches = Vec::new();
+    for case in &cases {
+        let img = image(case["image"].as_str().unwrap());
+        let frame = RgbFrame::packed(img.width, img.height, &img.rgb).unwrap();
+        let req = request(case);
+        let max_new_tokens = case["max_new_tokens"].as_u64().unwrap() as usize;
+        let label = format!("{} {} ({layout:?})", case["image"], case["task"]);
+
+        let prompt_ids = engine.model.tokenizer.encode_prompt(case["prompt"].as_str().unwrap()).unwrap();
+        assert_eq!(prompt_ids, ids(&case["prompt_input_ids"]), "prompt ids of {label}");
+
+        for (key, strategy) in [
+            ("greedy", Strategy::Greedy),
+            ("beam", Strategy::Beam { num_beams: case["beam"]["num_beams"].as_u64().unwrap() as usize }),
+        ] {
+            let out = engine
+                .run(&[(frame, req.clone())], Decoding { strategy, max_new_tokens })
+                .unwrap_or_else(|e| panic!("{label} {key}: {e}"));
+            let r = &out[0];
+            assert_eq!(r.prompt, case["prompt"].as_str().unwrap(), "prompt text of {label}");
+            let want = ids(&case[key]["token_ids"]);
+            if r.token_ids != want {
+                mismatches.push(format!("{label} {key}:\n  got  {:?}\n  want {:?}", r.token_ids, want));
+                continue;
+            }
+            assert_eq!(r.raw_text, case[key]["text"].as_str().unwrap(), "decoded text of {label} {key}");
+        }
+    }
+    assert!(mismatches.is_empty(), "{} token mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
+    cases.len()
+}
+
+#[test]
+fn greedy_and_beam_match_the_reference_with_split_decoders() {
+    let n = check_unbatched(DecoderLayout::Split);
+    eprintln!("checked {n} cases");
+}
+
+#[test]
+fn greedy_and_beam_match_the_reference_with_the_merged_decoder() {
+    check_unbatched(DecoderLayout::Merged);
+}
+
+#[test]
+fn batches_match_the_reference_row_for_row() {
+    let index = read_json(&fixtures().join("golden/index.json"));
+    let mut engine = load(DecoderLayout::Split);
+    let batches = index["batches"].as_array().unwrap();
+    assert!(batches.len() >= 2);
+    for name in batches {
+        let batch = read_json(&fixtures().join("golden").join(name.as_str().unwrap()));
+        let rows = batch["rows"].as_array().unwrap();
+        let images: Vec<Image> = rows.iter().map(|r| image(r["image"].as_str().unwrap())).collect();
+        // The region for region tasks comes from the per-image goldens.
+        let all = cases();
+        let items: Vec<(RgbFrame<'_>, TaskRequest)> = rows
+            .iter()
+            .zip(&images)
+            .map(|(row, img)| {
+                let case = all
+                    .iter()
+                    .find(|c| c["image"] == row["image"] && c["task"] == row["task"])
+                    .expect("an unbatched golden for each batch row");
+                (RgbFrame::packed(img.width, img.height, &img.rgb).unwrap(), request(case))
+            })
+            .collect();
+        let max_new_tokens = batch["max_new_tokens"].as_u64().unwrap() as usize;
+        for (key, strategy) in [
+            ("greedy", Strategy::Greedy),
+            ("beam", Strategy::Beam { num_beams: batch["num_beams"].as_u64().unwrap() as usize }),
+        ] {
+            let out = engine.run(&items, Decoding { strategy, max_new_tokens }).unwrap();
+            assert_eq!(out.len(), rows.len());
+            for (r, row) in out.iter().zip(rows) {
+                assert_eq!(r.batch_size, rows.len());
+                assert_eq!(
+                    r.token_ids,
+                    ids(&row[key]["token_ids"]),
+                    "{} row {} {} {key}",
+                    name,
+                    row["image"],
+                    row["task"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn preprocessing_matches_the_reference_pixel_values() {
+    use florence_edge::preprocess::{ImageProcessorConfig, Preprocessor};
+    let cfg = ImageProcessorConfig::from_json_file(fixtures().join("tiny-florence2/preprocessor_config.json")).unwrap();
+    let mut pre = Preprocessor::new(cfg).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for case in cases() {
+        let name = case["image"].as_str().unwrap().to_string();
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let img = image(&name);
+        let frame = RgbFrame::packed(img.width, img.height, &img.rgb).unwrap();
+        let mut out = vec![0f32; pre.image_len()];
+        pre.preprocess_into(&frame, &mut out).unwrap();
+        let pv = &case["pixel_values"];
+        let mut max_err = 0f64;
+        for (i, want) in ids_f64(&pv["strided_indices"]).iter().zip(ids_f64(&pv["strided_values"])) {
+            max_err = max_err.max((f64::from(out[*i as usize]) - want).abs());
+        }
+        for (got, want) in out.iter().zip(ids_f64(&pv["first16"])) {
+            max_err = max_err.max((f64::from(*got) - want).abs());
+        }
+        let sum: f64 = out.iter().map(|&v| f64::from(v)).sum();
+        let want_sum = pv["sum"].as_f64().unwrap();
+        // Bit-exact preprocessing gives identical samples; the sums differ
+        // only by summation order.
+        assert_eq!(max_err, 0.0, "{name}: pixel values differ from the reference");
+        assert!((sum - want_sum).abs() < 1e-6 * want_sum.abs().max(1.0), "{name}: sum {sum} vs {want_sum}");
+    }
+    assert!(seen.len() >= 4);
+}
+
+fn ids_f64(v: &Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+#[test]
+fn a_model_directory_with_a_missing_graph_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("tiny-florence2");
+    for f in ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::create_dir(dir.path().join("onnx")).unwrap();
+    let mut opts = LoadOptions::new(dir.path());
+    opts.backend = Backend::Cpu;
+    let err = Engine::load(&opts).err().expect("loading must fail").to_string();
+    assert!(err.contains("vision_encoder.onnx") && err.contains("is missing"), "{err}");
+}
+
+#[test]
+fn a_graph_with_the_wrong_tensor_names_is_rejected_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("tiny-florence2");
+    for f in ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let onnx = dir.path().join("onnx");
+    std::fs::create_dir(&onnx).unwrap();
+    for f in ["vision_encoder", "embed_tokens", "encoder_model", "decoder_model", "decoder_with_past_model"] {
+        // The embedding graph in place of the vision encoder: a valid ONNX
+        // file with the wrong contract.
+        let from = if f == "vision_encoder" { "embed_tokens" } else { f };
+        std::fs::copy(src.join(format!("onnx/{from}.onnx")), onnx.join(format!("{f}.onnx"))).unwrap();
+    }
+    let mut opts = LoadOptions::new(dir.path());
+    opts.backend = Backend::Cpu;
+    let err = Engine::load(&opts).err().expect("loading must fail").to_string();
+    assert!(err.contains("vision_encoder.onnx") && err.contains("pixel_values") && err.contains("is missing"), "{err}");
+}
+
+#[test]
+fn a_tokenizer_from_another_model_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("tiny-florence2");
+    for f in ["generation_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let mut cfg = read_json(&src.join("config.json"));
+    cfg["text_config"]["vocab_size"] = 100.into();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let mut opts = LoadOptions::new(dir.path());
+    opts.backend = Backend::Cpu;
+    let err = Engine::load(&opts).err().expect("loading must fail").to_string();
+    assert!(err.contains("tokenizer.json") && err.contains("vocab_size 100"), "{err}");
+}
+
+#[test]
+fn the_cpu_build_refuses_tensorrt_with_a_clear_message() {
+    let mut opts = LoadOptions::new(fixtures().join("tiny-florence2"));
+    opts.backend = Backend::TensorRt;
+    let err = Engine::load(&opts).err().expect("no TensorRT in the CPU build of ONNX Runtime").to_string();
+    assert!(err.contains("tensorrt is not available") && err.contains("TensorRT execution provider"), "{err}");
+}

@@ -58,16 +58,29 @@ fn frames_arrive(encoding: Encoding, transport: Transport, depay: &str) {
 
     let (event, before) = wait_for_state(&erx, &id, CameraState::Streaming, START_BOUND)
         .unwrap_or_else(|seen| panic!("never streaming; events: {:?}", states(&seen)));
-    assert_eq!(event.from, CameraState::Starting, "before: {:?}", states(&before));
+    assert_eq!(
+        event.from,
+        CameraState::Starting,
+        "before: {:?}",
+        states(&before)
+    );
     drain(&frx);
     let frames = collect_frames(&frx, Duration::from_secs(5), Duration::from_secs(3));
-    assert!(frames.len() >= 6, "only {} frames in 3 s at 5 fps", frames.len());
+    assert!(
+        frames.len() >= 6,
+        "only {} frames in 3 s at 5 fps",
+        frames.len()
+    );
     for f in &frames {
         assert_eq!((f.width, f.height), (320, 240));
         assert_eq!(f.format, PixelFormat::Rgb);
         assert_eq!(&*f.camera, id.as_str());
         assert!(f.stride >= 320 * 3, "stride {}", f.stride);
-        assert!(f.data.len() >= f.stride * 239 + 320 * 3, "{} bytes", f.data.len());
+        assert!(
+            f.data.len() >= f.stride * 239 + 320 * 3,
+            "{} bytes",
+            f.data.len()
+        );
     }
     // Sequence numbers increase; presentation times are 1/5 s apart on
     // average (the server sends 15 fps: every third frame is kept).
@@ -76,7 +89,10 @@ fn frames_arrive(encoding: Encoding, transport: Transport, depay: &str) {
     assert_eq!(pts.len(), frames.len(), "every frame has a timestamp");
     let span = pts[pts.len() - 1].saturating_sub(pts[0]);
     let mean = span.as_secs_f64() / (pts.len() - 1) as f64;
-    assert!((0.15..0.27).contains(&mean), "mean frame interval {mean:.3} s at 5 fps");
+    assert!(
+        (0.15..0.27).contains(&mean),
+        "mean frame interval {mean:.3} s at 5 fps"
+    );
 
     let status = cam.status();
     assert_eq!(status.state, CameraState::Streaming);
@@ -132,15 +148,27 @@ fn a_stopped_server_means_reconnecting_and_its_return_means_streaming() {
 
     server.stop();
     let (event, _) = wait_for_state(&erx, id, CameraState::Reconnecting, WATCHDOG_BOUND)
-        .unwrap_or_else(|seen| panic!("no reconnecting within the watchdog; events: {:?}", states(&seen)));
-    assert!(matches!(event.from, CameraState::Streaming | CameraState::Stalled));
+        .unwrap_or_else(|seen| {
+            panic!(
+                "no reconnecting within the watchdog; events: {:?}",
+                states(&seen)
+            )
+        });
+    assert!(matches!(
+        event.from,
+        CameraState::Streaming | CameraState::Stalled
+    ));
     assert!(event.reason.as_deref().unwrap_or("").contains(id));
 
     std::thread::sleep(Duration::from_secs(1));
     server.restart();
     let (_, between) = wait_for_state(&erx, id, CameraState::Streaming, START_BOUND)
         .unwrap_or_else(|seen| panic!("never streaming again; events: {:?}", states(&seen)));
-    assert!(between.iter().all(|e| e.to == CameraState::Reconnecting), "{:?}", states(&between));
+    assert!(
+        between.iter().all(|e| e.to == CameraState::Reconnecting),
+        "{:?}",
+        states(&between)
+    );
     drain(&frx);
     let frames = collect_frames(&frx, Duration::from_secs(5), Duration::from_millis(500));
     assert!(!frames.is_empty(), "no frames after the server came back");
@@ -162,11 +190,17 @@ fn a_server_that_stops_sending_is_stalled_then_recovered() {
     server.set_stalled(true);
     let (stalled, before) = wait_for_state(&erx, id, CameraState::Stalled, WATCHDOG_BOUND)
         .unwrap_or_else(|seen| panic!("no stall within the watchdog; events: {:?}", states(&seen)));
-    assert!(before.is_empty(), "events before the stall: {:?}", states(&before));
+    assert!(
+        before.is_empty(),
+        "events before the stall: {:?}",
+        states(&before)
+    );
     assert_eq!(stalled.from, CameraState::Streaming);
     assert!(stalled.reason.as_deref().unwrap_or("").contains("watchdog"));
-    let (reconnecting, _) = wait_for_state(&erx, id, CameraState::Reconnecting, Duration::from_secs(2))
-        .unwrap_or_else(|seen| panic!("stall did not lead to a reconnect: {:?}", states(&seen)));
+    let (reconnecting, _) =
+        wait_for_state(&erx, id, CameraState::Reconnecting, Duration::from_secs(2)).unwrap_or_else(
+            |seen| panic!("stall did not lead to a reconnect: {:?}", states(&seen)),
+        );
     assert_eq!(reconnecting.from, CameraState::Stalled);
     assert_eq!(reconnecting.retry_in_ms, Some(200));
 
@@ -201,12 +235,18 @@ fn wrong_credentials_back_off_then_fail_without_showing_the_password() {
 
     // A wrong password in the URL: three attempts, backoff 200 then 400 ms, failed.
     let (ftx, _frx, etx, erx) = channels();
-    let mut bad = camera("cam-auth-bad", server.url_with_credentials("viewer", "wrong-pw-9931"));
+    let mut bad = camera(
+        "cam-auth-bad",
+        server.url_with_credentials("viewer", "wrong-pw-9931"),
+    );
     bad.max_attempts = MaxAttempts::Limit(3);
     let cam = spawn_camera(&bad, ftx, etx).expect("camera starts");
     let (failed, before) = wait_for_state(&erx, "cam-auth-bad", CameraState::Failed, START_BOUND)
         .unwrap_or_else(|seen| panic!("never failed: {:?}", states(&seen)));
-    let retries: Vec<_> = before.iter().map(|e| (e.to, e.attempt, e.retry_in_ms)).collect();
+    let retries: Vec<_> = before
+        .iter()
+        .map(|e| (e.to, e.attempt, e.retry_in_ms))
+        .collect();
     assert_eq!(
         retries,
         vec![
@@ -224,9 +264,18 @@ fn wrong_credentials_back_off_then_fail_without_showing_the_password() {
         serde_json::to_string(&before).expect("json"),
         cam.status()
     );
-    assert!(!everything.contains("wrong-pw-9931"), "password leaked: {everything}");
-    assert!(!everything.contains("right-pw-0451"), "password leaked: {everything}");
-    assert!(everything.contains("rtsp://***@127.0.0.1"), "redacted URL in status");
+    assert!(
+        !everything.contains("wrong-pw-9931"),
+        "password leaked: {everything}"
+    );
+    assert!(
+        !everything.contains("right-pw-0451"),
+        "password leaked: {everything}"
+    );
+    assert!(
+        everything.contains("rtsp://***@127.0.0.1"),
+        "redacted URL in status"
+    );
 }
 
 #[test]
@@ -243,8 +292,9 @@ fn an_unreachable_camera_backs_off_then_fails_naming_the_camera() {
     settings.max_attempts = MaxAttempts::Limit(4);
     settings.backoff.initial = Duration::from_millis(100);
     let cam = spawn_camera(&settings, ftx, etx).expect("camera starts");
-    let (failed, before) = wait_for_state(&erx, "cam-unreachable", CameraState::Failed, START_BOUND)
-        .unwrap_or_else(|seen| panic!("never failed: {:?}", states(&seen)));
+    let (failed, before) =
+        wait_for_state(&erx, "cam-unreachable", CameraState::Failed, START_BOUND)
+            .unwrap_or_else(|seen| panic!("never failed: {:?}", states(&seen)));
     let delays: Vec<_> = before.iter().map(|e| e.retry_in_ms).collect();
     assert_eq!(delays, vec![Some(100), Some(200), Some(400)]);
     let status = cam.status();
@@ -253,6 +303,43 @@ fn an_unreachable_camera_backs_off_then_fails_naming_the_camera() {
     assert_eq!(status.frames_in, 0);
     let error = status.last_error.clone().unwrap_or_default();
     assert!(error.starts_with("camera cam-unreachable: "), "{error}");
-    assert!(!serde_json::to_string(&failed).expect("json").contains("hunter2-xyz"));
+    assert!(!serde_json::to_string(&failed)
+        .expect("json")
+        .contains("hunter2-xyz"));
     assert!(!error.contains("hunter2-xyz"));
+}
+
+#[test]
+fn at_one_fps_only_keyframes_are_decoded() {
+    // The server sends 15 fps with a keyframe every second.
+    let server = RtspTestServer::start(StreamSpec::new(Encoding::H264));
+    let id = "cam-keyframes";
+    let mut settings = camera(id, server.url());
+    settings.analysis_fps = Some(1.0);
+    settings.watchdog = Duration::from_secs(3);
+    let (ftx, frx, etx, erx) = channels();
+    let cam = spawn_camera(&settings, ftx, etx).expect("camera starts");
+    wait_for_state(&erx, id, CameraState::Streaming, START_BOUND)
+        .unwrap_or_else(|seen| panic!("never streaming; events: {:?}", states(&seen)));
+    // Two keyframes reveal the GOP; from then on deltas are skipped.
+    std::thread::sleep(Duration::from_millis(2500));
+    drain(&frx);
+    let before = cam.status();
+    let frames = collect_frames(&frx, Duration::from_secs(3), Duration::from_secs(4));
+    let after = cam.status();
+    let decoded = after.frames_in - before.frames_in;
+    assert!(
+        decoded <= 8,
+        "{decoded} frames decoded in ~4 s at 1 fps (15 fps stream)"
+    );
+    assert!(frames.len() >= 3, "only {} frames in 4 s", frames.len());
+    assert!(frames.iter().all(|f| (f.width, f.height) == (320, 240)));
+    let pts: Vec<Duration> = frames.iter().filter_map(|f| f.pts).collect();
+    let mean = pts[pts.len() - 1].saturating_sub(pts[0]).as_secs_f64() / (pts.len() - 1) as f64;
+    assert!(
+        (0.8..1.25).contains(&mean),
+        "mean interval {mean:.3} s at 1 fps"
+    );
+    assert_eq!(after.state, CameraState::Streaming);
+    assert_eq!(after.reconnects, 0);
 }

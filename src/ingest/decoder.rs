@@ -190,8 +190,13 @@ mod tests {
 
     #[test]
     fn cpu_decoders_are_the_fallback() {
-        let chain = select_decoder("c", Codec::H264, &DecoderChoice::Auto, only(&["avdec_h264"]))
-            .expect("chain");
+        let chain = select_decoder(
+            "c",
+            Codec::H264,
+            &DecoderChoice::Auto,
+            only(&["avdec_h264"]),
+        )
+        .expect("chain");
         assert_eq!(chain.to_string(), "avdec_h264");
         let chain = select_decoder("c", Codec::Jpeg, &DecoderChoice::Auto, only(&["jpegdec"]))
             .expect("chain");
@@ -203,7 +208,10 @@ mod tests {
         let e = select_decoder("porch", Codec::H265, &DecoderChoice::Auto, only(&[]))
             .expect_err("none");
         let text = e.to_string();
-        assert!(text.contains("porch") && text.contains("H.265") && text.contains("avdec_h265"), "{text}");
+        assert!(
+            text.contains("porch") && text.contains("H.265") && text.contains("avdec_h265"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -213,8 +221,8 @@ mod tests {
             .expect_err("missing");
         assert!(matches!(e, IngestError::DecoderMissing { .. }));
         assert!(e.to_string().contains("nvh264dec"));
-        let chain = select_decoder("porch", Codec::H264, &choice, only(&["nvh264dec"]))
-            .expect("present");
+        let chain =
+            select_decoder("porch", Codec::H264, &choice, only(&["nvh264dec"])).expect("present");
         assert_eq!(chain.to_string(), "nvh264dec");
     }
 

@@ -26,10 +26,10 @@ mod supervisor;
 
 pub use decoder::{select_decoder, Codec, DecodeChain, DecoderChoice};
 pub use frame::{ChromaPlane, Frame, FrameData, PixelFormat};
-pub use settings::{
-    redact_url, CameraSettings, CameraSource, Credentials, MaxAttempts, Transport,
+pub use settings::{redact_url, CameraSettings, CameraSource, Credentials, MaxAttempts, Transport};
+pub use state::{
+    AnalysisRate, BackoffPolicy, CameraMachine, CameraState, Command, KeyframeSkip, Transition,
 };
-pub use state::{AnalysisRate, BackoffPolicy, CameraMachine, CameraState, Command, Transition};
 pub use supervisor::{spawn_camera, CameraCounters, CameraEvent, CameraHandle, CameraStatus};
 
 /// Everything that can go wrong in ingest; every message names the camera.
@@ -75,7 +75,9 @@ pub enum IngestError {
         why: &'static str,
     },
     /// The stream's codec is not H.264, H.265 or MJPEG.
-    #[error("camera {camera}: unsupported stream encoding `{encoding}` (allowed: H264, H265, JPEG)")]
+    #[error(
+        "camera {camera}: unsupported stream encoding `{encoding}` (allowed: H264, H265, JPEG)"
+    )]
     UnsupportedEncoding { camera: String, encoding: String },
     /// GStreamer refused to build or start the pipeline.
     #[error("camera {camera}: pipeline could not be built: {reason}")]

@@ -21,7 +21,7 @@ use gstreamer_video as gst_video;
 use super::decoder::{select_decoder, Codec, DecoderChoice};
 use super::frame::{ChromaPlane, Frame, FrameData, PixelFormat};
 use super::settings::{CameraSource, ResolvedCamera, Transport};
-use super::state::AnalysisRate;
+use super::state::{AnalysisRate, KeyframeSkip};
 use super::supervisor::CameraCounters;
 use super::IngestError;
 
@@ -34,6 +34,8 @@ pub(crate) struct PipelineContext {
     pub decoder: DecoderChoice,
     pub output: PixelFormat,
     pub analysis_fps: Option<f64>,
+    pub keyframe_skipping: bool,
+    pub watchdog: Duration,
     pub counters: Arc<CameraCounters>,
     pub frames: SyncSender<Frame>,
     /// Next frame sequence number; survives rebuilds.
@@ -74,7 +76,10 @@ pub(crate) fn preflight(ctx: &PipelineContext) -> Result<(), IngestError> {
             })
         }
     };
-    need("videoconvert", "converts decoded frames to the output format")?;
+    need(
+        "videoconvert",
+        "converts decoded frames to the output format",
+    )?;
     need("appsink", "hands frames to the daemon")?;
     match &ctx.camera.source {
         CameraSource::Rtsp { .. } => need("rtspsrc", "reads rtsp:// cameras")?,
@@ -100,7 +105,11 @@ pub(crate) fn preflight(ctx: &PipelineContext) -> Result<(), IngestError> {
     Ok(())
 }
 
-fn make(ctx: &PipelineContext, factory: &str, name: Option<&str>) -> Result<gst::Element, IngestError> {
+fn make(
+    ctx: &PipelineContext,
+    factory: &str,
+    name: Option<&str>,
+) -> Result<gst::Element, IngestError> {
     let mut builder = gst::ElementFactory::make(factory);
     if let Some(name) = name {
         builder = builder.name(name);
@@ -132,7 +141,10 @@ pub(crate) fn build(ctx: &Arc<PipelineContext>) -> Result<LivePipeline, IngestEr
         CameraSource::Rtsp { location } => {
             let src = make(ctx, "rtspsrc", Some("source"))?;
             src.set_property("location", location);
-            src.set_property("latency", u32::try_from(ctx.latency.as_millis()).unwrap_or(u32::MAX));
+            src.set_property(
+                "latency",
+                u32::try_from(ctx.latency.as_millis()).unwrap_or(u32::MAX),
+            );
             src.set_property_from_str("protocols", ctx.transport.rtspsrc_protocols());
             src.set_property("drop-on-latency", true);
             // Our watchdog decides about dead cameras, but a TCP connect to a
@@ -147,7 +159,9 @@ pub(crate) fn build(ctx: &Arc<PipelineContext>) -> Result<LivePipeline, IngestEr
             let ctx2 = ctx.clone();
             let linked = Arc::new(AtomicBool::new(false));
             src.connect_pad_added(move |src, pad| {
-                let Some(pipeline) = weak.upgrade() else { return };
+                let Some(pipeline) = weak.upgrade() else {
+                    return;
+                };
                 if let Err(e) = link_rtp_pad(&ctx2, &pipeline, pad, &tail, &gate, &linked) {
                     gst::element_error!(src, gst::StreamError::CodecNotFound, ("{}", e));
                 }
@@ -164,7 +178,9 @@ pub(crate) fn build(ctx: &Arc<PipelineContext>) -> Result<LivePipeline, IngestEr
             let src = make(ctx, "v4l2src", Some("source"))?;
             src.set_property("device", device.to_string_lossy().as_ref());
             let decode = make(ctx, "decodebin", Some("decode"))?;
-            pipeline.add_many([&src, &decode]).map_err(|e| pipeline_error(ctx, e))?;
+            pipeline
+                .add_many([&src, &decode])
+                .map_err(|e| pipeline_error(ctx, e))?;
             src.link(&decode).map_err(|e| pipeline_error(ctx, e))?;
             gate.install(&entry_pad(ctx, &tail)?);
             connect_raw_pads(ctx, &pipeline, &decode, &tail);
@@ -182,12 +198,18 @@ pub(crate) fn build(ctx: &Arc<PipelineContext>) -> Result<LivePipeline, IngestEr
             let caps = gst::Caps::builder("video/x-raw")
                 .field("width", i32::try_from(*width).unwrap_or(i32::MAX))
                 .field("height", i32::try_from(*height).unwrap_or(i32::MAX))
-                .field("framerate", gst::Fraction::new(i32::try_from(*fps).unwrap_or(30), 1))
+                .field(
+                    "framerate",
+                    gst::Fraction::new(i32::try_from(*fps).unwrap_or(30), 1),
+                )
                 .build();
             let filter = make(ctx, "capsfilter", None)?;
             filter.set_property("caps", &caps);
-            pipeline.add_many([&src, &filter]).map_err(|e| pipeline_error(ctx, e))?;
-            gst::Element::link_many([&src, &filter, &tail[0]]).map_err(|e| pipeline_error(ctx, e))?;
+            pipeline
+                .add_many([&src, &filter])
+                .map_err(|e| pipeline_error(ctx, e))?;
+            gst::Element::link_many([&src, &filter, &tail[0]])
+                .map_err(|e| pipeline_error(ctx, e))?;
             gate.install(&entry_pad(ctx, &tail)?);
             set_chain(ctx, "videotestsrc (raw)");
         }
@@ -203,7 +225,10 @@ pub(crate) fn build(ctx: &Arc<PipelineContext>) -> Result<LivePipeline, IngestEr
                 .features(["memory:NVMM"])
                 .field("width", i32::try_from(*width).unwrap_or(i32::MAX))
                 .field("height", i32::try_from(*height).unwrap_or(i32::MAX))
-                .field("framerate", gst::Fraction::new(i32::try_from(*fps).unwrap_or(30), 1))
+                .field(
+                    "framerate",
+                    gst::Fraction::new(i32::try_from(*fps).unwrap_or(30), 1),
+                )
                 .build();
             let filter = make(ctx, "capsfilter", None)?;
             filter.set_property("caps", &caps);
@@ -237,7 +262,10 @@ fn entry_pad(ctx: &PipelineContext, tail: &[gst::Element]) -> Result<gst::Pad, I
 }
 
 /// `videoconvert ! capsfilter(format) ! appsink`, added to the pipeline.
-fn build_tail(ctx: &Arc<PipelineContext>, pipeline: &gst::Pipeline) -> Result<Vec<gst::Element>, IngestError> {
+fn build_tail(
+    ctx: &Arc<PipelineContext>,
+    pipeline: &gst::Pipeline,
+) -> Result<Vec<gst::Element>, IngestError> {
     let convert = make(ctx, "videoconvert", Some("convert"))?;
     let caps = gst::Caps::builder("video/x-raw")
         .field("format", ctx.output.gst_format())
@@ -267,7 +295,10 @@ fn build_tail(ctx: &Arc<PipelineContext>, pipeline: &gst::Pipeline) -> Result<Ve
 }
 
 /// The appsink callback, on the streaming thread: never blocks.
-fn hand_over(ctx: &PipelineContext, sink: &gst_app::AppSink) -> Result<gst::FlowSuccess, gst::FlowError> {
+fn hand_over(
+    ctx: &PipelineContext,
+    sink: &gst_app::AppSink,
+) -> Result<gst::FlowSuccess, gst::FlowError> {
     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
     let (Some(buffer), Some(caps)) = (sample.buffer_owned(), sample.caps()) else {
         return Ok(gst::FlowSuccess::Ok);
@@ -285,12 +316,17 @@ fn hand_over(ctx: &PipelineContext, sink: &gst_app::AppSink) -> Result<gst::Flow
     };
     let pts = buffer.pts();
     let captured_at = capture_time(sink, &sample, pts);
-    let meta = buffer.meta::<gst_video::VideoMeta>().map(|m| (m.offset().to_vec(), m.stride().to_vec()));
+    let meta = buffer
+        .meta::<gst_video::VideoMeta>()
+        .map(|m| (m.offset().to_vec(), m.stride().to_vec()));
     let (offsets, strides): (Vec<usize>, Vec<i32>) = match meta {
         Some((o, s)) => (o, s),
         None => (info.offset().to_vec(), info.stride().to_vec()),
     };
-    let stride = strides.first().map(|s| usize::try_from(*s).unwrap_or(0)).unwrap_or(0);
+    let stride = strides
+        .first()
+        .map(|s| usize::try_from(*s).unwrap_or(0))
+        .unwrap_or(0);
     let chroma = match ctx.output {
         PixelFormat::Rgb => None,
         PixelFormat::Nv12 => match (offsets.get(1), strides.get(1)) {
@@ -302,7 +338,11 @@ fn hand_over(ctx: &PipelineContext, sink: &gst_app::AppSink) -> Result<gst::Flow
         },
     };
     let Ok(mapped) = buffer.into_mapped_buffer_readable() else {
-        gst::element_error!(sink, gst::StreamError::Failed, ("decoded frame could not be mapped for reading"));
+        gst::element_error!(
+            sink,
+            gst::StreamError::Failed,
+            ("decoded frame could not be mapped for reading")
+        );
         return Err(gst::FlowError::Error);
     };
     let frame = Frame {
@@ -330,7 +370,11 @@ fn hand_over(ctx: &PipelineContext, sink: &gst_app::AppSink) -> Result<gst::Flow
 
 /// Wall clock of capture: live sources stamp buffers with the running time of
 /// capture, so the frame is as old as the pipeline clock has run past it.
-fn capture_time(sink: &gst_app::AppSink, sample: &gst::Sample, pts: Option<gst::ClockTime>) -> SystemTime {
+fn capture_time(
+    sink: &gst_app::AppSink,
+    sample: &gst::Sample,
+    pts: Option<gst::ClockTime>,
+) -> SystemTime {
     let now = SystemTime::now();
     let (Some(clock), Some(base), Some(pts)) = (sink.clock(), sink.base_time(), pts) else {
         return now;
@@ -344,7 +388,8 @@ fn capture_time(sink: &gst_app::AppSink, sample: &gst::Sample, pts: Option<gst::
         return now;
     };
     let age = clock_now.saturating_sub(base.saturating_add(running));
-    now.checked_sub(Duration::from_nanos(age.nseconds())).unwrap_or(now)
+    now.checked_sub(Duration::from_nanos(age.nseconds()))
+        .unwrap_or(now)
 }
 
 /// Counts decoded frames and drops those above the analysis rate.
@@ -370,10 +415,36 @@ impl Gate {
             if admit {
                 gst::PadProbeReturn::Ok
             } else {
-                gst::PadProbeReturn::Drop
+                // `Handled` consumes the buffer here; `Drop` makes GStreamer 1.22
+                // unref an already-released pointer on sink pads (a CRITICAL).
+                gst::PadProbeReturn::Handled
             }
         });
     }
+}
+
+/// Drops delta frames in front of the decoder while keyframes alone cover
+/// the analysis rate.
+fn install_keyframe_skip(pad: &gst::Pad, skip: KeyframeSkip) {
+    let skip = Mutex::new(skip);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(buffer) = info.buffer() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+        let pts = buffer.pts().map(|p| Duration::from_nanos(p.nseconds()));
+        let admit = skip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(pts, keyframe);
+        if admit {
+            gst::PadProbeReturn::Ok
+        } else {
+            // `Handled` consumes the buffer here; `Drop` makes GStreamer 1.22
+            // unref an already-released pointer on sink pads (a CRITICAL).
+            gst::PadProbeReturn::Handled
+        }
+    });
 }
 
 /// Links rtspsrc's video pad through depay/parse/decode to the tail; other
@@ -387,7 +458,9 @@ fn link_rtp_pad(
     linked: &AtomicBool,
 ) -> Result<(), IngestError> {
     let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
-    let structure = caps.as_ref().and_then(|c| c.structure(0).map(|s| s.to_owned()));
+    let structure = caps
+        .as_ref()
+        .and_then(|c| c.structure(0).map(|s| s.to_owned()));
     let media = structure
         .as_ref()
         .and_then(|s| s.get::<String>("media").ok())
@@ -399,10 +472,11 @@ fn link_rtp_pad(
         .as_ref()
         .and_then(|s| s.get::<String>("encoding-name").ok())
         .unwrap_or_default();
-    let codec = Codec::from_rtp_encoding(&encoding).ok_or_else(|| IngestError::UnsupportedEncoding {
-        camera: ctx.camera.id.clone(),
-        encoding: encoding.clone(),
-    })?;
+    let codec =
+        Codec::from_rtp_encoding(&encoding).ok_or_else(|| IngestError::UnsupportedEncoding {
+            camera: ctx.camera.id.clone(),
+            encoding: encoding.clone(),
+        })?;
     let chain = select_decoder(&ctx.camera.id, codec, &ctx.decoder, installed)?;
     if let Some(factory) = gst::ElementFactory::find(&chain.decoder) {
         let caps = gst::Caps::new_empty_simple(codec.caps_name());
@@ -423,25 +497,37 @@ fn link_rtp_pad(
     if let Some(conv) = &chain.converter {
         elements.push(make(ctx, conv, None)?);
     }
-    pipeline.add_many(&elements).map_err(|e| pipeline_error(ctx, e))?;
+    pipeline
+        .add_many(&elements)
+        .map_err(|e| pipeline_error(ctx, e))?;
     let mut all = elements.clone();
     all.push(tail[0].clone());
     gst::Element::link_many(&all).map_err(|e| pipeline_error(ctx, e))?;
     if let Some(src) = decoder.static_pad("src") {
         gate.install(&src);
     }
+    if ctx.keyframe_skipping {
+        if let Some(sink) = decoder.static_pad("sink") {
+            install_keyframe_skip(&sink, KeyframeSkip::new(ctx.analysis_fps, ctx.watchdog));
+        }
+    }
     for e in &elements {
-        e.sync_state_with_parent().map_err(|e| pipeline_error(ctx, e))?;
+        e.sync_state_with_parent()
+            .map_err(|e| pipeline_error(ctx, e))?;
     }
     let sink = elements[0]
         .static_pad("sink")
         .ok_or_else(|| pipeline_error(ctx, "depayloader has no sink pad"))?;
-    pad.link(&sink).map_err(|e| pipeline_error(ctx, format!("linking the {codec} stream: {e:?}")))?;
+    pad.link(&sink)
+        .map_err(|e| pipeline_error(ctx, format!("linking the {codec} stream: {e:?}")))?;
     linked.store(true, Ordering::SeqCst);
     let description = format!(
         "{} ! {}{}",
         codec.depayloader(),
-        codec.parser().map(|p| format!("{p} ! ")).unwrap_or_default(),
+        codec
+            .parser()
+            .map(|p| format!("{p} ! "))
+            .unwrap_or_default(),
         chain
     );
     tracing::info!(camera = %ctx.camera.id, codec = %codec, chain = %description, "Camera decoding chain chosen.");
@@ -449,12 +535,17 @@ fn link_rtp_pad(
     Ok(())
 }
 
-fn discard(ctx: &PipelineContext, pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), IngestError> {
+fn discard(
+    ctx: &PipelineContext,
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+) -> Result<(), IngestError> {
     let sink = make(ctx, "fakesink", None)?;
     sink.set_property("sync", false);
     sink.set_property("async", false);
     pipeline.add(&sink).map_err(|e| pipeline_error(ctx, e))?;
-    sink.sync_state_with_parent().map_err(|e| pipeline_error(ctx, e))?;
+    sink.sync_state_with_parent()
+        .map_err(|e| pipeline_error(ctx, e))?;
     let sink_pad = sink
         .static_pad("sink")
         .ok_or_else(|| pipeline_error(ctx, "fakesink has no sink pad"))?;
@@ -464,12 +555,19 @@ fn discard(ctx: &PipelineContext, pipeline: &gst::Pipeline, pad: &gst::Pad) -> R
 }
 
 /// For decodebin-style sources: the first raw video pad goes to the tail.
-fn connect_raw_pads(ctx: &Arc<PipelineContext>, pipeline: &gst::Pipeline, src: &gst::Element, tail: &[gst::Element]) {
+fn connect_raw_pads(
+    ctx: &Arc<PipelineContext>,
+    pipeline: &gst::Pipeline,
+    src: &gst::Element,
+    tail: &[gst::Element],
+) {
     let weak = pipeline.downgrade();
     let entry = tail[0].clone();
     let ctx2 = ctx.clone();
     src.connect_pad_added(move |src, pad| {
-        let Some(pipeline) = weak.upgrade() else { return };
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
         let is_video = pad
             .current_caps()
             .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/x-raw")))

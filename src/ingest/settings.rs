@@ -82,6 +82,9 @@ pub struct CameraSettings {
     pub startup_timeout: Duration,
     pub backoff: BackoffPolicy,
     pub max_attempts: MaxAttempts,
+    /// Decode only keyframes when they alone cover the analysis rate (see
+    /// [`KeyframeSkip`](super::state::KeyframeSkip)); RTSP sources only.
+    pub keyframe_skipping: bool,
 }
 
 impl fmt::Debug for CameraSettings {
@@ -99,6 +102,7 @@ impl fmt::Debug for CameraSettings {
             .field("startup_timeout", &self.startup_timeout)
             .field("backoff", &self.backoff)
             .field("max_attempts", &self.max_attempts)
+            .field("keyframe_skipping", &self.keyframe_skipping)
             .finish()
     }
 }
@@ -107,7 +111,8 @@ impl CameraSettings {
     /// Settings with the defaults a user of DeepStream or Frigate expects:
     /// TCP, 200 ms latency, automatic decoder, RGB, every frame, a 5 s
     /// watchdog (rtspsrc alone notices a dead camera only after ~25 s), and
-    /// retries from 1 s to 30 s forever.
+    /// retries from 1 s to 30 s forever, keyframe-only decoding when it
+    /// loses nothing.
     pub fn new(id: impl Into<String>, url: impl Into<String>) -> Self {
         CameraSettings {
             id: id.into(),
@@ -122,6 +127,7 @@ impl CameraSettings {
             startup_timeout: Duration::from_secs(15),
             backoff: BackoffPolicy::default(),
             max_attempts: MaxAttempts::Unlimited,
+            keyframe_skipping: true,
         }
     }
 
@@ -175,7 +181,11 @@ impl CameraSettings {
             ));
         }
         if let DecoderChoice::Element(name) = &self.decoder {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 return Err(invalid(
                     "decoder",
                     format!("`{name}` is not an element name; allowed: auto or a GStreamer element name"),
@@ -250,10 +260,31 @@ pub enum CameraSource {
 
 /// videotestsrc patterns (GStreamer 1.20+ nicks) accepted in `test://` URLs.
 const TEST_PATTERNS: &[&str] = &[
-    "smpte", "snow", "black", "white", "red", "green", "blue", "checkers-1", "checkers-2",
-    "checkers-4", "checkers-8", "circular", "blink", "smpte75", "zone-plate", "gamut",
-    "chroma-zone-plate", "solid-color", "ball", "smpte100", "bar", "pinwheel", "spokes",
-    "gradient", "colors",
+    "smpte",
+    "snow",
+    "black",
+    "white",
+    "red",
+    "green",
+    "blue",
+    "checkers-1",
+    "checkers-2",
+    "checkers-4",
+    "checkers-8",
+    "circular",
+    "blink",
+    "smpte75",
+    "zone-plate",
+    "gamut",
+    "chroma-zone-plate",
+    "solid-color",
+    "ball",
+    "smpte100",
+    "bar",
+    "pinwheel",
+    "spokes",
+    "gradient",
+    "colors",
 ];
 
 impl CameraSource {
@@ -275,18 +306,24 @@ impl CameraSource {
                 if rest.is_empty() || rest == "/" {
                     return Err("no path".into());
                 }
-                Ok(CameraSource::Uri { uri: url.to_string() })
+                Ok(CameraSource::Uri {
+                    uri: url.to_string(),
+                })
             }
             "http" | "https" => {
                 if authority(rest).is_empty() {
                     return Err("no host".into());
                 }
-                Ok(CameraSource::Uri { uri: url.to_string() })
+                Ok(CameraSource::Uri {
+                    uri: url.to_string(),
+                })
             }
             "v4l2" => {
                 let path = rest.split(['?', '#']).next().unwrap_or_default();
                 if !path.starts_with("/dev/") {
-                    return Err("the device must be an absolute /dev path, as in v4l2:///dev/video0".into());
+                    return Err(
+                        "the device must be an absolute /dev path, as in v4l2:///dev/video0".into(),
+                    );
                 }
                 Ok(CameraSource::V4l2 {
                     device: PathBuf::from(path),
@@ -353,7 +390,10 @@ impl Query {
     }
 
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     fn number(&self, key: &str, default: u32, min: u32, max: u32) -> Result<u32, String> {
@@ -448,7 +488,9 @@ fn redact_inline_urls(text: &str) -> String {
         let (head, tail) = rest.split_at(pos + 3);
         out.push_str(head);
         let end = tail
-            .find(|c: char| c.is_whitespace() || matches!(c, '/' | '?' | '#' | '"' | '\'' | ')' | '>'))
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '/' | '?' | '#' | '"' | '\'' | ')' | '>')
+            })
             .unwrap_or(tail.len());
         let auth = &tail[..end];
         match auth.rfind('@') {
@@ -479,14 +521,14 @@ mod tests {
 
     #[test]
     fn redaction_hides_userinfo_everywhere() {
-        assert_eq!(
-            redact_url("rtsp://u:secret@cam/x"),
-            "rtsp://***@cam/x"
-        );
+        assert_eq!(redact_url("rtsp://u:secret@cam/x"), "rtsp://***@cam/x");
         assert_eq!(redact_url("rtsp://cam/x"), "rtsp://cam/x");
         let text = "could not open rtsp://u:secret@cam:554/a (rtsp://cam/b)";
         let scrubbed = scrub(text, None);
-        assert_eq!(scrubbed, "could not open rtsp://***@cam:554/a (rtsp://cam/b)");
+        assert_eq!(
+            scrubbed,
+            "could not open rtsp://***@cam:554/a (rtsp://cam/b)"
+        );
         let creds = Credentials {
             username: "u".into(),
             password: "hunter2".into(),
@@ -564,7 +606,10 @@ mod tests {
         s.analysis_fps = Some(0.0);
         let e = s.resolve().expect_err("fps 0");
         let text = e.to_string();
-        assert!(text.contains("yard") && text.contains("analysis_fps"), "{text}");
+        assert!(
+            text.contains("yard") && text.contains("analysis_fps"),
+            "{text}"
+        );
 
         let mut s = CameraSettings::new("yard", "test://");
         s.max_attempts = MaxAttempts::Limit(0);

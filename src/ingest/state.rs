@@ -74,10 +74,7 @@ impl BackoffPolicy {
             ));
         }
         if !(self.multiplier.is_finite() && self.multiplier >= 1.0 && self.multiplier <= 100.0) {
-            return Err(format!(
-                "multiplier {} is outside 1..=100",
-                self.multiplier
-            ));
+            return Err(format!("multiplier {} is outside 1..=100", self.multiplier));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(format!("jitter {} is outside 0..=1", self.jitter));
@@ -339,6 +336,60 @@ impl AnalysisRate {
     }
 }
 
+/// Decides, in front of the decoder, whether delta frames may be skipped.
+///
+/// When a stream's keyframes alone arrive at least as often as the analysis
+/// rate needs, decoding only keyframes yields the frames that would have been
+/// kept anyway for a fraction of the CPU (a 1 fps analysis of a camera with a
+/// one-second GOP decodes 1 frame in 25 or 30). Skipping starts only after two
+/// keyframes have shown the GOP length, and only while keyframes come at least
+/// twice per watchdog period, so the watchdog never mistakes a long GOP for a
+/// stall.
+#[derive(Clone, Debug)]
+pub struct KeyframeSkip {
+    interval: Option<Duration>,
+    watchdog: Duration,
+    last_key: Option<Duration>,
+    key_interval: Option<Duration>,
+}
+
+impl KeyframeSkip {
+    /// `fps` is the analysis rate; `None` (every frame) never skips.
+    pub fn new(fps: Option<f64>, watchdog: Duration) -> Self {
+        KeyframeSkip {
+            interval: fps
+                .filter(|f| f.is_finite() && *f > 0.0)
+                .map(|f| Duration::from_secs_f64(1.0 / f)),
+            watchdog,
+            last_key: None,
+            key_interval: None,
+        }
+    }
+
+    /// Whether the encoded frame at `pts` goes to the decoder.
+    pub fn admit(&mut self, pts: Option<Duration>, keyframe: bool) -> bool {
+        if keyframe {
+            self.key_interval = match (self.last_key, pts) {
+                (Some(last), Some(t)) if t > last => Some(t - last),
+                _ => None,
+            };
+            self.last_key = pts;
+            return true;
+        }
+        !self.skipping()
+    }
+
+    /// Whether delta frames are being skipped now.
+    pub fn skipping(&self) -> bool {
+        match (self.interval, self.key_interval) {
+            (Some(interval), Some(gop)) => {
+                gop <= interval + interval / 10 && gop * 2 <= self.watchdog
+            }
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,7 +422,10 @@ mod tests {
     fn backoff_grows_by_the_multiplier_up_to_the_cap() {
         let b = policy(MaxAttempts::Unlimited).backoff;
         let delays: Vec<_> = (1..=6).map(|n| b.delay(n, NO_JITTER)).collect();
-        assert_eq!(delays, vec![ms(500), ms(1000), ms(2000), ms(4000), ms(4000), ms(4000)]);
+        assert_eq!(
+            delays,
+            vec![ms(500), ms(1000), ms(2000), ms(4000), ms(4000), ms(4000)]
+        );
     }
 
     #[test]
@@ -387,15 +441,27 @@ mod tests {
 
     #[test]
     fn bad_backoff_is_rejected() {
-        let mut b = BackoffPolicy::default();
-        b.max = ms(10);
-        assert!(b.check().is_err());
-        let mut b = BackoffPolicy::default();
-        b.jitter = 1.5;
-        assert!(b.check().is_err());
-        let mut b = BackoffPolicy::default();
-        b.multiplier = 0.5;
-        assert!(b.check().is_err());
+        let bad = [
+            BackoffPolicy {
+                max: ms(10),
+                ..Default::default()
+            },
+            BackoffPolicy {
+                jitter: 1.5,
+                ..Default::default()
+            },
+            BackoffPolicy {
+                multiplier: 0.5,
+                ..Default::default()
+            },
+            BackoffPolicy {
+                initial: Duration::ZERO,
+                ..Default::default()
+            },
+        ];
+        for b in bad {
+            assert!(b.check().is_err(), "{b:?}");
+        }
         assert!(BackoffPolicy::default().check().is_ok());
     }
 
@@ -453,7 +519,10 @@ mod tests {
         let mut delays = Vec::new();
         for _ in 0..3 {
             assert_eq!(m.tick(now, NO_JITTER), Command::Build);
-            assert_eq!(m.failure(now, "connection refused", NO_JITTER), Command::TearDown);
+            assert_eq!(
+                m.failure(now, "connection refused", NO_JITTER),
+                Command::TearDown
+            );
             let ts = m.take_transitions();
             assert_eq!(ts.len(), 1);
             match ts[0].retry_in {
@@ -468,7 +537,10 @@ mod tests {
         assert_eq!(m.state(), CameraState::Failed);
         assert_eq!(m.attempt(), 3);
         // A failed camera stays failed and asks for nothing.
-        assert_eq!(m.tick(now + Duration::from_secs(3600), NO_JITTER), Command::Nothing);
+        assert_eq!(
+            m.tick(now + Duration::from_secs(3600), NO_JITTER),
+            Command::Nothing
+        );
         assert_eq!(m.failure(now, "again", NO_JITTER), Command::Nothing);
         m.frame(now);
         assert_eq!(m.state(), CameraState::Failed);
@@ -482,8 +554,15 @@ mod tests {
         assert_eq!(m.tick(t0 + ms(4999), NO_JITTER), Command::Nothing);
         assert_eq!(m.tick(t0 + ms(5000), NO_JITTER), Command::TearDown);
         let ts = m.take_transitions();
-        assert_eq!(states(&ts), vec![(CameraState::Starting, CameraState::Reconnecting)]);
-        assert!(ts[0].reason.as_deref().unwrap_or("").contains("no frame within"));
+        assert_eq!(
+            states(&ts),
+            vec![(CameraState::Starting, CameraState::Reconnecting)]
+        );
+        assert!(ts[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("no frame within"));
     }
 
     #[test]
@@ -543,7 +622,7 @@ mod tests {
     fn analysis_rate_handles_fractional_rates_gaps_and_restarts() {
         let mut rate = AnalysisRate::new(Some(0.5));
         let admitted: Vec<u64> = (0..10)
-            .map(|s| Duration::from_secs(s))
+            .map(Duration::from_secs)
             .filter(|t| rate.admit(Some(*t)))
             .map(|t| t.as_secs())
             .collect();
@@ -560,5 +639,59 @@ mod tests {
         assert!(all.admit(Some(ms(1))) && all.admit(Some(ms(2))));
         let mut five = AnalysisRate::new(Some(5.0));
         assert!(five.admit(None) && five.admit(None));
+    }
+
+    #[test]
+    fn keyframe_skip_engages_only_when_keyframes_cover_the_analysis_rate() {
+        let watchdog = Duration::from_secs(5);
+        // 25 fps, a keyframe every second; analysis at 1 fps.
+        let mut skip = KeyframeSkip::new(Some(1.0), watchdog);
+        let decoded: Vec<u64> = (0..100u64)
+            .filter(|i| skip.admit(Some(ms(i * 40)), i % 25 == 0))
+            .collect();
+        // Until the second keyframe shows the GOP, everything is decoded.
+        let mut expected: Vec<u64> = (0..=25).collect();
+        expected.extend([50, 75]);
+        assert_eq!(decoded, expected);
+        assert!(skip.skipping());
+
+        // At 5 fps one keyframe a second is not enough: decode everything.
+        let mut skip = KeyframeSkip::new(Some(5.0), watchdog);
+        assert_eq!(
+            (0..100u64)
+                .filter(|i| skip.admit(Some(ms(i * 40)), i % 25 == 0))
+                .count(),
+            100
+        );
+
+        // A GOP longer than half the watchdog is never skipped (the watchdog
+        // would see a stall).
+        let mut skip = KeyframeSkip::new(Some(0.2), watchdog);
+        assert_eq!(
+            (0..300u64)
+                .filter(|i| skip.admit(Some(ms(i * 40)), i % 75 == 0))
+                .count(),
+            300
+        );
+
+        // No analysis rate: never skip.
+        let mut skip = KeyframeSkip::new(None, watchdog);
+        assert_eq!(
+            (0..100u64)
+                .filter(|i| skip.admit(Some(ms(i * 40)), i % 25 == 0))
+                .count(),
+            100
+        );
+    }
+
+    #[test]
+    fn keyframe_skip_resets_when_timestamps_restart() {
+        let mut skip = KeyframeSkip::new(Some(1.0), Duration::from_secs(5));
+        assert!(skip.admit(Some(ms(0)), true));
+        assert!(skip.admit(Some(ms(1000)), true));
+        assert!(!skip.admit(Some(ms(1040)), false));
+        // A keyframe with an earlier timestamp (a rebuilt stream): unknown GOP.
+        assert!(skip.admit(Some(ms(0)), true));
+        assert!(skip.admit(Some(ms(40)), false));
     }
 }

@@ -85,14 +85,22 @@ struct Shared {
 
 impl Shared {
     fn snapshot(&self) -> CameraStatus {
-        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let c = &self.counters;
         status.frames_in = c.frames_in.load(Ordering::Relaxed);
         status.frames_out = c.frames_out.load(Ordering::Relaxed);
         status.frames_dropped = c.frames_dropped.load(Ordering::Relaxed);
         status.decode_errors = c.decode_errors.load(Ordering::Relaxed);
         status.reconnects = c.reconnects.load(Ordering::Relaxed);
-        status.decoder = self.chain.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        status.decoder = self
+            .chain
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         status
     }
 
@@ -165,6 +173,8 @@ pub fn spawn_camera(
         decoder: settings.decoder.clone(),
         output: settings.output,
         analysis_fps: settings.analysis_fps,
+        keyframe_skipping: settings.keyframe_skipping,
+        watchdog: settings.watchdog,
         counters: counters.clone(),
         frames,
         seq: Arc::new(AtomicU64::new(0)),
@@ -244,7 +254,9 @@ impl Supervisor {
             let command = machine.tick(now, self.jitter.unit());
             self.apply(command, &mut machine, &mut live);
             if let Some(p) = &live {
-                let mut next = p.bus.timed_pop(gst::ClockTime::from_nseconds(POLL.as_nanos() as u64));
+                let mut next = p
+                    .bus
+                    .timed_pop(gst::ClockTime::from_nseconds(POLL.as_nanos() as u64));
                 while let Some(msg) = next {
                     if let Some(reason) = self.inspect(&msg) {
                         let command = machine.failure(Instant::now(), reason, self.jitter.unit());
@@ -275,7 +287,12 @@ impl Supervisor {
         tracing::info!(camera = %self.camera.id, "Camera stopped.");
     }
 
-    fn apply(&self, command: Command, machine: &mut CameraMachine, live: &mut Option<LivePipeline>) {
+    fn apply(
+        &self,
+        command: Command,
+        machine: &mut CameraMachine,
+        live: &mut Option<LivePipeline>,
+    ) {
         match command {
             Command::Nothing => {}
             Command::TearDown => *live = None,
@@ -300,16 +317,15 @@ impl Supervisor {
 
     fn start_pipeline(&self) -> Result<LivePipeline, IngestError> {
         let p = pipeline::build(&self.ctx)?;
-        p.pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|_| {
-                // The element that refused posted the reason on the bus.
-                let reason = first_error(&p.bus).unwrap_or_else(|| "state change to PLAYING failed".into());
-                IngestError::Pipeline {
-                    camera: self.camera.id.clone(),
-                    reason,
-                }
-            })?;
+        p.pipeline.set_state(gst::State::Playing).map_err(|_| {
+            // The element that refused posted the reason on the bus.
+            let reason =
+                first_error(&p.bus).unwrap_or_else(|| "state change to PLAYING failed".into());
+            IngestError::Pipeline {
+                camera: self.camera.id.clone(),
+                reason,
+            }
+        })?;
         Ok(p)
     }
 
@@ -321,14 +337,23 @@ impl Supervisor {
             MessageView::Error(err) => {
                 let text = describe(msg, &err.error(), err.debug().as_deref());
                 if is_decode_trouble(msg, &err.error()) {
-                    self.shared.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .counters
+                        .decode_errors
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 Some(scrub(&text, self.camera.credentials.as_ref()))
             }
             MessageView::Warning(w) => {
                 if is_decode_trouble(msg, &w.error()) {
-                    self.shared.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    let text = scrub(&describe(msg, &w.error(), None), self.camera.credentials.as_ref());
+                    self.shared
+                        .counters
+                        .decode_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    let text = scrub(
+                        &describe(msg, &w.error(), None),
+                        self.camera.credentials.as_ref(),
+                    );
                     tracing::debug!(camera = %self.camera.id, warning = %text, "Camera decoder reported corrupt data.");
                 }
                 None
@@ -340,7 +365,10 @@ impl Supervisor {
                 // frame the decoder could not decode.
                 let (jitter, _, _) = q.values();
                 if jitter <= 0 && is_decoder(msg) {
-                    self.shared.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .counters
+                        .decode_errors
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 None
             }
@@ -379,12 +407,23 @@ impl Supervisor {
         let retry_ms = t.retry_in.map(|d| d.as_millis() as u64);
         match t.to {
             CameraState::Streaming => {
-                let chain = self.shared.chain.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let chain = self
+                    .shared
+                    .chain
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
                 tracing::info!(camera = %id, decoder = chain.as_deref().unwrap_or("unknown"), "Camera streaming.");
             }
-            CameraState::Stalled => tracing::warn!(camera = %id, reason = why, "Camera stream stalled, restarting."),
-            CameraState::Reconnecting => tracing::warn!(camera = %id, attempt = t.attempt, retry_in_ms = retry_ms, reason = why, "Camera reconnecting."),
-            CameraState::Failed => tracing::error!(camera = %id, attempt = t.attempt, reason = why, "Camera failed; giving up until restarted."),
+            CameraState::Stalled => {
+                tracing::warn!(camera = %id, reason = why, "Camera stream stalled, restarting.")
+            }
+            CameraState::Reconnecting => {
+                tracing::warn!(camera = %id, attempt = t.attempt, retry_in_ms = retry_ms, reason = why, "Camera reconnecting.")
+            }
+            CameraState::Failed => {
+                tracing::error!(camera = %id, attempt = t.attempt, reason = why, "Camera failed; giving up until restarted.")
+            }
             CameraState::Starting => tracing::info!(camera = %id, "Camera starting."),
         }
         let event = CameraEvent {
@@ -423,7 +462,10 @@ fn is_decoder(msg: &gst::Message) -> bool {
     msg.src()
         .and_then(|s| s.downcast_ref::<gst::Element>())
         .and_then(|e| e.factory())
-        .and_then(|f| f.metadata(gst::ELEMENT_METADATA_KLASS).map(|k| k.contains("Decoder")))
+        .and_then(|f| {
+            f.metadata(gst::ELEMENT_METADATA_KLASS)
+                .map(|k| k.contains("Decoder"))
+        })
         .unwrap_or(false)
 }
 
@@ -437,7 +479,9 @@ fn first_error(bus: &gst::Bus) -> Option<String> {
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// fps in/out over roughly the last second.

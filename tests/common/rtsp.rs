@@ -96,14 +96,19 @@ impl RtspTestServer {
             let Some(bin) = element.downcast_ref::<gst::Bin>() else {
                 return;
             };
-            let Some(pay) = bin.by_name("pay0") else { return };
-            let Some(pad) = pay.static_pad("src") else { return };
+            let Some(pay) = bin.by_name("pay0") else {
+                return;
+            };
+            let Some(pad) = pay.static_pad("src") else {
+                return;
+            };
             let flag = stall_flag.clone();
             pad.add_probe(
                 gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
                 move |_, _| {
                     if flag.load(Ordering::SeqCst) {
-                        gst::PadProbeReturn::Drop
+                        // Consumed here (`Drop` triggers a CRITICAL on 1.22).
+                        gst::PadProbeReturn::Handled
                     } else {
                         gst::PadProbeReturn::Ok
                     }

@@ -19,8 +19,7 @@ use florence_edge::postprocess::loc_ids::{
 /// The CPU twin (`florence_edge::preprocess`), behind the few calls these tests need.
 mod cpu_twin {
     use florence_edge::preprocess::{
-        nv12_to_rgb, ImageProcessorConfig, Nv12Frame, Preprocessor, ResizePlan, RgbFrame,
-        YuvMatrix,
+        nv12_to_rgb, ImageProcessorConfig, Nv12Frame, Preprocessor, ResizePlan, RgbFrame, YuvMatrix,
     };
 
     /// The matrix both paths use for NV12 in these tests.
@@ -45,8 +44,15 @@ mod cpu_twin {
         luma_stride: u32,
         chroma_stride: u32,
     ) -> Vec<u8> {
-        let frame = Nv12Frame::new(w, h, luma_stride as usize, luma, chroma_stride as usize, chroma)
-            .expect("valid NV12 frame");
+        let frame = Nv12Frame::new(
+            w,
+            h,
+            luma_stride as usize,
+            luma,
+            chroma_stride as usize,
+            chroma,
+        )
+        .expect("valid NV12 frame");
         let mut rgb = vec![0u8; (w * h * 3) as usize];
         nv12_to_rgb(&frame, MATRIX, &mut rgb).expect("NV12 conversion");
         rgb
@@ -360,10 +366,17 @@ fn check_f32(gpu: &GpuContext, frames: &[Frame]) {
     println!(
         "f32 batch {} ({}): max abs error {max:e}, {differing} of {} values not bit-identical",
         frames.len(),
-        frames.iter().map(Frame::describe).collect::<Vec<_>>().join(", "),
+        frames
+            .iter()
+            .map(Frame::describe)
+            .collect::<Vec<_>>()
+            .join(", "),
         want.len()
     );
-    assert_eq!(differing, 0, "f32 output must be bit-exact with the CPU twin");
+    assert_eq!(
+        differing, 0,
+        "f32 output must be bit-exact with the CPU twin"
+    );
 }
 
 fn check_f16(gpu: &GpuContext, frames: &[Frame]) {
@@ -385,7 +398,10 @@ fn check_f16(gpu: &GpuContext, frames: &[Frame]) {
         frames.len(),
         want.len()
     );
-    assert_eq!(differing, 0, "f16 output must equal f16::from_f32 of the CPU value");
+    assert_eq!(
+        differing, 0,
+        "f16 output must equal f16::from_f32 of the CPU value"
+    );
 }
 
 #[test]
@@ -427,7 +443,11 @@ fn kernels_compile_with_nvrtc_for_hopper_and_orin() {
                 .unwrap_or_else(|e| panic!("{e}"));
             // An ELF image.
             assert_eq!(&cubin[..4], b"\x7fELF", "{} for {arch}", source.name);
-            println!("{}.cu for {arch}: {} bytes of CUBIN", source.name, cubin.len());
+            println!(
+                "{}.cu for {arch}: {} bytes of CUBIN",
+                source.name,
+                cubin.len()
+            );
         }
     }
 }
@@ -439,14 +459,20 @@ fn kernel_cache_is_reused_and_a_corrupt_entry_recompiled() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let first = GpuContext::new(0, dir.path()).expect("first context");
     let report = first.cache_report();
-    assert!(report
-        .iter()
-        .all(|(_, o)| matches!(o, CacheOutcome::Compiled { store_error: None, .. })));
+    assert!(report.iter().all(|(_, o)| matches!(
+        o,
+        CacheOutcome::Compiled {
+            store_error: None,
+            ..
+        }
+    )));
     drop(first);
     let second = GpuContext::new(0, dir.path()).expect("second context");
     let report = second.cache_report();
     assert!(
-        report.iter().all(|(_, o)| matches!(o, CacheOutcome::Hit { .. })),
+        report
+            .iter()
+            .all(|(_, o)| matches!(o, CacheOutcome::Hit { .. })),
         "{report:?}"
     );
     drop(second);
@@ -473,7 +499,10 @@ fn resize_u8_is_bit_exact_on_odd_sizes() {
     ];
     assert_eq!(check_resize(&gpu, &small, 31, 29), 0);
     // Mixed down/up scale, odd output.
-    let mixed = [Frame::rgb(&mut rng, 97, 13, 0), Frame::nv12(&mut rng, 8, 301, 0)];
+    let mixed = [
+        Frame::rgb(&mut rng, 97, 13, 0),
+        Frame::nv12(&mut rng, 8, 301, 0),
+    ];
     assert_eq!(check_resize(&gpu, &mixed, 31, 29), 0);
     // The real sizes into 768x768, including the identity.
     let real = [

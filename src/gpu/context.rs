@@ -182,10 +182,13 @@ pub struct GpuContext {
 
 /// The library names cudarc tries for `lib` (same order), for error messages.
 fn candidates(libs: &[&str]) -> String {
-    libs.iter()
-        .flat_map(|l| cudarc::get_lib_name_candidates(l))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut names: Vec<String> = Vec::new();
+    for name in libs.iter().flat_map(|l| cudarc::get_lib_name_candidates(l)) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.join(", ")
 }
 
 /// Checks that libcuda and libnvrtc can be loaded. cudarc panics on the first call
@@ -321,9 +324,7 @@ impl GpuContext {
             CudaContext::new(ordinal).map_err(driver(format!("opening CUDA device {ordinal}")))?;
         let info = DeviceInfo {
             ordinal,
-            name: context
-                .name()
-                .map_err(driver("reading the device name"))?,
+            name: context.name().map_err(driver("reading the device name"))?,
             compute_capability: context
                 .compute_capability()
                 .map_err(driver("reading the compute capability"))?,
@@ -427,7 +428,10 @@ fn load_kernel(
             let store_error = store_atomically(&path, &cubin).err();
             let module = context
                 .load_module(Ptx::from_binary(cubin))
-                .map_err(driver(format!("loading the compiled {}.cu module", source.name)))?;
+                .map_err(driver(format!(
+                    "loading the compiled {}.cu module",
+                    source.name
+                )))?;
             (module, CacheOutcome::Compiled { path, store_error })
         }
     };
@@ -469,7 +473,14 @@ mod tests {
     use super::*;
 
     fn key(source: &str, gpu: &str, cc: (i32, i32), nvrtc: (i32, i32)) -> KernelCacheKey {
-        KernelCacheKey::new("preprocess", source, &compile_options("sm_90"), gpu, cc, nvrtc)
+        KernelCacheKey::new(
+            "preprocess",
+            source,
+            &compile_options("sm_90"),
+            gpu,
+            cc,
+            nvrtc,
+        )
     }
 
     #[test]

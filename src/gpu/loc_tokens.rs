@@ -152,3 +152,135 @@ fn launch(
     unsafe { builder.launch(config) }.map_err(driver("launching parse_location_tokens"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::postprocess::loc_ids::{
+        parse_location_tokens, LocationGrouping, LocationParse, LocationSummary, LocationToken,
+        SequenceInfo, TokenBatch, LOCATION_BINS,
+    };
+
+    /// `parse_location_tokens` of loc_tokens.cu on the host: each token position is
+    /// handled on its own (as by one GPU thread), walking to the ends of its run, and
+    /// the counters are bumped where the kernel's atomics are.
+    fn emulate_kernel(batch: &TokenBatch<'_>, loc0: i64) -> LocationParse {
+        let bins = LOCATION_BINS;
+        let location_bin = |id: i64| -> i32 {
+            let d = id.wrapping_sub(loc0);
+            if id >= loc0 && d < i64::from(bins) {
+                d as i32
+            } else {
+                -1
+            }
+        };
+        let max_len = batch.max_len;
+        let mut tokens = vec![LocationToken::NONE; batch.sequences.len() * max_len];
+        let mut summaries = Vec::new();
+        for (block, seq) in batch.sequences.iter().enumerate() {
+            let s = &batch.ids[block * max_len..(block + 1) * max_len];
+            let len = (seq.length as usize).min(max_len);
+            let mut counts = [0u32; 4];
+            for t in 0..max_len {
+                let mut o = LocationToken::NONE;
+                let bin = if t < len { location_bin(s[t]) } else { -1 };
+                if bin >= 0 {
+                    let mut start = t;
+                    while start > 0 && location_bin(s[start - 1]) >= 0 {
+                        start -= 1;
+                    }
+                    let mut end = t + 1;
+                    while end < len && location_bin(s[end]) >= 0 {
+                        end += 1;
+                    }
+                    let pos = (t - start) as u32;
+                    let run_len = (end - start) as u32;
+                    let axis = pos & 1;
+                    let size = if axis == 0 {
+                        seq.image_width
+                    } else {
+                        seq.image_height
+                    };
+                    let center = bin as f32 + 0.5;
+                    o.bin = bin;
+                    o.run_start = start as i32;
+                    o.run_len = run_len as i32;
+                    o.axis = axis;
+                    o.coord_px = center * size / bins as f32;
+                    o.coord_norm = center / bins as f32;
+                    counts[0] += 1;
+                    if pos == 0 {
+                        counts[1] += 1;
+                    }
+                    if seq.group_len > 0 {
+                        let group = pos / seq.group_len;
+                        let complete = (group + 1) * seq.group_len <= run_len;
+                        o.group = group as i32;
+                        o.complete = u32::from(complete);
+                        if pos % seq.group_len == 0 {
+                            counts[if complete { 2 } else { 3 }] += 1;
+                        }
+                    }
+                }
+                tokens[block * max_len + t] = o;
+            }
+            summaries.push(LocationSummary {
+                location_tokens: counts[0],
+                runs: counts[1],
+                complete_groups: counts[2],
+                malformed_groups: counts[3],
+            });
+        }
+        LocationParse {
+            max_len,
+            tokens,
+            summaries,
+        }
+    }
+
+    #[test]
+    fn kernel_logic_on_the_host_matches_the_cpu_twin() {
+        const LOC0: i64 = 50_269;
+        let mut x = 0x853c_49e6_748f_ea9b_u64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let groupings = [
+            LocationGrouping::None,
+            LocationGrouping::PolygonPoints,
+            LocationGrouping::Boxes,
+            LocationGrouping::QuadBoxes,
+        ];
+        for round in 0..20 {
+            let (count, max_len) = (1 + round % 7, 5 + next(300) as usize);
+            let mut ids = vec![1i64; count * max_len];
+            let mut seqs = Vec::new();
+            for i in 0..count {
+                let length = next(max_len as u64 + 1) as usize;
+                for id in &mut ids[i * max_len..i * max_len + length] {
+                    *id = match next(10) {
+                        0 | 1 => next(50_000) as i64,
+                        2 => LOC0 - 1 - next(3) as i64,
+                        3 => LOC0 + 1000 + next(3) as i64,
+                        _ => LOC0 + next(1000) as i64,
+                    };
+                }
+                seqs.push(SequenceInfo::new(
+                    1.0 + next(4000) as f32,
+                    1.0 + next(3000) as f32,
+                    length as u32,
+                    groupings[next(4) as usize],
+                ));
+            }
+            let batch = TokenBatch {
+                ids: &ids,
+                max_len,
+                sequences: &seqs,
+            };
+            let cpu = parse_location_tokens(&batch, LOC0).expect("valid batch");
+            assert_eq!(emulate_kernel(&batch, LOC0), cpu, "round {round}");
+        }
+    }
+}

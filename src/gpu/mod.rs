@@ -36,14 +36,18 @@ pub enum GpuError {
         #[source]
         source: cudarc::driver::DriverError,
     },
-    #[error("NVRTC failed to compile kernel source {kernel}.cu for {arch} (options {options:?}): {log}")]
+    #[error(
+        "NVRTC failed to compile kernel source {kernel}.cu for {arch} (options {options:?}): {log}"
+    )]
     Compile {
         kernel: &'static str,
         arch: String,
         options: Vec<String>,
         log: String,
     },
-    #[error("kernel function {function} is missing from the compiled {kernel}.cu module: {source}")]
+    #[error(
+        "kernel function {function} is missing from the compiled {kernel}.cu module: {source}"
+    )]
     MissingFunction {
         kernel: &'static str,
         function: &'static str,

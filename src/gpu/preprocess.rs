@@ -87,6 +87,9 @@ unsafe impl DeviceRepr for KernelYuvCoeffs {}
 // SAFETY: zero is a valid value of every field.
 unsafe impl ValidAsZeroBits for PreprocessItem {}
 
+/// Up to two planes of a frame (RGB, or luma then chroma) as (bytes, stride).
+type FramePlanes<'a> = [Option<(&'a [u8], u32)>; 2];
+
 /// A frame in host memory, borrowed for the duration of the upload.
 #[derive(Debug, Clone, Copy)]
 pub enum GpuFrame<'a> {
@@ -119,7 +122,7 @@ impl GpuFrame<'_> {
     }
 
     /// The planes as (bytes to upload, stride); checks that the slices hold them.
-    fn planes(&self, index: usize) -> Result<[Option<(&[u8], u32)>; 2], GpuError> {
+    fn planes(&self, index: usize) -> Result<FramePlanes<'_>, GpuError> {
         let bad = |reason: String| GpuError::Frame { index, reason };
         let (w, h) = self.size();
         if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
@@ -137,7 +140,10 @@ impl GpuFrame<'_> {
                 }
                 let n = needed(stride, h, 3 * w);
                 let bytes = data.get(..n).ok_or_else(|| {
-                    bad(format!("RGB data has {} bytes, {w}x{h} with stride {stride} needs {n}", data.len()))
+                    bad(format!(
+                        "RGB data has {} bytes, {w}x{h} with stride {stride} needs {n}",
+                        data.len()
+                    ))
                 })?;
                 Ok([Some((bytes, stride)), None])
             }
@@ -161,7 +167,10 @@ impl GpuFrame<'_> {
                     bad(format!("NV12 luma has {} bytes, needs {nl}", luma.len()))
                 })?;
                 let c = chroma.get(..nc).ok_or_else(|| {
-                    bad(format!("NV12 chroma has {} bytes, needs {nc}", chroma.len()))
+                    bad(format!(
+                        "NV12 chroma has {} bytes, needs {nc}",
+                        chroma.len()
+                    ))
                 })?;
                 Ok([Some((l, luma_stride)), Some((c, chroma_stride))])
             }
@@ -216,6 +225,130 @@ fn ensure<T: DeviceRepr + ValidAsZeroBits>(
         );
     }
     Ok(())
+}
+
+/// Everything the kernels need for one batch, computed on the host: descriptors with
+/// source addresses relative to the staging buffer, the concatenated tap tables, and
+/// where each plane goes. Pure data, so the layout is tested without a GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchPlan {
+    /// `src` / `src_uv` are byte offsets into the staging buffer here.
+    pub items: Vec<PreprocessItem>,
+    /// (first input, tap count) pairs, flattened.
+    pub bounds: Vec<u32>,
+    pub coeffs: Vec<i32>,
+    /// Staging offset of each frame's planes (RGB or luma, then chroma).
+    pub plane_offsets: Vec<[usize; 2]>,
+    pub staging_len: usize,
+    /// Bytes of horizontally resized rows for the whole batch.
+    pub tmp_len: usize,
+    /// Largest `rows` of any item: the horizontal kernel's grid height.
+    pub max_rows: u32,
+}
+
+impl BatchPlan {
+    /// `tables(in, out)` gives the CPU twin's bicubic table for one axis.
+    pub fn build(
+        frames: &[GpuFrame<'_>],
+        out_width: u32,
+        out_height: u32,
+        mut tables: impl FnMut(u32, u32) -> Arc<ResampleCoeffs>,
+    ) -> Result<Self, GpuError> {
+        if frames.is_empty() {
+            return Err(GpuError::EmptyBatch);
+        }
+        if frames.len() > MAX_BATCH {
+            return Err(GpuError::Frame {
+                index: MAX_BATCH,
+                reason: format!("batch of {} frames; at most {MAX_BATCH}", frames.len()),
+            });
+        }
+        let mut plan = BatchPlan {
+            items: Vec::with_capacity(frames.len()),
+            bounds: Vec::new(),
+            coeffs: Vec::new(),
+            plane_offsets: Vec::with_capacity(frames.len()),
+            staging_len: 0,
+            tmp_len: 0,
+            max_rows: 0,
+        };
+        let mut placed: HashMap<(u32, u32), TapTable> = HashMap::new();
+        for (index, frame) in frames.iter().enumerate() {
+            let planes = frame.planes(index)?;
+            let (w, h) = frame.size();
+            let horizontal = tables(w, out_width);
+            let vertical = tables(h, out_height);
+            // Pillow's ybox_first / ybox_last: the rows the vertical pass reads.
+            let (row_first, row_end) = match (vertical.bounds.first(), vertical.bounds.last()) {
+                (Some(&(first, _)), Some(&(start, n))) => (first, start + n),
+                _ => {
+                    return Err(GpuError::Frame {
+                        index,
+                        reason: format!("empty resize table for height {h}"),
+                    })
+                }
+            };
+            let mut offsets = [0usize; 2];
+            for (slot, plane) in offsets.iter_mut().zip(&planes) {
+                if let Some((bytes, _)) = plane {
+                    *slot = plan.staging_len;
+                    plan.staging_len += bytes.len().div_ceil(STAGING_ALIGN) * STAGING_ALIGN;
+                }
+            }
+            let (format, stride, uv_stride) = match *frame {
+                GpuFrame::Rgb { stride, .. } => (0, stride, 0),
+                GpuFrame::Nv12 {
+                    luma_stride,
+                    chroma_stride,
+                    ..
+                } => (1, luma_stride, chroma_stride),
+            };
+            let rows = row_end - row_first;
+            let horizontal = plan.place(&mut placed, &horizontal);
+            let vertical = plan.place(&mut placed, &vertical);
+            plan.items.push(PreprocessItem {
+                src: offsets[0] as u64,
+                src_uv: offsets[1] as u64,
+                tmp_offset: plan.tmp_len as u64,
+                format,
+                width: w,
+                height: h,
+                stride,
+                uv_stride,
+                row_first,
+                rows,
+                pad: 0,
+                horizontal,
+                vertical,
+            });
+            plan.plane_offsets.push(offsets);
+            plan.tmp_len += rows as usize * out_width as usize * 3;
+            plan.max_rows = plan.max_rows.max(rows);
+        }
+        Ok(plan)
+    }
+
+    /// Appends a table once per (in, out) pair and says where it is.
+    fn place(
+        &mut self,
+        placed: &mut HashMap<(u32, u32), TapTable>,
+        table: &ResampleCoeffs,
+    ) -> TapTable {
+        *placed
+            .entry((table.in_size, table.out_size))
+            .or_insert_with(|| {
+                let t = TapTable {
+                    bounds_offset: (self.bounds.len() / 2) as u32,
+                    coeff_offset: self.coeffs.len() as u32,
+                    ksize: table.ksize,
+                    out_size: table.out_size,
+                };
+                self.bounds
+                    .extend(table.bounds.iter().flat_map(|&(first, n)| [first, n]));
+                self.coeffs.extend_from_slice(&table.coeffs);
+                t
+            })
+    }
 }
 
 /// Shape of the last batch, to launch the kernels again without uploads (benchmarks).
@@ -289,16 +422,6 @@ impl GpuPreprocessor {
         batch * 3 * self.out_width as usize * self.out_height as usize
     }
 
-    fn coeffs(&mut self, in_size: u32, out_size: u32) -> Arc<ResampleCoeffs> {
-        if self.tables.len() >= MAX_CACHED_TABLES {
-            self.tables.clear();
-        }
-        self.tables
-            .entry((in_size, out_size))
-            .or_insert_with(|| Arc::new(ResampleCoeffs::bicubic(in_size, out_size)))
-            .clone()
-    }
-
     /// Preprocesses `frames` into `out` (batch × 3 × H × W, or batch × H × W × 3 for
     /// u8). Work is queued on the context's stream; the call returns once the frames
     /// are uploaded, and `out` is ready for any later work on that stream.
@@ -363,97 +486,27 @@ impl GpuPreprocessor {
         self.launch::<T>(ptr)
     }
 
-    /// Builds descriptors and tap tables, and uploads them with the frames.
+    /// Plans the batch on the host, then uploads frames, descriptors and tables.
     fn upload(&mut self, frames: &[GpuFrame<'_>]) -> Result<(), GpuError> {
-        if frames.is_empty() {
-            return Err(GpuError::EmptyBatch);
-        }
-        if frames.len() > MAX_BATCH {
-            return Err(GpuError::Frame {
-                index: MAX_BATCH,
-                reason: format!("batch of {} frames; at most {MAX_BATCH}", frames.len()),
-            });
-        }
-        let planes = frames
-            .iter()
-            .enumerate()
-            .map(|(i, f)| f.planes(i))
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let mut bounds: Vec<u32> = Vec::new();
-        let mut coeffs: Vec<i32> = Vec::new();
-        let mut placed: HashMap<(u32, u32), TapTable> = HashMap::new();
-        let mut place = |table: &ResampleCoeffs| -> TapTable {
-            *placed
-                .entry((table.in_size, table.out_size))
-                .or_insert_with(|| {
-                    let t = TapTable {
-                        bounds_offset: (bounds.len() / 2) as u32,
-                        coeff_offset: coeffs.len() as u32,
-                        ksize: table.ksize,
-                        out_size: table.out_size,
-                    };
-                    bounds.extend(table.bounds.iter().flat_map(|&(first, n)| [first, n]));
-                    coeffs.extend_from_slice(&table.coeffs);
-                    t
-                })
-        };
-
-        let mut items = Vec::with_capacity(frames.len());
-        let mut staging_len = 0usize;
-        let mut tmp_len = 0usize;
-        let mut plane_offsets = Vec::with_capacity(frames.len());
-        for (frame, frame_planes) in frames.iter().zip(&planes) {
-            let (w, h) = frame.size();
-            let horizontal = self.coeffs(w, self.out_width);
-            let vertical = self.coeffs(h, self.out_height);
-            let last = vertical.bounds.len().checked_sub(1).and_then(|i| vertical.bounds.get(i));
-            let (row_first, row_end) = match (vertical.bounds.first(), last) {
-                (Some(&(first, _)), Some(&(start, n))) => (first, start + n),
-                _ => (0, h),
-            };
-            let mut offsets = [0usize; 2];
-            for (slot, plane) in offsets.iter_mut().zip(frame_planes) {
-                if let Some((bytes, _)) = plane {
-                    *slot = staging_len;
-                    staging_len += bytes.len().div_ceil(STAGING_ALIGN) * STAGING_ALIGN;
-                }
+        let (out_width, out_height) = (self.out_width, self.out_height);
+        let tables = &mut self.tables;
+        let plan = BatchPlan::build(frames, out_width, out_height, |in_size, out_size| {
+            if tables.len() >= MAX_CACHED_TABLES {
+                tables.clear();
             }
-            plane_offsets.push(offsets);
-            let rows = row_end - row_first;
-            let (format, stride, uv_stride) = match *frame {
-                GpuFrame::Rgb { stride, .. } => (0, stride, 0),
-                GpuFrame::Nv12 {
-                    luma_stride,
-                    chroma_stride,
-                    ..
-                } => (1, luma_stride, chroma_stride),
-            };
-            items.push(PreprocessItem {
-                src: 0,
-                src_uv: 0,
-                tmp_offset: tmp_len as u64,
-                format,
-                width: w,
-                height: h,
-                stride,
-                uv_stride,
-                row_first,
-                rows,
-                pad: 0,
-                horizontal: place(&horizontal),
-                vertical: place(&vertical),
-            });
-            tmp_len += rows as usize * self.out_width as usize * 3;
-        }
+            tables
+                .entry((in_size, out_size))
+                .or_insert_with(|| Arc::new(ResampleCoeffs::bicubic(in_size, out_size)))
+                .clone()
+        })?;
 
         let s = self.stream.clone();
         let b = &mut self.buffers;
-        ensure(&s, &mut b.staging, staging_len, "frame staging")?;
-        ensure(&s, &mut b.tmp, tmp_len, "horizontally resized rows")?;
-        ensure(&s, &mut b.items, items.len(), "frame descriptors")?;
-        ensure(&s, &mut b.bounds, bounds.len(), "resize bounds")?;
-        ensure(&s, &mut b.coeffs, coeffs.len(), "resize coefficients")?;
+        ensure(&s, &mut b.staging, plan.staging_len, "frame staging")?;
+        ensure(&s, &mut b.tmp, plan.tmp_len, "horizontally resized rows")?;
+        ensure(&s, &mut b.items, plan.items.len(), "frame descriptors")?;
+        ensure(&s, &mut b.bounds, plan.bounds.len(), "resize bounds")?;
+        ensure(&s, &mut b.coeffs, plan.coeffs.len(), "resize coefficients")?;
         let (Some(staging), Some(items_dev), Some(bounds_dev), Some(coeffs_dev)) = (
             b.staging.as_mut(),
             b.items.as_mut(),
@@ -462,9 +515,8 @@ impl GpuPreprocessor {
         ) else {
             return Err(GpuError::EmptyBatch);
         };
-
-        for (frame_planes, offsets) in planes.iter().zip(&plane_offsets) {
-            for (plane, &offset) in frame_planes.iter().zip(offsets) {
+        for (frame, offsets) in frames.iter().zip(&plan.plane_offsets) {
+            for (plane, &offset) in frame.planes(0)?.iter().zip(offsets) {
                 if let Some((bytes, _)) = plane {
                     s.memcpy_htod(*bytes, &mut staging.slice_mut(offset..offset + bytes.len()))
                         .map_err(driver("uploading frame pixels"))?;
@@ -475,21 +527,28 @@ impl GpuPreprocessor {
             let (ptr, _record) = staging.device_ptr(&s);
             ptr
         };
-        for ((item, offsets), frame) in items.iter_mut().zip(&plane_offsets).zip(frames) {
-            item.src = base + offsets[0] as u64;
-            if matches!(frame, GpuFrame::Nv12 { .. }) {
-                item.src_uv = base + offsets[1] as u64;
-            }
-        }
+        let items: Vec<PreprocessItem> = plan
+            .items
+            .iter()
+            .map(|item| PreprocessItem {
+                src: base + item.src,
+                src_uv: if item.format == 1 {
+                    base + item.src_uv
+                } else {
+                    0
+                },
+                ..*item
+            })
+            .collect();
         s.memcpy_htod(&items, &mut items_dev.slice_mut(..items.len()))
             .map_err(driver("uploading frame descriptors"))?;
-        s.memcpy_htod(&bounds, &mut bounds_dev.slice_mut(..bounds.len()))
+        s.memcpy_htod(&plan.bounds, &mut bounds_dev.slice_mut(..plan.bounds.len()))
             .map_err(driver("uploading resize bounds"))?;
-        s.memcpy_htod(&coeffs, &mut coeffs_dev.slice_mut(..coeffs.len()))
+        s.memcpy_htod(&plan.coeffs, &mut coeffs_dev.slice_mut(..plan.coeffs.len()))
             .map_err(driver("uploading resize coefficients"))?;
         self.last = Some(LaunchShape {
             batch: items.len() as u32,
-            max_rows: items.iter().map(|i| i.rows).max().unwrap_or(0),
+            max_rows: plan.max_rows,
         });
         Ok(())
     }
@@ -515,7 +574,11 @@ impl GpuPreprocessor {
             shared_mem_bytes: 0,
         };
         let mut h = s.launch_builder(&self.horizontal);
-        h.arg(items).arg(bounds).arg(coeffs).arg(&yuv).arg(&mut *tmp);
+        h.arg(items)
+            .arg(bounds)
+            .arg(coeffs)
+            .arg(&yuv)
+            .arg(&mut *tmp);
         // SAFETY: arguments match resize_horizontal_u8; every item's rows and taps
         // were checked against its uploaded frame and the tmp buffer was sized for
         // all items' rows in upload().
@@ -573,7 +636,10 @@ mod tests {
             height: 4,
             stride: 30,
         };
-        assert!(matches!(short.planes(3), Err(GpuError::Frame { index: 3, .. })));
+        assert!(matches!(
+            short.planes(3),
+            Err(GpuError::Frame { index: 3, .. })
+        ));
         let narrow = GpuFrame::Rgb {
             data: &data,
             width: 10,
@@ -612,5 +678,209 @@ mod tests {
         let k = KernelYuvCoeffs::from(YuvMatrix::Bt709Limited.coeffs());
         let c = YuvMatrix::Bt709Limited.coeffs();
         assert_eq!((k.y, k.rv, k.gu, k.gv, k.bu), (c.y, c.rv, c.gu, c.gv, c.bu));
+    }
+
+    #[allow(clippy::needless_range_loop)] // mirrors the kernel's index loops on purpose
+    /// The two kernels of preprocess.cu, line for line on the host, over a plan built
+    /// by [`BatchPlan::build`]: checks descriptors, offsets and table placement
+    /// against the CPU twin without a GPU.
+    fn emulate_kernels(
+        plan: &BatchPlan,
+        frames: &[GpuFrame<'_>],
+        yuv: KernelYuvCoeffs,
+        out_w: u32,
+        out_h: u32,
+    ) -> Vec<u8> {
+        use crate::preprocess::PRECISION_BITS;
+        let mut staging = vec![0u8; plan.staging_len];
+        for (frame, offsets) in frames.iter().zip(&plan.plane_offsets) {
+            for (plane, &offset) in frame.planes(0).expect("valid").iter().zip(offsets) {
+                if let Some((bytes, _)) = plane {
+                    staging[offset..offset + bytes.len()].copy_from_slice(bytes);
+                }
+            }
+        }
+        let clip8 = |v: i32| (v >> PRECISION_BITS).clamp(0, 255) as u8;
+        let half = 1i32 << (PRECISION_BITS - 1);
+        let mut tmp = vec![0u8; plan.tmp_len];
+        for it in &plan.items {
+            for r in 0..it.rows {
+                for xx in 0..it.horizontal.out_size {
+                    let bi = (it.horizontal.bounds_offset + xx) as usize * 2;
+                    let (first, n) = (plan.bounds[bi], plan.bounds[bi + 1]);
+                    let k = &plan.coeffs
+                        [(it.horizontal.coeff_offset + xx * it.horizontal.ksize) as usize..];
+                    let y = (it.row_first + r) as usize;
+                    let mut acc = [half; 3];
+                    for x in 0..n as usize {
+                        let px = first as usize + x;
+                        let rgb = if it.format == 0 {
+                            let p = it.src as usize + y * it.stride as usize + px * 3;
+                            [
+                                i32::from(staging[p]),
+                                i32::from(staging[p + 1]),
+                                i32::from(staging[p + 2]),
+                            ]
+                        } else {
+                            let l =
+                                i32::from(staging[it.src as usize + y * it.stride as usize + px]);
+                            let c = it.src_uv as usize
+                                + (y >> 1) * it.uv_stride as usize
+                                + (px >> 1) * 2;
+                            let (u, v) = (i32::from(staging[c]), i32::from(staging[c + 1]));
+                            let c = yuv.y * (l - 16) + 128;
+                            let (d, e) = (u - 128, v - 128);
+                            [
+                                ((c + yuv.rv * e) >> 8).clamp(0, 255),
+                                ((c - yuv.gu * d - yuv.gv * e) >> 8).clamp(0, 255),
+                                ((c + yuv.bu * d) >> 8).clamp(0, 255),
+                            ]
+                        };
+                        for ch in 0..3 {
+                            acc[ch] += rgb[ch] * k[x];
+                        }
+                    }
+                    let o = it.tmp_offset as usize
+                        + (r as usize * it.horizontal.out_size as usize + xx as usize) * 3;
+                    for ch in 0..3 {
+                        tmp[o + ch] = clip8(acc[ch]);
+                    }
+                }
+            }
+        }
+        let per = (out_w * out_h * 3) as usize;
+        let mut out = vec![0u8; per * plan.items.len()];
+        for (z, it) in plan.items.iter().enumerate() {
+            let w = it.horizontal.out_size as usize;
+            for yy in 0..it.vertical.out_size {
+                let bi = (it.vertical.bounds_offset + yy) as usize * 2;
+                let (first, n) = (plan.bounds[bi], plan.bounds[bi + 1]);
+                let k =
+                    &plan.coeffs[(it.vertical.coeff_offset + yy * it.vertical.ksize) as usize..];
+                for xx in 0..w {
+                    let col =
+                        it.tmp_offset as usize + ((first - it.row_first) as usize * w + xx) * 3;
+                    let mut acc = [half; 3];
+                    for y in 0..n as usize {
+                        for ch in 0..3 {
+                            acc[ch] += i32::from(tmp[col + y * w * 3 + ch]) * k[y];
+                        }
+                    }
+                    let o = z * per + (yy as usize * w + xx) * 3;
+                    for ch in 0..3 {
+                        out[o + ch] = clip8(acc[ch]);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn kernel_logic_on_the_host_matches_the_cpu_twin() {
+        use crate::preprocess::{nv12_to_rgb, Nv12Frame, ResizePlan, RgbFrame};
+        let mut seed = 0x1234_5678_u64;
+        let mut bytes = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed >> 24) as u8
+                })
+                .collect()
+        };
+        let rgb_a = bytes((23 * 3 + 5) * 17);
+        let rgb_b = bytes(31 * 29 * 3);
+        let luma = bytes(25 * 17);
+        let chroma = bytes(26 * 9);
+        let rgb_c = bytes(9 * 70 * 3);
+        let frames = [
+            GpuFrame::Rgb {
+                data: &rgb_a,
+                width: 23,
+                height: 17,
+                stride: 23 * 3 + 5,
+            },
+            GpuFrame::Nv12 {
+                luma: &luma,
+                chroma: &chroma,
+                width: 23,
+                height: 17,
+                luma_stride: 25,
+                chroma_stride: 26,
+            },
+            GpuFrame::Rgb {
+                data: &rgb_b,
+                width: 31,
+                height: 29,
+                stride: 31 * 3,
+            },
+            GpuFrame::Rgb {
+                data: &rgb_c,
+                width: 9,
+                height: 70,
+                stride: 27,
+            },
+        ];
+        let matrix = YuvMatrix::Bt709Limited;
+        for (out_w, out_h) in [(31, 29), (7, 5), (31, 40)] {
+            let plan = BatchPlan::build(&frames, out_w, out_h, |i, o| {
+                Arc::new(ResampleCoeffs::bicubic(i, o))
+            })
+            .expect("plan");
+            assert_eq!(plan.items.len(), frames.len());
+            assert!(plan
+                .plane_offsets
+                .iter()
+                .flatten()
+                .all(|o| o % STAGING_ALIGN == 0));
+            let got = emulate_kernels(&plan, &frames, matrix.coeffs().into(), out_w, out_h);
+            let per = (out_w * out_h * 3) as usize;
+            for (i, frame) in frames.iter().enumerate() {
+                let (w, h) = frame.size();
+                let rgb = match *frame {
+                    GpuFrame::Rgb { data, stride, .. } => data
+                        [..(stride * (h - 1) + w * 3) as usize]
+                        .chunks(stride as usize)
+                        .flat_map(|row| row[..(w * 3) as usize].to_vec())
+                        .collect::<Vec<u8>>(),
+                    GpuFrame::Nv12 {
+                        luma,
+                        chroma,
+                        luma_stride,
+                        chroma_stride,
+                        ..
+                    } => {
+                        let f = Nv12Frame::new(
+                            w,
+                            h,
+                            luma_stride as usize,
+                            luma,
+                            chroma_stride as usize,
+                            chroma,
+                        )
+                        .expect("nv12");
+                        let mut rgb = vec![0u8; (w * h * 3) as usize];
+                        nv12_to_rgb(&f, matrix, &mut rgb).expect("convert");
+                        rgb
+                    }
+                };
+                let resize = ResizePlan::new(w, h, out_w, out_h).expect("plan");
+                let mut want = vec![0u8; resize.output_len()];
+                resize
+                    .resize_into(
+                        &RgbFrame::packed(w, h, &rgb).expect("frame"),
+                        &mut want,
+                        &mut Vec::new(),
+                    )
+                    .expect("resize");
+                assert_eq!(
+                    &got[i * per..(i + 1) * per],
+                    &want[..],
+                    "frame {i} -> {out_w}x{out_h}"
+                );
+            }
+        }
     }
 }

@@ -79,7 +79,12 @@ pub struct SequenceInfo {
 }
 
 impl SequenceInfo {
-    pub fn new(image_width: f32, image_height: f32, length: u32, grouping: LocationGrouping) -> Self {
+    pub fn new(
+        image_width: f32,
+        image_height: f32,
+        length: u32,
+        grouping: LocationGrouping,
+    ) -> Self {
         SequenceInfo {
             image_width,
             image_height,
@@ -268,9 +273,9 @@ fn parse_sequence(
         summary.runs += 1;
         summary.location_tokens += run_len as u32;
         let group_len = seq.group_len as usize;
-        if group_len > 0 {
-            summary.complete_groups += (run_len / group_len) as u32;
-            summary.malformed_groups += u32::from(run_len % group_len != 0);
+        if let Some(groups) = run_len.checked_div(group_len) {
+            summary.complete_groups += groups as u32;
+            summary.malformed_groups += u32::from(groups * group_len != run_len);
         }
         for (pos, slot) in out[start..end].iter_mut().enumerate() {
             let bin = location_bin(ids[start + pos], loc0_id).unwrap_or(0);
@@ -281,11 +286,9 @@ fn parse_sequence(
                 seq.image_height
             };
             let (coord_px, coord_norm) = bin_to_coord(bin, size);
-            let (group, complete) = if group_len > 0 {
-                let group = pos / group_len;
-                (group as i32, u32::from((group + 1) * group_len <= run_len))
-            } else {
-                (-1, 0)
+            let (group, complete) = match pos.checked_div(group_len) {
+                Some(group) => (group as i32, u32::from((group + 1) * group_len <= run_len)),
+                None => (-1, 0),
             };
             *slot = LocationToken {
                 bin: bin as i32,
@@ -340,7 +343,19 @@ mod tests {
     #[test]
     fn boxes_with_a_malformed_tail() {
         // "car" <loc_10><loc_20><loc_30><loc_40><loc_50><loc_60> "</s>" pad
-        let ids = [2, 0, 1_000, loc(10), loc(20), loc(30), loc(40), loc(50), loc(60), 2, 1];
+        let ids = [
+            2,
+            0,
+            1_000,
+            loc(10),
+            loc(20),
+            loc(30),
+            loc(40),
+            loc(50),
+            loc(60),
+            2,
+            1,
+        ];
         let seqs = [SequenceInfo::new(640.0, 480.0, 10, LocationGrouping::Boxes)];
         let batch = TokenBatch {
             ids: &ids,
@@ -394,7 +409,12 @@ mod tests {
         ids[2 * max_len..2 * max_len + 3].copy_from_slice(&[100, loc(999), 101]);
         let seqs = [
             SequenceInfo::new(100.0, 50.0, 11, LocationGrouping::QuadBoxes),
-            SequenceInfo::new(100.0, 50.0, poly.len() as u32, LocationGrouping::PolygonPoints),
+            SequenceInfo::new(
+                100.0,
+                50.0,
+                poly.len() as u32,
+                LocationGrouping::PolygonPoints,
+            ),
             SequenceInfo::new(100.0, 50.0, 3, LocationGrouping::None),
         ];
         let batch = TokenBatch {
@@ -429,11 +449,18 @@ mod tests {
         let poly_tokens = parse.sequence(1).expect("sequence 1");
         assert_eq!((poly_tokens[4].group, poly_tokens[4].complete), (2, 0));
         assert_eq!(
-            (poly_tokens[6].run_start, poly_tokens[6].run_len, poly_tokens[6].complete),
+            (
+                poly_tokens[6].run_start,
+                poly_tokens[6].run_len,
+                poly_tokens[6].complete
+            ),
             (6, 2, 1)
         );
         let caption = parse.sequence(2).expect("sequence 2");
-        assert_eq!((caption[1].bin, caption[1].group, caption[1].complete), (999, -1, 0));
+        assert_eq!(
+            (caption[1].bin, caption[1].group, caption[1].complete),
+            (999, -1, 0)
+        );
     }
 
     #[test]
@@ -460,15 +487,36 @@ mod tests {
             Some(LocIdsError::SequenceLength { length: 5, .. })
         ));
         assert!(matches!(
-            check(&ids, 4, &[SequenceInfo { image_width: 0.0, ..good }]),
+            check(
+                &ids,
+                4,
+                &[SequenceInfo {
+                    image_width: 0.0,
+                    ..good
+                }]
+            ),
             Some(LocIdsError::ImageSize { .. })
         ));
         assert!(matches!(
-            check(&ids, 4, &[SequenceInfo { image_height: f32::NAN, ..good }]),
+            check(
+                &ids,
+                4,
+                &[SequenceInfo {
+                    image_height: f32::NAN,
+                    ..good
+                }]
+            ),
             Some(LocIdsError::ImageSize { .. })
         ));
         assert!(matches!(
-            check(&ids, 4, &[SequenceInfo { group_len: 3, ..good }]),
+            check(
+                &ids,
+                4,
+                &[SequenceInfo {
+                    group_len: 3,
+                    ..good
+                }]
+            ),
             Some(LocIdsError::GroupLength { group_len: 3, .. })
         ));
         assert_eq!(check(&ids, 4, &[good]), None);

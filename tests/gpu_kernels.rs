@@ -6,6 +6,8 @@
 //! must be 0: the u8 resize and the f32 values are bit-exact, f16 is the exact
 //! rounding of the f32 value.
 
+#![cfg(feature = "cuda")]
+
 use std::path::PathBuf;
 
 use cudarc::driver::CudaSlice;

@@ -547,6 +547,14 @@ mod tests {
     }
 
     #[test]
+    fn every_output_kind_has_a_loaded_function() {
+        use crate::gpu::OutputKind;
+        for kind in [OutputKind::F32, OutputKind::F16, OutputKind::U8] {
+            assert!(PREPROCESS.functions.contains(&kind.function()), "{kind:?}");
+        }
+    }
+
+    #[test]
     fn every_declared_function_appears_in_its_source() {
         for source in KERNEL_SOURCES {
             for function in source.functions {

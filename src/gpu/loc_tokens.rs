@@ -211,8 +211,7 @@ mod tests {
                     if pos == 0 {
                         counts[1] += 1;
                     }
-                    if seq.group_len > 0 {
-                        let group = pos / seq.group_len;
+                    if let Some(group) = pos.checked_div(seq.group_len) {
                         let complete = (group + 1) * seq.group_len <= run_len;
                         o.group = group as i32;
                         o.complete = u32::from(complete);

@@ -18,7 +18,7 @@ pub mod preprocess;
 
 pub use context::{CacheOutcome, DeviceInfo, GpuContext, KernelCacheKey};
 pub use loc_tokens::GpuLocationParser;
-pub use preprocess::{GpuFrame, GpuPreprocessor, KernelYuvCoeffs, OutputElement};
+pub use preprocess::{GpuFrame, GpuPreprocessor, KernelYuvCoeffs, OutputElement, OutputKind};
 
 use std::path::PathBuf;
 

@@ -182,16 +182,34 @@ impl GpuFrame<'_> {
 /// normalized CHW planes; u8 is the bare resize (packed RGB, HWC, per frame), which
 /// the tests compare with the CPU resize on its own.
 pub trait OutputElement: DeviceRepr + sealed::Sealed {
-    const FUNCTION: &'static str;
+    const KIND: OutputKind;
 }
 impl OutputElement for f32 {
-    const FUNCTION: &'static str = "resize_vertical_normalize_f32";
+    const KIND: OutputKind = OutputKind::F32;
 }
 impl OutputElement for half::f16 {
-    const FUNCTION: &'static str = "resize_vertical_normalize_f16";
+    const KIND: OutputKind = OutputKind::F16;
 }
 impl OutputElement for u8 {
-    const FUNCTION: &'static str = "resize_vertical_u8";
+    const KIND: OutputKind = OutputKind::U8;
+}
+
+/// The output formats, each written by its own vertical-pass kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    F32,
+    F16,
+    U8,
+}
+
+impl OutputKind {
+    pub fn function(self) -> &'static str {
+        match self {
+            OutputKind::F32 => "resize_vertical_normalize_f32",
+            OutputKind::F16 => "resize_vertical_normalize_f16",
+            OutputKind::U8 => "resize_vertical_u8",
+        }
+    }
 }
 mod sealed {
     pub trait Sealed {}
@@ -368,7 +386,9 @@ pub struct GpuPreprocessor {
     out_width: u32,
     out_height: u32,
     /// The CPU twin's float32 value of every (channel, byte), 3 × 256.
-    lut: CudaSlice<f32>,
+    lut_f32: CudaSlice<f32>,
+    /// The same values rounded to f16 (nearest even) on the host, as bits.
+    lut_f16: CudaSlice<u16>,
     yuv: KernelYuvCoeffs,
     tables: HashMap<(u32, u32), Arc<ResampleCoeffs>>,
     buffers: Buffers,
@@ -392,20 +412,28 @@ impl GpuPreprocessor {
             });
         }
         let table: Vec<f32> = cpu.lut_f32().iter().flatten().copied().collect();
+        let table_f16: Vec<u16> = table
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect();
         let stream = gpu.stream().clone();
-        let lut = stream
+        let lut_f32 = stream
             .clone_htod(&table)
             .map_err(driver("uploading the normalization table"))?;
+        let lut_f16 = stream
+            .clone_htod(&table_f16)
+            .map_err(driver("uploading the FP16 normalization table"))?;
         let f = |name| gpu.function(PREPROCESS.name, name);
         Ok(GpuPreprocessor {
             stream,
             horizontal: f("resize_horizontal_u8")?,
-            vertical_f32: f(<f32 as OutputElement>::FUNCTION)?,
-            vertical_f16: f(<half::f16 as OutputElement>::FUNCTION)?,
-            vertical_u8: f(<u8 as OutputElement>::FUNCTION)?,
+            vertical_f32: f(OutputKind::F32.function())?,
+            vertical_f16: f(OutputKind::F16.function())?,
+            vertical_u8: f(OutputKind::U8.function())?,
             out_width,
             out_height,
-            lut,
+            lut_f32,
+            lut_f16,
             yuv: matrix.coeffs().into(),
             tables: HashMap::new(),
             buffers: Buffers::default(),
@@ -557,7 +585,6 @@ impl GpuPreprocessor {
         let shape = self.last.ok_or(GpuError::EmptyBatch)?;
         let s = self.stream.clone();
         let yuv = self.yuv;
-        let lut = &self.lut;
         let b = &mut self.buffers;
         let (Some(items), Some(bounds), Some(coeffs), Some(tmp)) = (
             b.items.as_ref(),
@@ -589,20 +616,27 @@ impl GpuPreprocessor {
             block_dim: (THREADS_X, 1, 1),
             shared_mem_bytes: 0,
         };
-        let function = match T::FUNCTION {
-            "resize_vertical_normalize_f32" => &self.vertical_f32,
-            "resize_vertical_normalize_f16" => &self.vertical_f16,
-            _ => &self.vertical_u8,
+        let function = match T::KIND {
+            OutputKind::F32 => &self.vertical_f32,
+            OutputKind::F16 => &self.vertical_f16,
+            OutputKind::U8 => &self.vertical_u8,
         };
         let mut v = s.launch_builder(function);
         v.arg(items).arg(bounds).arg(coeffs).arg(&*tmp);
-        if T::FUNCTION != <u8 as OutputElement>::FUNCTION {
-            v.arg(lut);
+        match T::KIND {
+            OutputKind::F32 => {
+                v.arg(&self.lut_f32);
+            }
+            OutputKind::F16 => {
+                v.arg(&self.lut_f16);
+            }
+            OutputKind::U8 => {}
         }
         v.arg(&out);
         // SAFETY: arguments match the chosen kernel; `out` holds output_len(batch)
         // elements of T (checked by the callers).
-        unsafe { v.launch(vertical) }.map_err(driver(format!("launching {}", T::FUNCTION)))?;
+        unsafe { v.launch(vertical) }
+            .map_err(driver(format!("launching {}", T::KIND.function())))?;
         Ok(())
     }
 }

@@ -8,7 +8,8 @@
 // u8 result is identical. Normalisation maps each (channel, byte) through the CPU twin's
 // own 3x256 table of float32((double)v * rescale), then (x - mean) / std in float32
 // (`Preprocessor::lut_f32`), so the float values are the same bits by construction; the
-// FP16 kernel rounds that float32 to nearest even (cvt.rn), as `half::f16::from_f32` does.
+// FP16 kernel reads the same table rounded on the host with `half::f16::from_f32`
+// (nearest even), as the CPU twin's FP16 path does. The 3 KiB tables stay in L1.
 //
 // Layouts shared with the host (src/gpu/preprocess.rs, #[repr(C)], size-checked there).
 
@@ -47,8 +48,6 @@ struct YuvCoeffs {
     int gv;
     int bu;
 };
-
-#define LUT_LEN (3 * 256)
 
 __device__ __forceinline__ unsigned char clip8(int v) {
     int s = v >> PRECISION_BITS;
@@ -139,12 +138,6 @@ __device__ __forceinline__ void vertical_u8(
     rgb[2] = clip8(s2);
 }
 
-__device__ __forceinline__ unsigned short to_half_bits(float x) {
-    unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
-    return h;
-}
-
 // One thread per (output column, output row, item); writes the three CHW planes.
 extern "C" __global__ void resize_vertical_normalize_f32(
     const PreprocessItem* __restrict__ items,
@@ -154,11 +147,6 @@ extern "C" __global__ void resize_vertical_normalize_f32(
     const float* __restrict__ lut,
     float* __restrict__ out)
 {
-    __shared__ float table[LUT_LEN];
-    for (unsigned int i = threadIdx.x; i < LUT_LEN; i += blockDim.x) {
-        table[i] = lut[i];
-    }
-    __syncthreads();
     const PreprocessItem& it = items[blockIdx.z];
     const unsigned int xx = blockIdx.x * blockDim.x + threadIdx.x;
     const unsigned int yy = blockIdx.y;
@@ -171,9 +159,9 @@ extern "C" __global__ void resize_vertical_normalize_f32(
     vertical_u8(it, bounds, coeffs, tmp, xx, yy, rgb);
     const size_t plane = (size_t)w * h;
     float* o = out + (size_t)blockIdx.z * 3 * plane + (size_t)yy * w + xx;
-    o[0] = table[rgb[0]];
-    o[plane] = table[256 + rgb[1]];
-    o[2 * plane] = table[512 + rgb[2]];
+    o[0] = __ldg(&lut[rgb[0]]);
+    o[plane] = __ldg(&lut[256 + rgb[1]]);
+    o[2 * plane] = __ldg(&lut[512 + rgb[2]]);
 }
 
 extern "C" __global__ void resize_vertical_normalize_f16(
@@ -181,14 +169,9 @@ extern "C" __global__ void resize_vertical_normalize_f16(
     const uint2* __restrict__ bounds,
     const int* __restrict__ coeffs,
     const unsigned char* __restrict__ tmp,
-    const float* __restrict__ lut,
+    const unsigned short* __restrict__ lut,
     unsigned short* __restrict__ out)
 {
-    __shared__ unsigned short table[LUT_LEN];
-    for (unsigned int i = threadIdx.x; i < LUT_LEN; i += blockDim.x) {
-        table[i] = to_half_bits(lut[i]);
-    }
-    __syncthreads();
     const PreprocessItem& it = items[blockIdx.z];
     const unsigned int xx = blockIdx.x * blockDim.x + threadIdx.x;
     const unsigned int yy = blockIdx.y;
@@ -201,9 +184,9 @@ extern "C" __global__ void resize_vertical_normalize_f16(
     vertical_u8(it, bounds, coeffs, tmp, xx, yy, rgb);
     const size_t plane = (size_t)w * h;
     unsigned short* o = out + (size_t)blockIdx.z * 3 * plane + (size_t)yy * w + xx;
-    o[0] = table[rgb[0]];
-    o[plane] = table[256 + rgb[1]];
-    o[2 * plane] = table[512 + rgb[2]];
+    o[0] = __ldg(&lut[rgb[0]]);
+    o[plane] = __ldg(&lut[256 + rgb[1]]);
+    o[2 * plane] = __ldg(&lut[512 + rgb[2]]);
 }
 
 // The u8 result of the resize, packed RGB per item (dst_w * dst_h * 3 bytes each); used to

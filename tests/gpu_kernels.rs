@@ -598,9 +598,11 @@ fn token_batch(rng: &mut Rng, count: usize, max_len: usize) -> (Vec<i64>, Vec<Se
                 let run = 1 + rng.below(13) as usize;
                 for slot in seq[t..(t + run).min(length - 1)].iter_mut() {
                     // mostly valid bins, sometimes ids just outside the range
-                    *slot = match rng.below(40) {
+                    *slot = match rng.below(60) {
                         0 => LOC0 - 1,
                         1 => LOC0 + 1000,
+                        2 => i64::MIN,
+                        3 => i64::MAX,
                         _ => LOC0 + rng.below(1000) as i64,
                     };
                 }

@@ -32,9 +32,11 @@ struct LocationSummary {
     unsigned int malformed_groups;
 };
 
+// Unsigned difference: defined for any pair of ids (signed overflow is not), and exact
+// whenever id >= loc0.
 __device__ __forceinline__ int location_bin(long long id, long long loc0, unsigned int bins) {
-    const long long d = id - loc0;
-    return (id >= loc0 && d < (long long)bins) ? (int)d : -1;
+    const unsigned long long d = (unsigned long long)id - (unsigned long long)loc0;
+    return (id >= loc0 && d < (unsigned long long)bins) ? (int)d : -1;
 }
 
 extern "C" __global__ void parse_location_tokens(

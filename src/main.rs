@@ -37,13 +37,74 @@ enum LayoutArg {
     Merged,
 }
 
+/// Model and decoding options shared by `infer` and `bench`.
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// Model directory in the onnx-community layout (config.json, tokenizer.json, onnx/…).
+    #[arg(long, env = "FLORENCE_EDGE_MODEL")]
+    model: PathBuf,
+    /// Decoding strategy: greedy (the default for video) or beam search.
+    #[arg(long, value_enum, default_value = "greedy")]
+    decoding: DecodingArg,
+    /// Beams for beam search (default: num_beams from generation_config.json).
+    #[arg(long)]
+    num_beams: Option<usize>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Execution backend: auto, tensorrt, cuda or cpu.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Graph precision variant: fp32, fp16, q4, q4f16, int8, uint8, quantized, bnb4.
+    #[arg(long, default_value = "fp32")]
+    variant: String,
+    /// Decoder graphs: split or merged.
+    #[arg(long, value_enum, default_value = "split")]
+    decoder: LayoutArg,
+    /// Images per batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Intra-op threads per ONNX Runtime session (0: ONNX Runtime decides).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Path of libonnxruntime.so (else $ORT_DYLIB_PATH, .local/onnxruntime/lib, system locations).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<(Engine, Decoding)> {
+        let mut opts = LoadOptions::new(&self.model);
+        opts.backend = self.backend.parse::<Backend>()?;
+        opts.variant = Variant::parse(&self.variant)?;
+        opts.layout = match self.decoder {
+            LayoutArg::Split => DecoderLayout::Split,
+            LayoutArg::Merged => DecoderLayout::Merged,
+        };
+        opts.ort_library = self.ort_lib.clone();
+        opts.intra_threads = self.threads;
+        if self.batch == 0 {
+            bail!("--batch must be at least 1");
+        }
+        let engine = Engine::load(&opts)?;
+        let strategy = match self.decoding {
+            DecodingArg::Greedy => Strategy::Greedy,
+            DecodingArg::Beam => Strategy::Beam {
+                num_beams: self.num_beams.unwrap_or(engine.model.generation.num_beams),
+            },
+        };
+        let decoding = Decoding {
+            strategy,
+            max_new_tokens: self.max_new_tokens,
+        };
+        Ok((engine, decoding))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run one task on image files and print one JSON object per image.
     Infer {
-        /// Model directory in the onnx-community layout (config.json, tokenizer.json, onnx/…).
-        #[arg(long, env = "FLORENCE_EDGE_MODEL")]
-        model: PathBuf,
         /// Task token, e.g. '<OD>', '<CAPTION>', '<OCR_WITH_REGION>' (or its topic name, e.g. od).
         #[arg(long)]
         task: String,
@@ -54,36 +115,31 @@ enum Command {
         /// Region x1,y1,x2,y2 in pixels for the <REGION_TO_…> tasks.
         #[arg(long, value_parser = parse_region)]
         region: Option<[f64; 4]>,
-        /// Decoding strategy: greedy (the default for video) or beam search.
-        #[arg(long, value_enum, default_value = "greedy")]
-        decoding: DecodingArg,
-        /// Beams for beam search (default: num_beams from generation_config.json).
-        #[arg(long)]
-        num_beams: Option<usize>,
-        /// Most tokens to generate.
-        #[arg(long, default_value_t = 256)]
-        max_new_tokens: usize,
-        /// Execution backend: auto, tensorrt, cuda or cpu.
-        #[arg(long, default_value = "auto")]
-        backend: String,
-        /// Graph precision variant: fp32, fp16, q4, q4f16, int8, uint8, quantized, bnb4.
-        #[arg(long, default_value = "fp32")]
-        variant: String,
-        /// Decoder graphs: split or merged.
-        #[arg(long, value_enum, default_value = "split")]
-        decoder: LayoutArg,
-        /// Images per batch.
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        /// Intra-op threads per ONNX Runtime session (0: ONNX Runtime decides).
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
-        /// Path of libonnxruntime.so (else $ORT_DYLIB_PATH, .local/onnxruntime/lib, system locations).
-        #[arg(long)]
-        ort_lib: Option<PathBuf>,
+        #[command(flatten)]
+        model_args: ModelArgs,
         /// Image files (PNG, JPEG).
         #[arg(required = true)]
         images: Vec<PathBuf>,
+    },
+    /// Measure per-stage latency and throughput on a synthetic frame; prints JSON.
+    Bench {
+        /// Task token, e.g. '<OD>'.
+        #[arg(long, default_value = "<OD>")]
+        task: String,
+        /// Text input for the tasks that take one.
+        #[arg(long)]
+        text: Option<String>,
+        /// Synthetic frame size WIDTHxHEIGHT.
+        #[arg(long, default_value = "1920x1080")]
+        size: String,
+        /// Untimed runs first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Timed runs.
+        #[arg(long, default_value_t = 5)]
+        iterations: usize,
+        #[command(flatten)]
+        model_args: ModelArgs,
     },
     /// Post-process raw decoder text (as the model emits it, special tokens included)
     /// read from stdin, and print the result as JSON.
@@ -127,45 +183,15 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Infer {
-            model,
             task,
             text,
             region,
-            decoding,
-            num_beams,
-            max_new_tokens,
-            backend,
-            variant,
-            decoder,
-            batch,
-            threads,
-            ort_lib,
+            model_args,
             images,
         } => {
             let task: Task = task.parse()?;
-            let mut opts = LoadOptions::new(model);
-            opts.backend = backend.parse::<Backend>()?;
-            opts.variant = Variant::parse(&variant)?;
-            opts.layout = match decoder {
-                LayoutArg::Split => DecoderLayout::Split,
-                LayoutArg::Merged => DecoderLayout::Merged,
-            };
-            opts.ort_library = ort_lib;
-            opts.intra_threads = threads;
-            if batch == 0 {
-                bail!("--batch must be at least 1");
-            }
-            let mut engine = Engine::load(&opts)?;
-            let strategy = match decoding {
-                DecodingArg::Greedy => Strategy::Greedy,
-                DecodingArg::Beam => Strategy::Beam {
-                    num_beams: num_beams.unwrap_or(engine.model.generation.num_beams),
-                },
-            };
-            let decoding = Decoding {
-                strategy,
-                max_new_tokens,
-            };
+            let (mut engine, decoding) = model_args.load()?;
+            let batch = model_args.batch;
             let request = TaskRequest { task, text, region };
             let stdout = std::io::stdout();
             for chunk in images.chunks(batch) {
@@ -194,6 +220,37 @@ fn run(command: Command) -> Result<()> {
                     writeln!(out, "{}", serde_json::to_string(&v)?)?;
                 }
             }
+            Ok(())
+        }
+        Command::Bench {
+            task,
+            text,
+            size,
+            warmup,
+            iterations,
+            model_args,
+        } => {
+            let task: Task = task.parse()?;
+            let (w, h) = size
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+                .with_context(|| format!("--size {size:?}: expected WIDTHxHEIGHT, e.g. 1920x1080"))?;
+            let (mut engine, decoding) = model_args.load()?;
+            let mut request = TaskRequest::new(task);
+            request.text = text;
+            if request.task.input() == florence_edge::florence2::TaskInput::Region && request.text.is_none() {
+                request.region = Some([f64::from(w) / 4.0, f64::from(h) / 4.0, f64::from(w) / 2.0, f64::from(h) / 2.0]);
+            }
+            let report = florence_edge::bench::run(&mut engine, &request, decoding, (w, h), model_args.batch, warmup, iterations)?;
+            let mut v = serde_json::to_value(&report)?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("model".into(), model_args.model.display().to_string().into());
+                o.insert("variant".into(), engine.model.variant.name().into());
+                o.insert("backend".into(), engine.model.backend.backend.to_string().into());
+                o.insert("decoder".into(), format!("{:?}", engine.model.layout).to_lowercase().into());
+                o.insert("strategy".into(), format!("{:?}", decoding.strategy).into());
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
         Command::Parse {

@@ -50,7 +50,7 @@ use half::f16;
 
 pub use config::{ImageProcessorConfig, RESAMPLE_BICUBIC};
 pub use frame::{nv12_to_rgb, Nv12Frame, RgbFrame, YuvMatrix, YuvToRgbCoeffs};
-pub use resample::{ResampleCoeffs, ResizePlan, MAX_SIDE, PRECISION_BITS};
+pub use resample::{PassOrder, ResampleCoeffs, ResizePlan, MAX_SIDE, PRECISION_BITS};
 
 /// Everything that can go wrong turning frames into model input.
 #[derive(Debug, thiserror::Error)]

@@ -133,6 +133,32 @@ fn to_fixed(w: f64) -> i32 {
     }
 }
 
+/// Which one-dimensional pass runs first. The 8-bit intermediate image is rounded, so the order
+/// changes output bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassOrder {
+    /// Horizontal, then vertical on the rows the vertical pass reads. Every Pillow before 13.0
+    /// does this for every size.
+    HorizontalFirst,
+    /// Vertical on the whole source, then horizontal.
+    VerticalFirst,
+}
+
+impl PassOrder {
+    /// Pillow 13's rule (`ImagingResampleInner`): when the height shrinks by more than twice
+    /// as many pixels as the width does, the vertical pass runs first. Landscape cameras
+    /// scaled to 768×768 stay horizontal-first; portrait ones (1080×1920) go vertical-first.
+    pub fn pillow13(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Self {
+        let dh = i64::from(src_h) - i64::from(dst_h);
+        let dw = i64::from(src_w) - i64::from(dst_w);
+        if dh > 0 && dh > dw * 2 {
+            PassOrder::VerticalFirst
+        } else {
+            PassOrder::HorizontalFirst
+        }
+    }
+}
+
 /// Everything needed to resize frames of one size to one output size, computed once: camera
 /// frames keep their size, so the tables are built when a stream starts, not per frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,19 +174,37 @@ pub struct ResizePlan {
     /// Horizontal table; `None` when the width does not change (Pillow skips the pass).
     pub horizontal: Option<ResampleCoeffs>,
     /// Vertical table; `None` when the height does not change (Pillow skips the pass). When the
-    /// horizontal pass runs, its `bounds` are relative to `first_row` (Pillow shifts them so the
-    /// intermediate image holds only the rows the vertical pass reads).
+    /// horizontal pass runs first, its `bounds` are relative to `first_row` (Pillow shifts them
+    /// so the intermediate image holds only the rows the vertical pass reads).
     pub vertical: Option<ResampleCoeffs>,
-    /// First source row the vertical pass reads (`ybox_first` in Pillow).
+    /// Which pass runs first when both run.
+    pub order: PassOrder,
+    /// First source row the vertical pass reads (`ybox_first` in Pillow); 0 unless the
+    /// horizontal pass runs first.
     pub first_row: u32,
-    /// One past the last source row the vertical pass reads (`ybox_last` in Pillow).
+    /// One past the last source row the vertical pass reads (`ybox_last` in Pillow); `src_h`
+    /// unless the horizontal pass runs first.
     pub end_row: u32,
 }
 
 impl ResizePlan {
     /// Plans a bicubic resize from `src_w`×`src_h` to `dst_w`×`dst_h` (no aspect ratio kept, as
-    /// the reference does). Every size must be at least 1.
+    /// the reference does), with the pass order of Pillow 13 ([`PassOrder::pillow13`]). Every
+    /// size must be at least 1.
     pub fn new(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Result<Self, PreprocessError> {
+        let order = PassOrder::pillow13(src_w, src_h, dst_w, dst_h);
+        Self::with_order(src_w, src_h, dst_w, dst_h, order)
+    }
+
+    /// As [`ResizePlan::new`] with an explicit pass order: `PassOrder::HorizontalFirst`
+    /// reproduces Pillow before 13.0 for every size.
+    pub fn with_order(
+        src_w: u32,
+        src_h: u32,
+        dst_w: u32,
+        dst_h: u32,
+        order: PassOrder,
+    ) -> Result<Self, PreprocessError> {
         for (what, value) in [
             ("source width", src_w),
             ("source height", src_h),
@@ -177,31 +221,25 @@ impl ResizePlan {
         }
         let need_horizontal = dst_w != src_w;
         let need_vertical = dst_h != src_h;
-        // Pillow always computes the vertical table first, and takes the row range from it.
         let mut vertical = ResampleCoeffs::bicubic(src_h, dst_h);
-        let first_row = vertical.bounds[0].0;
-        let last = vertical.bounds[dst_h as usize - 1];
-        let end_row = last.0 + last.1;
-        let horizontal = if need_horizontal {
+        let (mut first_row, mut end_row) = (0, src_h);
+        if need_horizontal && order == PassOrder::HorizontalFirst {
+            // The horizontal pass only produces the rows the vertical pass will read.
+            first_row = vertical.bounds[0].0;
+            let last = vertical.bounds[dst_h as usize - 1];
+            end_row = last.0 + last.1;
             for bound in &mut vertical.bounds {
                 bound.0 -= first_row;
             }
-            Some(ResampleCoeffs::bicubic(src_w, dst_w))
-        } else {
-            None
-        };
-        let (first_row, end_row) = if need_horizontal {
-            (first_row, end_row)
-        } else {
-            (0, src_h)
-        };
+        }
         Ok(ResizePlan {
             src_w,
             src_h,
             dst_w,
             dst_h,
-            horizontal,
+            horizontal: need_horizontal.then(|| ResampleCoeffs::bicubic(src_w, dst_w)),
             vertical: need_vertical.then_some(vertical),
+            order,
             first_row,
             end_row,
         })
@@ -270,7 +308,7 @@ impl ResizePlan {
                     vertical_pass(v, &rows, dst_row, y0, chunk)
                 });
             }
-            (Some(h), Some(v)) => {
+            (Some(h), Some(v)) if self.order == PassOrder::HorizontalFirst => {
                 let temp_len = (self.end_row - self.first_row) as usize * dst_row;
                 scratch.resize(temp_len + block_work * threads, 0);
                 let (temp, work) = scratch.split_at_mut(temp_len);
@@ -281,6 +319,20 @@ impl ResizePlan {
                 let temp = RowSource::Packed(temp, dst_row);
                 run_rows(dst, dst_row, threads, &mut [], |y0, chunk, _| {
                     vertical_pass(v, &temp, dst_row, y0, chunk)
+                });
+            }
+            (Some(h), Some(v)) => {
+                let src_row = self.src_w as usize * 3;
+                let temp_len = self.dst_h as usize * src_row;
+                scratch.resize(temp_len + block_work * threads, 0);
+                let (temp, work) = scratch.split_at_mut(temp_len);
+                let input = RowSource::Frame(src, 0);
+                run_rows(temp, src_row, threads, &mut [], |y0, chunk, _| {
+                    vertical_pass(v, &input, src_row, y0, chunk)
+                });
+                let temp = RowSource::Packed(temp, src_row);
+                run_rows(dst, dst_row, threads, work, |y0, chunk, work| {
+                    horizontal_pass(h, &temp, y0, chunk, work)
                 });
             }
         }
@@ -748,6 +800,25 @@ mod tests {
     }
 
     #[test]
+    fn pass_order_follows_pillow_13() {
+        use PassOrder::*;
+        assert_eq!(PassOrder::pillow13(1920, 1080, 768, 768), HorizontalFirst);
+        assert_eq!(PassOrder::pillow13(1280, 720, 768, 768), HorizontalFirst);
+        assert_eq!(PassOrder::pillow13(1080, 1920, 768, 768), VerticalFirst);
+        // 41 rows lost vs 2 * 18 columns: vertical first; 36 would tie and stay horizontal.
+        assert_eq!(PassOrder::pillow13(232, 66, 214, 25), VerticalFirst);
+        assert_eq!(PassOrder::pillow13(232, 61, 214, 25), HorizontalFirst);
+        assert_eq!(PassOrder::pillow13(193, 203, 296, 117), VerticalFirst);
+        let plan = ResizePlan::new(1080, 1920, 768, 768).expect("plan");
+        assert_eq!(
+            (plan.order, plan.first_row, plan.end_row),
+            (VerticalFirst, 0, 1920)
+        );
+        let plan = ResizePlan::with_order(1080, 1920, 768, 768, HorizontalFirst).expect("plan");
+        assert_eq!(plan.order, HorizontalFirst);
+    }
+
+    #[test]
     fn same_size_is_identity() {
         let data: Vec<u8> = (0..5 * 4 * 3).map(|i| (i * 37 % 256) as u8).collect();
         let plan = ResizePlan::new(5, 4, 5, 4).expect("plan");
@@ -791,15 +862,17 @@ mod tests {
         let data: Vec<u8> = (0..sw * sh * 3)
             .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
             .collect();
-        let plan = ResizePlan::new(sw, sh, 41, 59).expect("plan");
-        let mut one = vec![0u8; plan.output_len()];
-        let mut many = vec![0u8; plan.output_len()];
         let f = frame(sw, sh, &data);
-        plan.resize_into(&f, &mut one, &mut Vec::new())
-            .expect("resize");
-        plan.resize_into_threaded(&f, &mut many, &mut Vec::new(), 3)
-            .expect("resize");
-        assert_eq!(one, many);
+        for order in [PassOrder::HorizontalFirst, PassOrder::VerticalFirst] {
+            let plan = ResizePlan::with_order(sw, sh, 41, 29, order).expect("plan");
+            let mut one = vec![0u8; plan.output_len()];
+            let mut many = vec![0u8; plan.output_len()];
+            plan.resize_into(&f, &mut one, &mut Vec::new())
+                .expect("resize");
+            plan.resize_into_threaded(&f, &mut many, &mut Vec::new(), 3)
+                .expect("resize");
+            assert_eq!(one, many, "{order:?}");
+        }
     }
 
     #[test]

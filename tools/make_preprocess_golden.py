@@ -75,6 +75,20 @@ RESIZE_CASES = [
     (45, 300, 40, 20, "smooth", 24),
 ]
 
+# Random small sizes (both passes, either order, up and down), fixed by this seed.
+RANDOM_CASES = 80
+RANDOM_SEED = 20261128
+
+
+def random_cases():
+    rng = np.random.default_rng(RANDOM_SEED)
+    cases = []
+    for i in range(RANDOM_CASES):
+        sw, sh, dw, dh = (int(v) for v in rng.integers(1, 97, size=4))
+        cases.append((sw, sh, dw, dh, ["noise", "binary", "smooth"][i % 3], 100 + i))
+    return cases
+
+
 # (source w, h, pattern, seed) run through the real HF processor with FLORENCE2_CONFIG.
 PROCESSOR_CASES = [
     (23, 17, "noise", 31),
@@ -143,12 +157,13 @@ def write_fixture() -> None:
     import transformers
 
     resize = []
-    for sw, sh, dw, dh, pattern, seed in RESIZE_CASES:
+    named = len(RESIZE_CASES)
+    for i, (sw, sh, dw, dh, pattern, seed) in enumerate(RESIZE_CASES + random_cases()):
         out = pil_resize(make_image(sw, sh, pattern, seed), dw, dh)
         assert out.shape == (dh, dw, 3) and out.dtype == np.uint8
         case = {"src": [sw, sh], "dst": [dw, dh], "pattern": pattern, "seed": seed,
                 "sha256": sha256(out.tobytes())}
-        if out.size <= FULL_BYTES_MAX:
+        if i < named and out.size <= FULL_BYTES_MAX:
             case["bytes_hex"] = out.tobytes().hex()
         resize.append(case)
 

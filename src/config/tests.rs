@@ -1,0 +1,461 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[model]
+dir = "/models/Florence-2-base-ft"
+
+[[cameras]]
+id = "front-door"
+url = "rtsp://user:secret@192.0.2.10:554/stream1"
+tasks = [
+  { task = "<OD>", every = "500ms" },
+  { task = "<CAPTION>", every = "30s" },
+  { task = "<OPEN_VOCABULARY_DETECTION>", text = "person with a helmet", every = "1s" },
+]
+"#;
+
+fn compile(text: &str) -> Result<Config, Vec<ConfigError>> {
+    compile_env(text, &[])
+}
+
+fn compile_env(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<ConfigError>> {
+    compile_str(
+        Path::new("test.toml"),
+        text,
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        Some("edge.example.com"),
+    )
+}
+
+/// The errors as the `validate` command prints them.
+fn lines(text: &str) -> Vec<String> {
+    match compile(text) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn keys(text: &str) -> Vec<String> {
+    match compile(text) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors
+            .iter()
+            .map(|e| e.key().unwrap_or("-").to_string())
+            .collect(),
+    }
+}
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let config = compile(MINIMAL).expect("minimal config is valid");
+    assert_eq!(config.node.id, "edge-example-com");
+    assert_eq!(config.model.backend, Backend::Auto);
+    assert_eq!(config.model.max_batch, 8);
+    assert_eq!(config.model.max_wait, Duration::from_millis(40));
+    assert_eq!(config.model.decoding.strategy, DecodingStrategy::Greedy);
+    assert_eq!(config.mqtt.url, "mqtt://127.0.0.1:1883");
+    assert_eq!(config.mqtt.client_id, "florence-edge-edge-example-com");
+    assert_eq!(config.mqtt.qos, 1);
+    assert_eq!(
+        config.http.listen,
+        Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+    );
+    let camera = &config.cameras[0];
+    assert_eq!(camera.stream.transport, Transport::Tcp);
+    assert_eq!(camera.stream.reconnect.max_attempts, None);
+    assert_eq!(camera.tasks.len(), 3);
+    assert_eq!(camera.tasks[0].task, Task::ObjectDetection);
+    assert_eq!(camera.tasks[0].every, Duration::from_millis(500));
+    assert_eq!(
+        camera.tasks[2].argument,
+        TaskArgument::Text(Arc::from("person with a helmet"))
+    );
+    assert_eq!(camera.analysis_fps(), Some(2.0));
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_key_path() {
+    let text = r#"
+[model]
+dir = "/m"
+max_batch = 0
+backend = "gpu"
+
+[mqtt]
+qos = 3
+topic_prefix = "a/+/b"
+
+[[cameras]]
+id = "a"
+url = "test://"
+tasks = [{ task = "<OD>", every = "0s" }]
+
+[[cameras]]
+id = "b"
+url = "ftp://x"
+tasks = [{ task = "<DETECT>", every = "1s" }, { task = "<CAPTION>", every = "soon" }]
+"#;
+    assert_eq!(
+        keys(text),
+        [
+            "model.backend",
+            "model.max_batch",
+            "mqtt.topic_prefix",
+            "mqtt.qos",
+            "cameras[0].tasks[0].every",
+            "cameras[1].url",
+            "cameras[1].tasks[0].task",
+            "cameras[1].tasks[1].every",
+        ]
+    );
+    let printed = lines(text);
+    assert_eq!(
+        printed[0],
+        "test.toml: model.backend: \"gpu\" is not a known value (allowed: auto | tensorrt | cuda | cpu)"
+    );
+    assert_eq!(
+        printed[4],
+        "test.toml: cameras[0].tasks[0].every: \"0s\" is zero (allowed: a duration such as \"500ms\", \"2s\", \"1m 30s\")"
+    );
+    assert!(printed[6].contains("unknown task \"<DETECT>\""));
+    assert!(printed[6].contains("<REGION_TO_OCR>"));
+}
+
+#[test]
+fn a_typo_is_an_unknown_key_that_names_itself_and_a_suggestion() {
+    let text = MINIMAL
+        .replace("dir =", "dri =")
+        .replace("every = \"30s\"", "evry = \"30s\"");
+    let printed = lines(&text);
+    assert_eq!(printed.len(), 4, "{printed:#?}");
+    assert!(printed.contains(
+        &"test.toml: model.dri: unknown key; did you mean `dir`? (allowed: dir, backend, precision, decoder, engines_dir, build_engines_at_start, max_batch, max_wait_ms, threads, ort_library, decoding)".to_string()
+    ));
+    assert!(printed
+        .iter()
+        .any(|l| l.starts_with("test.toml: model.dir: missing")));
+    assert!(printed.iter().any(|l| l
+        .starts_with("test.toml: cameras[0].tasks[1].evry: unknown key; did you mean `every`?")));
+    assert!(printed
+        .iter()
+        .any(|l| l.starts_with("test.toml: cameras[0].tasks[1].every: missing")));
+}
+
+#[test]
+fn unknown_sections_are_reported() {
+    let text = format!("{MINIMAL}\n[detectors]\nx = 1\n");
+    assert_eq!(keys(&text), ["detectors"]);
+}
+
+#[test]
+fn task_inputs_are_checked_against_the_task() {
+    let text = r#"
+[model]
+dir = "/m"
+[[cameras]]
+id = "c"
+url = "test://"
+tasks = [
+  { task = "<CAPTION_TO_PHRASE_GROUNDING>", every = "1s" },
+  { task = "<REGION_TO_OCR>", every = "1s" },
+  { task = "<OD>", every = "1s", text = "cars" },
+  { task = "<REGION_TO_CATEGORY>", every = "1s", region = [10, 10, 5, 20] },
+  { task = "<REGION_TO_DESCRIPTION>", every = "1s", region = [1, 2, 3] },
+  { task = "<OPEN_VOCABULARY_DETECTION>", every = "1s", text = "a", region = [0, 0, 1, 1] },
+  { task = "<REFERRING_EXPRESSION_SEGMENTATION>", every = "1s", text = "" },
+]
+"#;
+    let printed = lines(text);
+    let expected = [
+        "test.toml: cameras[0].tasks[0].text: missing; <CAPTION_TO_PHRASE_GROUNDING> needs it",
+        "test.toml: cameras[0].tasks[1].region: missing; <REGION_TO_OCR> needs it",
+        "test.toml: cameras[0].tasks[2].text: <OD> takes no text",
+        "test.toml: cameras[0].tasks[3].region: [10, 10, 5, 20] is empty or reversed",
+        "test.toml: cameras[0].tasks[4].region: has 3 numbers, not 4",
+        "test.toml: cameras[0].tasks[5].region: <OPEN_VOCABULARY_DETECTION> takes no region",
+        "test.toml: cameras[0].tasks[6].text: is empty",
+    ];
+    assert_eq!(printed.len(), expected.len(), "{printed:#?}");
+    for (line, start) in printed.iter().zip(expected) {
+        assert!(line.starts_with(start), "{line} should start with {start}");
+    }
+}
+
+#[test]
+fn region_tasks_keep_their_region() {
+    let text = MINIMAL.replace(
+        "{ task = \"<OD>\", every = \"500ms\" }",
+        "{ task = \"<REGION_TO_OCR>\", every = \"2s\", region = [10, 20, 300, 400] }",
+    );
+    let config = compile(&text).expect("valid");
+    assert_eq!(
+        config.cameras[0].tasks[0].argument,
+        TaskArgument::Region(Region {
+            x1: 10,
+            y1: 20,
+            x2: 300,
+            y2: 400
+        })
+    );
+}
+
+#[test]
+fn duplicate_camera_ids_name_both_positions() {
+    let text = format!(
+        "{MINIMAL}\n[[cameras]]\nid = \"x\"\nurl = \"test://\"\ntasks = [{{ task = \"<OD>\", every = \"1s\" }}]\n\
+         [[cameras]]\nid = \"front-door\"\nurl = \"test://\"\ntasks = [{{ task = \"<OD>\", every = \"1s\" }}]\n"
+    );
+    assert_eq!(
+        lines(&text),
+        ["test.toml: cameras[2].id: \"front-door\" is also the id of cameras[0] (allowed: a unique id per camera)"]
+    );
+}
+
+#[test]
+fn duplicate_tasks_in_one_camera_are_rejected_but_different_texts_are_not() {
+    let text = MINIMAL.replace(
+        "{ task = \"<CAPTION>\", every = \"30s\" },",
+        "{ task = \"<OD>\", every = \"5s\" }, { task = \"<OPEN_VOCABULARY_DETECTION>\", text = \"a dog\", every = \"1s\" },",
+    );
+    assert_eq!(keys(&text), ["cameras[0].tasks[1]"]);
+}
+
+#[test]
+fn camera_ids_must_be_topic_safe() {
+    let text = MINIMAL.replace("id = \"front-door\"", "id = \"front/door\"");
+    assert_eq!(keys(&text), ["cameras[0].id"]);
+}
+
+#[test]
+fn passwords_never_appear_in_errors_or_debug_output() {
+    let text = MINIMAL.replace(
+        "[[cameras]]",
+        "[mqtt]\nurl = \"mqtt://bob:hunter2@broker:1883\"\npassword = \"hunter2\"\npassword_file = \"/p\"\n\n[[cameras]]",
+    );
+    let printed = lines(&text).join("\n");
+    assert!(printed.contains("mqtt.url: \"mqtt://bob:***@broker:1883\" carries credentials"));
+    assert!(printed.contains("mqtt.password_file: password and password_file are both set"));
+    assert!(!printed.contains("hunter2"), "{printed}");
+
+    let config = compile(MINIMAL).expect("valid");
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("secret"), "{debug}");
+    assert!(debug.contains("rtsp://user:***@192.0.2.10"));
+    assert_eq!(
+        config.cameras[0].stream.url, "rtsp://user:secret@192.0.2.10:554/stream1",
+        "the URL itself is kept as written, for the pipeline"
+    );
+    let text = MINIMAL.replace(
+        "url = \"rtsp://user:secret@192.0.2.10:554/stream1\"",
+        "url = \"rtsp://192.0.2.10/stream1\"\nusername = \"u\"\npassword = \"topsecret\"",
+    );
+    let config = compile(&text).expect("valid");
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("topsecret"), "{debug}");
+    assert!(debug.contains("Inline(***)"));
+    assert_eq!(Secret::new("x").to_string(), "***");
+}
+
+#[test]
+fn a_secret_with_the_wrong_type_is_not_echoed() {
+    let text = MINIMAL.replace(
+        "url = \"rtsp://user:secret@192.0.2.10:554/stream1\"",
+        "url = \"rtsp://192.0.2.10/s\"\nusername = \"u\"\npassword = 918273645",
+    );
+    let printed = lines(&text).join("\n");
+    assert!(printed.contains("password: expected a string, found an integer"));
+    assert!(!printed.contains("918273645"));
+}
+
+#[test]
+fn credentials_are_only_for_rtsp_and_given_once() {
+    let text = MINIMAL.replace(
+        "url = \"rtsp://user:secret@192.0.2.10:554/stream1\"",
+        "url = \"rtsp://user:secret@192.0.2.10:554/stream1\"\nusername = \"user\"",
+    );
+    assert_eq!(keys(&text), ["cameras[0].username"]);
+    let text = MINIMAL.replace(
+        "url = \"rtsp://user:secret@192.0.2.10:554/stream1\"",
+        "url = \"test://\"\nusername = \"user\"\npassword_file = \"/p\"",
+    );
+    assert_eq!(keys(&text), ["cameras[0].username"]);
+    let text = MINIMAL.replace(
+        "url = \"rtsp://user:secret@192.0.2.10:554/stream1\"",
+        "url = \"rtsp://cam/x\"\npassword_file = \"/p\"",
+    );
+    assert_eq!(keys(&text), ["cameras[0].username"]);
+}
+
+#[test]
+fn redact_url_hides_only_the_password() {
+    assert_eq!(
+        redact_url("rtsp://admin:pa:ss@10.0.0.2:554/s?x=1"),
+        "rtsp://admin:***@10.0.0.2:554/s?x=1"
+    );
+    assert_eq!(redact_url("rtsp://admin@cam/s"), "rtsp://admin@cam/s");
+    assert_eq!(redact_url("test://?pattern=ball"), "test://?pattern=ball");
+    assert_eq!(redact_url("not a url"), "not a url");
+    assert_eq!(
+        redact_url("rtsp://cam/path@with-at"),
+        "rtsp://cam/path@with-at",
+        "an @ after the host is not userinfo"
+    );
+}
+
+#[test]
+fn environment_overrides_the_file_and_is_named_in_errors() {
+    let config = compile_env(
+        MINIMAL,
+        &[
+            ("FLORENCE_EDGE__MQTT__URL", "mqtts://broker.example:8883"),
+            ("FLORENCE_EDGE__MQTT__QOS", "2"),
+            ("FLORENCE_EDGE__MODEL__MAX_BATCH", "4"),
+            ("FLORENCE_EDGE__NODE__ID", "cam-box"),
+            ("UNRELATED", "x"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(config.mqtt.url, "mqtts://broker.example:8883");
+    assert_eq!(config.mqtt.qos, 2);
+    assert_eq!(config.model.max_batch, 4);
+    assert_eq!(config.node.id, "cam-box");
+
+    let errors = compile_env(
+        MINIMAL,
+        &[
+            ("FLORENCE_EDGE__MQTT__QOS", "7"),
+            ("FLORENCE_EDGE__MQTT__PORT", "1883"),
+        ],
+    )
+    .err()
+    .unwrap_or_default();
+    let printed: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        printed,
+        [
+            "environment variable FLORENCE_EDGE__MQTT__QOS: mqtt.qos: 7 is out of range (allowed: an integer 0..=2)",
+            "environment variable FLORENCE_EDGE__MQTT__PORT: mqtt.port: unknown key (allowed: url, client_id, username, password, password_file, topic_prefix, qos, keep_alive, tls, spool, snapshots)",
+        ]
+    );
+}
+
+#[test]
+fn model_combinations_tensorrt_cannot_run_are_rejected() {
+    let text = MINIMAL.replace(
+        "dir = \"/models/Florence-2-base-ft\"",
+        "dir = \"/m\"\nbackend = \"tensorrt\"\nprecision = \"q4\"\ndecoder = \"merged\"\ndecoding = { strategy = \"beam\", num_beams = 1 }",
+    );
+    assert_eq!(
+        keys(&text),
+        [
+            "model.decoding.num_beams",
+            "model.precision",
+            "model.decoder"
+        ]
+    );
+}
+
+#[test]
+fn mqtt_tls_needs_mqtts_and_a_complete_client_certificate() {
+    let text = MINIMAL.replace(
+        "[[cameras]]",
+        "[mqtt]\ntls = { cert_file = \"/c.pem\" }\n\n[[cameras]]",
+    );
+    assert_eq!(keys(&text), ["mqtt.tls.key_file", "mqtt.tls"]);
+}
+
+#[test]
+fn syntax_errors_name_the_file() {
+    let errors = compile("[model\ndir = 1").err().unwrap_or_default();
+    assert_eq!(errors.len(), 1);
+    assert!(matches!(&errors[0], ConfigError::Syntax { file, .. } if file == "test.toml"));
+}
+
+#[test]
+fn no_cameras_is_an_error() {
+    assert_eq!(keys("[model]\ndir = \"/m\"\n"), ["cameras"]);
+}
+
+#[test]
+fn a_disabled_camera_needs_no_tasks() {
+    let text =
+        format!("{MINIMAL}\n[[cameras]]\nid = \"spare\"\nurl = \"test://\"\nenabled = false\n");
+    let config = compile(&text).expect("valid");
+    assert_eq!(config.cameras.len(), 2);
+    assert_eq!(config.enabled_cameras().len(), 1);
+    assert_eq!(config.schedules().len(), 1);
+}
+
+#[test]
+fn diff_separates_stream_changes_from_schedule_changes() {
+    let base = format!(
+        "{MINIMAL}\n[[cameras]]\nid = \"yard\"\nurl = \"test://\"\ntasks = [{{ task = \"<OD>\", every = \"1s\" }}]\n\
+         [[cameras]]\nid = \"gate\"\nurl = \"test://\"\ntasks = [{{ task = \"<OD>\", every = \"1s\" }}]\n"
+    );
+    let old = compile(&base).expect("valid");
+    assert!(diff(&old, &old).is_empty());
+
+    let changed = base
+        .replace("every = \"30s\"", "every = \"10s\"")
+        .replace(
+            "id = \"yard\"\nurl = \"test://\"",
+            "id = \"yard\"\nurl = \"test://?pattern=snow\"",
+        )
+        .replace(
+            "id = \"gate\"\nurl = \"test://\"",
+            "id = \"garage\"\nurl = \"test://\"",
+        )
+        .replace("dir = \"/models/Florence-2-base-ft\"", "dir = \"/m2\"");
+    let new = compile(&changed).expect("valid");
+    let d = diff(&old, &new);
+    assert_eq!(d.with(&CameraChange::TasksChanged), ["front-door"]);
+    assert_eq!(d.with(&CameraChange::StreamChanged), ["yard"]);
+    assert_eq!(d.with(&CameraChange::Added), ["garage"]);
+    assert_eq!(d.with(&CameraChange::Removed), ["gate"]);
+    assert!(d.model_changed);
+    assert!(!d.mqtt_changed && !d.http_changed && !d.node_changed);
+
+    let disabled = base.replace(
+        "id = \"gate\"\nurl = \"test://\"",
+        "id = \"gate\"\nurl = \"test://\"\nenabled = false",
+    );
+    let d = diff(&old, &compile(&disabled).expect("valid"));
+    assert_eq!(d.with(&CameraChange::Removed), ["gate"]);
+    assert_eq!(d.cameras.len(), 1);
+}
+
+#[test]
+fn durations_and_ranges_of_camera_settings() {
+    let text = MINIMAL.replace(
+        "[[cameras]]\nid = \"front-door\"",
+        "[[cameras]]\nid = \"front-door\"\nwatchdog = \"50ms\"\nlatency_ms = -1\nreconnect = { initial = \"10s\", max = \"5s\", jitter = 2, max_attempts = 3 }\ntransport = \"quic\"",
+    );
+    assert_eq!(
+        keys(&text),
+        [
+            "cameras[0].transport",
+            "cameras[0].latency_ms",
+            "cameras[0].watchdog",
+            "cameras[0].reconnect.jitter",
+            "cameras[0].reconnect.max",
+        ]
+    );
+}
+
+#[test]
+fn http_can_be_disabled_and_listen_must_be_an_address() {
+    let text = format!("{MINIMAL}\n[http]\nenabled = false\n");
+    assert_eq!(compile(&text).map(|c| c.http.listen).ok(), Some(None));
+    let text = format!("{MINIMAL}\n[http]\nlisten = \"localhost\"\n");
+    assert_eq!(keys(&text), ["http.listen"]);
+}
+
+#[test]
+fn validate_reads_files_and_reports_unreadable_ones() {
+    let lines = validate(Path::new("/nonexistent/florence-edge.toml"), false);
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].starts_with("/nonexistent/florence-edge.toml: cannot read the file"));
+}

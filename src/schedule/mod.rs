@@ -1,0 +1,83 @@
+//! Which frame to analyse with which task, and when: the per-camera task
+//! scheduler and the cross-camera batcher.
+//!
+//! Both are pure state machines in the rumqttc style. Time comes in as
+//! `Instant` arguments and nothing here sleeps, spawns or touches a frame: the
+//! scheduler sees only frame sequence numbers, the batcher only jobs. The
+//! daemon's loop calls [`Scheduler::poll`] and [`Batcher::pop_batch`] at the
+//! instants returned by their `next_deadline` methods. The rules are written
+//! down in `docs/SCHEDULING.md`.
+
+mod batch;
+#[allow(clippy::module_inception)]
+mod schedule;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use batch::{BatchCounters, BatchStats, Batcher};
+pub use schedule::{ScheduleCounters, Scheduler};
+
+use crate::config::{Task, TaskArgument};
+
+/// A camera, by its configured id.
+pub type CameraId = Arc<str>;
+
+/// One scheduled task of one camera: the unit of rate, of counting and of
+/// stale-skipping (at most one job per key waits at any time).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobKey {
+    pub camera: CameraId,
+    pub task: Task,
+    pub argument: TaskArgument,
+}
+
+/// A task of a camera as the scheduler needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskSchedule {
+    pub task: Task,
+    pub argument: TaskArgument,
+    /// The period; never zero.
+    pub every: Duration,
+}
+
+impl From<&crate::config::TaskConfig> for TaskSchedule {
+    fn from(task: &crate::config::TaskConfig) -> Self {
+        TaskSchedule {
+            task: task.task,
+            argument: task.argument.clone(),
+            every: task.every,
+        }
+    }
+}
+
+/// One unit of inference: run `key.task` on frame `frame_seq` of
+/// `key.camera`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// Unique per scheduler, increasing; names the job in logs and tests.
+    pub id: u64,
+    pub key: Arc<JobKey>,
+    /// The frame to analyse: the newest of its camera when the job was made.
+    pub frame_seq: u64,
+    /// When that frame reached the scheduler.
+    pub frame_at: Instant,
+    /// When the task became due (may be before the frame arrived).
+    pub due: Instant,
+    /// When the job started waiting in the batcher; a job that replaces an
+    /// overtaken one inherits its predecessor's time and place.
+    pub enqueued: Instant,
+}
+
+/// Misuse of the scheduler or batcher by the daemon (configuration is
+/// checked before it gets here, so these mean a wiring bug or a race with a
+/// reload).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("camera {camera:?} is not scheduled; allowed: a camera of the current configuration")]
+    UnknownCamera { camera: String },
+    #[error("camera {camera:?} task {task}: period is zero; allowed: a positive duration")]
+    ZeroPeriod { camera: String, task: Task },
+    #[error("max_batch is 0; allowed: 1..=64")]
+    ZeroBatch,
+}

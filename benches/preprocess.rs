@@ -136,7 +136,13 @@ fn main() {
     let mut out = vec![0f32; single.image_len()];
     let mut out16 = vec![f16::ZERO; single.image_len()];
 
-    for (w, h) in [(1920u32, 1080u32), (1280, 720), (640, 480), (768, 768)] {
+    for (w, h) in [
+        (1920u32, 1080u32),
+        (1280, 720),
+        (640, 480),
+        (768, 768),
+        (1080, 1920),
+    ] {
         let data = noise(w as usize * h as usize * 3, u64::from(w * h));
         let frame = RgbFrame::packed(w, h, &data).expect("frame");
         let plan = ResizePlan::new(w, h, 768, 768).expect("plan");

@@ -206,7 +206,7 @@ def bench(iterations: int) -> None:
     print(f"pillow {PIL.__version__}, numpy {np.__version__}, transformers {transformers.__version__}, "
           f"{type(processor).__name__}; {iterations} iterations; "
           "wall median / best [thread CPU median], ms")
-    for sw, sh in [(1920, 1080), (1280, 720), (640, 480), (768, 768)]:
+    for sw, sh in [(1920, 1080), (1280, 720), (640, 480), (768, 768), (1080, 1920)]:
         arr = make_image(sw, sh, "noise", 99)
         img = Image.fromarray(arr, "RGB")
         jobs = {

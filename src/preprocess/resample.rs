@@ -484,8 +484,21 @@ fn word(bytes: &[u8]) -> u64 {
 /// `columns[j * 8 + r] = rows[r][start + j]` for every byte column j the buffer holds.
 fn transpose_rows_to_columns(rows: &[&[u8]; BLOCK_ROWS], start: usize, columns: &mut [u8]) {
     let len = columns.len() / BLOCK_ROWS;
+    #[cfg(target_arch = "x86_64")]
+    let done = {
+        let done = len - len % 16;
+        for j0 in (0..done).step_by(16) {
+            let src: [&[u8]; BLOCK_ROWS] = std::array::from_fn(|r| &rows[r][start + j0..][..16]);
+            // SAFETY: SSE2 is part of every x86_64 CPU; every row slice holds 16 bytes and the
+            // output slice 128 (both checked by the slicing above and here).
+            unsafe { transpose_8x16_sse2(&src, &mut columns[j0 * 8..j0 * 8 + 128]) };
+        }
+        done
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     let full = len - len % 8;
-    for j0 in (0..full).step_by(8) {
+    for j0 in (done..full).step_by(8) {
         let mut w: [u64; 8] = std::array::from_fn(|r| word(&rows[r][start + j0..]));
         transpose8x8(&mut w);
         for (c, w) in w.iter().enumerate() {
@@ -496,6 +509,54 @@ fn transpose_rows_to_columns(rows: &[&[u8]; BLOCK_ROWS], start: usize, columns: 
         for (r, row) in rows.iter().enumerate() {
             columns[j * 8 + r] = row[start + j];
         }
+    }
+}
+
+/// Transposes 8 rows of 16 bytes into 16 columns of 8 bytes with three rounds of SSE2 unpacks
+/// (bytes, then 16-bit pairs, then 32-bit quads): a quarter of the work of the word swaps.
+///
+/// # Safety
+/// Each `rows[r]` must hold at least 16 bytes and `out` at least 128.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+unsafe fn transpose_8x16_sse2(rows: &[&[u8]; BLOCK_ROWS], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let r: [__m128i; 8] = std::array::from_fn(|i| _mm_loadu_si128(rows[i].as_ptr().cast()));
+    // (r0 c_j, r1 c_j) byte pairs: t[2k] holds columns 0..8 of rows 2k, 2k+1; t[2k+1] 8..16.
+    let t = [
+        _mm_unpacklo_epi8(r[0], r[1]),
+        _mm_unpackhi_epi8(r[0], r[1]),
+        _mm_unpacklo_epi8(r[2], r[3]),
+        _mm_unpackhi_epi8(r[2], r[3]),
+        _mm_unpacklo_epi8(r[4], r[5]),
+        _mm_unpackhi_epi8(r[4], r[5]),
+        _mm_unpacklo_epi8(r[6], r[7]),
+        _mm_unpackhi_epi8(r[6], r[7]),
+    ];
+    // Rows 0..4 of columns 0..4, 4..8, 8..12, 12..16; then the same for rows 4..8.
+    let u = [
+        _mm_unpacklo_epi16(t[0], t[2]),
+        _mm_unpackhi_epi16(t[0], t[2]),
+        _mm_unpacklo_epi16(t[1], t[3]),
+        _mm_unpackhi_epi16(t[1], t[3]),
+        _mm_unpacklo_epi16(t[4], t[6]),
+        _mm_unpackhi_epi16(t[4], t[6]),
+        _mm_unpacklo_epi16(t[5], t[7]),
+        _mm_unpackhi_epi16(t[5], t[7]),
+    ];
+    // Two whole columns (8 rows each) per vector, in column order.
+    let v = [
+        _mm_unpacklo_epi32(u[0], u[4]),
+        _mm_unpackhi_epi32(u[0], u[4]),
+        _mm_unpacklo_epi32(u[1], u[5]),
+        _mm_unpackhi_epi32(u[1], u[5]),
+        _mm_unpacklo_epi32(u[2], u[6]),
+        _mm_unpackhi_epi32(u[2], u[6]),
+        _mm_unpacklo_epi32(u[3], u[7]),
+        _mm_unpackhi_epi32(u[3], u[7]),
+    ];
+    for (k, v) in v.iter().enumerate() {
+        _mm_storeu_si128(out[k * 16..].as_mut_ptr().cast(), *v);
     }
 }
 
@@ -751,24 +812,25 @@ mod tests {
     #[test]
     fn byte_transposes_are_inverse_and_correct() {
         let rows: Vec<Vec<u8>> = (0..8)
-            .map(|r| (0..21).map(|j| (r * 31 + j * 7) as u8).collect())
+            .map(|r| (0..45).map(|j| (r * 31 + j * 7) as u8).collect())
             .collect();
         let refs: [&[u8]; 8] = std::array::from_fn(|r| rows[r].as_slice());
-        let mut columns = vec![0u8; 21 * 8];
+        // 45 columns: two 16-column SSE2 chunks (on x86_64), one 8-column word swap, a tail.
+        let mut columns = vec![0u8; 45 * 8];
         transpose_rows_to_columns(&refs, 0, &mut columns);
-        for j in 0..21 {
+        for j in 0..45 {
             for r in 0..8 {
                 assert_eq!(columns[j * 8 + r], rows[r][j], "column {j} row {r}");
             }
         }
-        let mut back = vec![0u8; 5 * 23];
-        transpose_columns_to_rows(&columns, &mut back, 23, 2);
+        let mut back = vec![0u8; 5 * 47];
+        transpose_columns_to_rows(&columns, &mut back, 47, 2);
         for r in 0..5 {
-            assert_eq!(&back[r * 23 + 2..(r + 1) * 23], rows[r].as_slice());
+            assert_eq!(&back[r * 47 + 2..(r + 1) * 47], rows[r].as_slice());
         }
-        let mut shifted = vec![0u8; 13 * 8];
-        transpose_rows_to_columns(&refs, 8, &mut shifted);
-        assert!((0..13).all(|j| (0..8).all(|r| shifted[j * 8 + r] == rows[r][8 + j])));
+        let mut shifted = vec![0u8; 29 * 8];
+        transpose_rows_to_columns(&refs, 13, &mut shifted);
+        assert!((0..29).all(|j| (0..8).all(|r| shifted[j * 8 + r] == rows[r][13 + j])));
     }
 
     #[test]

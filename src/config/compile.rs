@@ -51,9 +51,24 @@ pub(super) fn compile(
             }]
         })?;
     let prefix = format!("{ENV_PREFIX}__");
+    let mut env_errors = Vec::new();
     let overrides: config::Map<String, String> = env
         .into_iter()
-        .filter(|(key, _)| key.starts_with(&prefix))
+        .filter(|(name, _)| name.starts_with(&prefix))
+        .filter(|(name, _)| match env_key_problem(&name[prefix.len()..]) {
+            None => true,
+            Some(problem) => {
+                env_errors.push(ConfigError::Invalid {
+                    origin: format!("environment variable {name}"),
+                    key: name[prefix.len()..].to_ascii_lowercase().replace("__", "."),
+                    problem: problem.into(),
+                    allowed: Some(format!(
+                        "{prefix}<SECTION>__<KEY> for a key of node, model, mqtt or http"
+                    )),
+                });
+                false
+            }
+        })
         .collect();
     if !overrides.is_empty() {
         config::Environment::with_prefix(ENV_PREFIX)
@@ -70,12 +85,32 @@ pub(super) fn compile(
     }
 
     let mut errors = Errors::new(&file, ENV_PREFIX);
+    errors.list = env_errors;
     let config = Fields::of(root, "", &mut errors)
         .and_then(|root| compile_root(path, root, hostname, &mut errors));
     match config {
         Some(config) if errors.list.is_empty() => Ok(config),
         _ => Err(errors.list),
     }
+}
+
+/// Why an environment variable (without the prefix) cannot override a key:
+/// cameras are an array, which `SECTION__KEY` paths cannot address.
+fn env_key_problem(rest: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = rest.split("__").collect();
+    if segments
+        .iter()
+        .any(|s| s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    {
+        return Some("is not a SECTION__KEY path");
+    }
+    if segments[0].eq_ignore_ascii_case("cameras") {
+        return Some("cameras cannot be set from the environment");
+    }
+    if segments.len() < 2 {
+        return Some("names a whole section");
+    }
+    None
 }
 
 fn compile_root(

@@ -84,7 +84,9 @@ pub(crate) struct Fields {
 impl Fields {
     /// A table at `path`; anything else is reported and gives `None`.
     pub fn of(value: Value, path: &str, errors: &mut Errors) -> Option<Fields> {
+        // A table's own origin: keys missing from it are missing in the file.
         let origin = value.origin().map(str::to_string);
+        let reported_origin = origin_of(&value).map(str::to_string);
         match value.kind {
             ValueKind::Table(map) => Some(Fields {
                 path: path.to_string(),
@@ -94,7 +96,7 @@ impl Fields {
             }),
             other => {
                 errors.report(
-                    origin.as_deref(),
+                    reported_origin.as_deref(),
                     path,
                     Problem::new(
                         format!("expected a table, found {}", describe_kind(&other)),
@@ -145,7 +147,7 @@ impl Fields {
         match parse(&value) {
             Ok(parsed) => Some(parsed),
             Err(problem) => {
-                errors.report(value.origin(), &self.key_path(key), problem);
+                errors.report(origin_of(&value), &self.key_path(key), problem);
                 None
             }
         }
@@ -208,7 +210,7 @@ impl Fields {
     ) -> Option<Vec<(String, Value)>> {
         let path = self.key_path(key);
         let value = self.take(key)?;
-        let origin = value.origin().map(str::to_string);
+        let origin = origin_of(&value).map(str::to_string);
         match value.kind {
             ValueKind::Array(items) => Some(
                 items
@@ -259,6 +261,20 @@ impl Fields {
                 Problem::new(format!("unknown key{suggestion}"), allowed.clone()),
             );
         }
+    }
+}
+
+/// Where a value came from. A table that an environment variable created
+/// under a scalar key (`FLORENCE_EDGE__MODEL__DIR__X`) has no origin of its
+/// own; its leaves name the variable.
+fn origin_of(value: &Value) -> Option<&str> {
+    if let Some(origin) = value.origin() {
+        return Some(origin);
+    }
+    match &value.kind {
+        ValueKind::Table(map) => map.values().find_map(origin_of),
+        ValueKind::Array(items) => items.iter().find_map(origin_of),
+        _ => None,
     }
 }
 

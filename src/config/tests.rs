@@ -459,3 +459,58 @@ fn validate_reads_files_and_reports_unreadable_ones() {
     assert_eq!(lines.len(), 1);
     assert!(lines[0].starts_with("/nonexistent/florence-edge.toml: cannot read the file"));
 }
+
+#[test]
+fn environment_overrides_reach_nested_tables_and_never_panic_on_odd_keys() {
+    let config = compile_env(
+        MINIMAL,
+        &[
+            ("FLORENCE_EDGE__MODEL__DECODING__STRATEGY", "beam"),
+            ("FLORENCE_EDGE__MQTT__SPOOL__MAX_MESSAGES", "500"),
+            ("FLORENCE_EDGE__HTTP__ENABLED", "false"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(config.model.decoding.strategy, DecodingStrategy::Beam);
+    assert_eq!(config.mqtt.spool.max_messages, 500);
+    assert_eq!(config.http.listen, None);
+
+    for (key, value) in [
+        ("FLORENCE_EDGE__CAMERAS__0__URL", "test://"),
+        ("FLORENCE_EDGE__CAMERAS", "x"),
+        ("FLORENCE_EDGE__MQTT", "x"),
+        ("FLORENCE_EDGE__", "x"),
+        ("FLORENCE_EDGE____", "x"),
+        ("FLORENCE_EDGE__MODEL__DIR__X", "x"),
+        ("FLORENCE_EDGE__MODEL[0]", "x"),
+    ] {
+        let result = compile_env(MINIMAL, &[(key, value)]);
+        assert!(
+            result.is_err(),
+            "{key}={value} must be reported, not ignored: {result:?}"
+        );
+    }
+    let errors = compile_env(MINIMAL, &[("FLORENCE_EDGE__CAMERAS__0__URL", "test://")])
+        .err()
+        .unwrap_or_default();
+    assert_eq!(
+        errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["environment variable FLORENCE_EDGE__CAMERAS__0__URL: cameras.0.url: cameras cannot be set from the environment (allowed: FLORENCE_EDGE__<SECTION>__<KEY> for a key of node, model, mqtt or http)"]
+    );
+}
+
+#[test]
+fn a_key_missing_from_a_section_the_environment_touched_is_missing_in_the_file() {
+    let text = MINIMAL.replace("dir = \"/models/Florence-2-base-ft\"", "");
+    let printed: Vec<String> = compile_env(&text, &[("FLORENCE_EDGE__MODEL__MAX_BATCH", "2")])
+        .err()
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(printed.len(), 1, "{printed:?}");
+    assert!(
+        printed[0].starts_with("test.toml: model.dir: missing"),
+        "{printed:?}"
+    );
+}

@@ -40,12 +40,13 @@ pub struct BatchStats {
 }
 
 /// Groups due jobs across cameras. See the module documentation.
+/// `F` is the frame payload the jobs carry (see [`Job::with_frame`]).
 #[derive(Debug)]
-pub struct Batcher {
+pub struct Batcher<F = ()> {
     max_batch: usize,
     max_wait: Duration,
     /// Waiting jobs per camera, in enqueue order; no empty queues.
-    queues: BTreeMap<CameraId, VecDeque<Job>>,
+    queues: BTreeMap<CameraId, VecDeque<Job<F>>>,
     /// The camera served last; the next job comes from the one after it.
     cursor: Option<CameraId>,
     pending: usize,
@@ -53,8 +54,8 @@ pub struct Batcher {
     stats: BatchStats,
 }
 
-impl Batcher {
-    pub fn new(max_batch: usize, max_wait: Duration) -> Result<Batcher, ScheduleError> {
+impl<F> Batcher<F> {
+    pub fn new(max_batch: usize, max_wait: Duration) -> Result<Batcher<F>, ScheduleError> {
         if max_batch == 0 {
             return Err(ScheduleError::ZeroBatch);
         }
@@ -69,9 +70,14 @@ impl Batcher {
         })
     }
 
+    /// A batcher with the model section's `max_batch` and `max_wait_ms`.
+    pub fn from_config(model: &crate::config::ModelConfig) -> Result<Batcher<F>, ScheduleError> {
+        Batcher::new(model.max_batch, model.max_wait)
+    }
+
     /// Queues a job. If a job of the same (camera, task) is still waiting, the
     /// new one replaces it in place and the overtaken job is returned.
-    pub fn push(&mut self, mut job: Job, now: Instant) -> Option<Job> {
+    pub fn push(&mut self, mut job: Job<F>, now: Instant) -> Option<Job<F>> {
         let counters = self.counters.entry(job.key.clone()).or_default();
         counters.enqueued += 1;
         let queue = self.queues.entry(job.key.camera.clone()).or_default();
@@ -88,7 +94,7 @@ impl Batcher {
 
     /// A batch if one is ready at `now`: `max_batch` jobs are waiting, or the
     /// oldest has waited `max_wait`.
-    pub fn pop_batch(&mut self, now: Instant) -> Option<Vec<Job>> {
+    pub fn pop_batch(&mut self, now: Instant) -> Option<Vec<Job<F>>> {
         let ready = self.pending >= self.max_batch
             || self
                 .oldest_enqueued()
@@ -101,11 +107,11 @@ impl Batcher {
     }
 
     /// A batch of whatever waits, ready or not (draining at shutdown).
-    pub fn flush(&mut self) -> Option<Vec<Job>> {
+    pub fn flush(&mut self) -> Option<Vec<Job<F>>> {
         self.take_batch()
     }
 
-    fn take_batch(&mut self) -> Option<Vec<Job>> {
+    fn take_batch(&mut self) -> Option<Vec<Job<F>>> {
         if self.pending == 0 {
             return None;
         }
@@ -170,7 +176,7 @@ impl Batcher {
     }
 
     /// Drops a camera's waiting jobs (it was removed by a reload).
-    pub fn remove_camera(&mut self, camera: &str) -> Vec<Job> {
+    pub fn remove_camera(&mut self, camera: &str) -> Vec<Job<F>> {
         let Some(queue) = self.queues.remove(camera) else {
             return Vec::new();
         };

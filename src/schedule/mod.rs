@@ -52,9 +52,10 @@ impl From<&crate::config::TaskConfig> for TaskSchedule {
 }
 
 /// One unit of inference: run `key.task` on frame `frame_seq` of
-/// `key.camera`.
+/// `key.camera`. `F` is what the daemon attaches to carry the frame itself
+/// (e.g. an `Arc` of it) through the batcher; the scheduler makes `Job<()>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Job {
+pub struct Job<F = ()> {
     /// Unique per scheduler, increasing; names the job in logs and tests.
     pub id: u64,
     pub key: Arc<JobKey>,
@@ -67,6 +68,25 @@ pub struct Job {
     /// When the job started waiting in the batcher; a job that replaces an
     /// overtaken one inherits its predecessor's time and place.
     pub enqueued: Instant,
+    /// The frame, once attached with [`Job::with_frame`].
+    pub frame: F,
+}
+
+impl Job<()> {
+    /// Attaches the frame `frame_seq` names. Bind the frame when the job is
+    /// made, not at dispatch: the scheduler has recorded this frame as
+    /// analysed, so running a newer one instead could analyse that one twice.
+    pub fn with_frame<F>(self, frame: F) -> Job<F> {
+        Job {
+            id: self.id,
+            key: self.key,
+            frame_seq: self.frame_seq,
+            frame_at: self.frame_at,
+            due: self.due,
+            enqueued: self.enqueued,
+            frame,
+        }
+    }
 }
 
 /// Misuse of the scheduler or batcher by the daemon (configuration is

@@ -122,6 +122,20 @@ impl Scheduler {
         Ok(scheduler)
     }
 
+    /// A scheduler for the enabled cameras of a configuration.
+    pub fn from_config(
+        config: &crate::config::Config,
+        now: Instant,
+    ) -> Result<Scheduler, ScheduleError> {
+        Scheduler::new(
+            config
+                .schedules()
+                .into_iter()
+                .map(|(camera, tasks)| (camera, tasks.iter().map(TaskSchedule::from).collect())),
+            now,
+        )
+    }
+
     /// Adds a camera or replaces its tasks (a reload). A task that is kept
     /// keeps its counters and the frame it last analysed; its next tick is
     /// not pushed later than one new period from `now`.
@@ -221,6 +235,7 @@ impl Scheduler {
                     frame_at: frame.at,
                     due,
                     enqueued: now,
+                    frame: (),
                 });
             }
         }

@@ -45,6 +45,7 @@ fn job(id: u64, camera: &str, task: usize, at: Instant) -> Job {
         frame_at: at,
         due: at,
         enqueued: at,
+        frame: (),
     }
 }
 
@@ -175,8 +176,30 @@ fn removing_a_camera_cancels_its_waiting_jobs() {
 }
 
 #[test]
+fn jobs_carry_their_frame_through_the_batcher() {
+    let t0 = Instant::now();
+    let mut b: Batcher<Arc<Vec<u8>>> = Batcher::new(2, ms(0)).expect("valid");
+    let frame = Arc::new(vec![7u8; 12]);
+    b.push(job(1, "a", 0, t0).with_frame(frame.clone()), t0);
+    let newer = Arc::new(vec![9u8; 12]);
+    let overtaken = b.push(job(2, "a", 0, t0).with_frame(newer.clone()), t0);
+    assert_eq!(overtaken.map(|j| j.frame), Some(frame.clone()));
+    assert_eq!(
+        Arc::strong_count(&frame),
+        1,
+        "the overtaken frame is released"
+    );
+    let batch = b.pop_batch(t0).unwrap_or_default();
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].frame, newer);
+}
+
+#[test]
 fn zero_max_batch_is_refused() {
-    assert_eq!(Batcher::new(0, ms(1)).err(), Some(ScheduleError::ZeroBatch));
+    assert_eq!(
+        Batcher::<()>::new(0, ms(1)).err(),
+        Some(ScheduleError::ZeroBatch)
+    );
 }
 
 /// Scheduler and batcher under 4x overload: the queue stays at one job per
@@ -415,4 +438,31 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn scheduler_and_batcher_follow_the_demo_config() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml");
+    let config = crate::config::load_with_env(&path, std::iter::empty()).expect("valid demo");
+    let t0 = Instant::now();
+    let mut scheduler = Scheduler::from_config(&config, t0).expect("valid schedule");
+    let mut batcher: Batcher = Batcher::from_config(&config.model).expect("valid batcher");
+    scheduler.on_frame("ball", 1, t0).expect("known camera");
+    scheduler.on_frame("bars", 1, t0).expect("known camera");
+    for job in scheduler.poll(t0) {
+        batcher.push(job, t0);
+    }
+    assert_eq!(
+        batcher.len(),
+        5,
+        "every task of both cameras is due at start"
+    );
+    let first = batcher.pop_batch(t0).unwrap_or_default();
+    let cameras: Vec<&str> = first.iter().map(|j| &*j.key.camera).collect();
+    assert_eq!(
+        cameras,
+        ["ball", "bars", "ball", "bars"],
+        "max_batch 4, round-robin"
+    );
+    assert_eq!(batcher.next_deadline(), Some(t0 + ms(20)), "max_wait_ms 20");
 }

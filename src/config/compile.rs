@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use config::{FileFormat, Source, Value, ValueKind};
+use ::config::{FileFormat, Source, Value, ValueKind};
 
 use super::fields::{
     boolean, duration, duration_at_least, float_in, non_empty_string, one_of, secret_string,
@@ -42,7 +42,7 @@ pub(super) fn compile(
 ) -> Result<Config, Vec<ConfigError>> {
     let file = path.display().to_string();
     let mut root = Value::new(None, ValueKind::Table(Default::default()));
-    config::File::from_str(text, FileFormat::Toml)
+    ::config::File::from_str(text, FileFormat::Toml)
         .collect_to(&mut root)
         .map_err(|e| {
             vec![ConfigError::Syntax {
@@ -52,7 +52,7 @@ pub(super) fn compile(
         })?;
     let prefix = format!("{ENV_PREFIX}__");
     let mut env_errors = Vec::new();
-    let overrides: config::Map<String, String> = env
+    let overrides: ::config::Map<String, String> = env
         .into_iter()
         .filter(|(name, _)| name.starts_with(&prefix))
         .filter(|(name, _)| match env_key_problem(&name[prefix.len()..]) {
@@ -71,7 +71,7 @@ pub(super) fn compile(
         })
         .collect();
     if !overrides.is_empty() {
-        config::Environment::with_prefix(ENV_PREFIX)
+        ::config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
             .source(Some(overrides))
@@ -841,7 +841,11 @@ fn tasks(
 }
 
 fn task(mut f: Fields, path: &str, errors: &mut Errors) -> Option<TaskConfig> {
-    let allowed = Task::allowed_list();
+    let allowed = Task::ALL
+        .iter()
+        .map(|t| t.token())
+        .collect::<Vec<_>>()
+        .join(", ");
     let task = f.required("task", &allowed, errors, |v| {
         let token = string(v).map_err(|p| Problem::new(p.problem, allowed.clone()))?;
         token

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use config::{Value, ValueKind};
+use ::config::{Value, ValueKind};
 
 use super::ConfigError;
 
@@ -174,7 +174,7 @@ impl Fields {
         errors: &mut Errors,
         parse: impl FnOnce(&Value) -> Result<T, Problem>,
     ) -> Option<T> {
-        if !self.entries.contains_key(key) {
+        if !self.has(key) {
             self.asked.push(key);
             errors.report(
                 self.origin.as_deref(),

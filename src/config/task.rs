@@ -109,7 +109,7 @@ impl Task {
     }
 
     /// The fifteen tokens, comma separated, for "allowed:" lists.
-    pub fn allowed_list() -> String {
+    fn allowed_list() -> String {
         Task::ALL
             .iter()
             .map(|t| t.token())
@@ -169,6 +169,24 @@ pub enum TaskArgument {
     Region(Region),
 }
 
+impl TaskArgument {
+    /// The free text, for the model's request.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            TaskArgument::Text(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The region as `[x1, y1, x2, y2]` pixels, the model request's form.
+    pub fn region_pixels(&self) -> Option<[f64; 4]> {
+        match self {
+            TaskArgument::Region(r) => Some([r.x1, r.y1, r.x2, r.y2].map(f64::from)),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for TaskArgument {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -219,6 +237,22 @@ mod tests {
                 Task::RegionToOcr
             ]
         );
+    }
+
+    #[test]
+    fn arguments_give_the_model_its_text_or_region() {
+        let text = TaskArgument::Text(Arc::from("a red car"));
+        assert_eq!(text.text(), Some("a red car"));
+        assert_eq!(text.region_pixels(), None);
+        let region = TaskArgument::Region(Region {
+            x1: 1,
+            y1: 2,
+            x2: 30,
+            y2: 40,
+        });
+        assert_eq!(region.region_pixels(), Some([1.0, 2.0, 30.0, 40.0]));
+        assert_eq!(region.to_string(), "[1, 2, 30, 40]");
+        assert_eq!(TaskArgument::None.text(), None);
     }
 
     #[test]

@@ -198,7 +198,12 @@ impl Keys<'_> {
                 .filter(|&n| n >= 1 && n <= u64::from(MAX_SIDE))
                 .map(|n| n as u32)
         };
-        match (v.as_object().map(Map::len), side("height"), side("width")) {
+        // Other keys (shortest_edge, longest_edge, ...) may appear as null, as transformers
+        // writes its SizeDict; any non-null one changes the sizing rule.
+        let set_keys = v
+            .as_object()
+            .map(|m| m.values().filter(|x| !x.is_null()).count());
+        match (set_keys, side("height"), side("width")) {
             (Some(2), Some(h), Some(w)) => Ok((h, w)),
             _ => Err(unsupported(self.file, "size", v, allowed)),
         }
@@ -322,6 +327,19 @@ mod tests {
             "size"
         );
         assert_eq!(unsupported_key(&with("size", "")), "size");
+        assert_eq!(
+            unsupported_key(&with(
+                "size",
+                r#"{"height": 768, "width": 768, "shortest_edge": 5}"#
+            )),
+            "size"
+        );
+        let nulls = with(
+            "size",
+            r#"{"height": 64, "width": 32, "shortest_edge": null}"#,
+        );
+        let c = ImageProcessorConfig::from_json_str(&nulls).expect("null keys are ignored");
+        assert_eq!(c.size, (64, 32));
         assert_eq!(
             unsupported_key(&with("image_std", "[0.2, 0.0, 0.2]")),
             "image_std"

@@ -104,7 +104,10 @@ fn env_key_problem(rest: &str) -> Option<&'static str> {
     {
         return Some("is not a SECTION__KEY path");
     }
-    if segments[0].eq_ignore_ascii_case("cameras") {
+    if segments
+        .first()
+        .is_some_and(|s| s.eq_ignore_ascii_case("cameras"))
+    {
         return Some("cameras cannot be set from the environment");
     }
     if segments.len() < 2 {

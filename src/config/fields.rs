@@ -14,6 +14,10 @@ use ::config::{Value, ValueKind};
 
 use super::ConfigError;
 
+/// Longest duration any setting takes. Anything longer is a typo, and
+/// adding it to an `Instant` could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Where the `config` crate says a value came from when it was an
 /// environment variable.
 const ENVIRONMENT_ORIGIN: &str = "the environment";
@@ -451,6 +455,12 @@ pub(crate) fn duration_at_least(value: &Value, min: Duration) -> Result<Duration
     if parsed < min {
         return Err(Problem::new(format!("{text:?} is too short"), allowed));
     }
+    if parsed > MAX_DURATION {
+        return Err(Problem::new(
+            format!("{text:?} is too long"),
+            "at most 365d",
+        ));
+    }
     Ok(parsed)
 }
 
@@ -492,6 +502,8 @@ mod tests {
         assert_eq!(negative.as_deref(), Some("\"-1s\" is negative"));
         let garbage = duration(&s("fast")).err().map(|p| p.problem);
         assert!(garbage.is_some_and(|p| p.starts_with("\"fast\" is not a duration")));
+        let long = duration(&s("400d")).err().map(|p| p.problem);
+        assert_eq!(long.as_deref(), Some("\"400d\" is too long"));
         let bare = duration(&Value::new(None, ValueKind::I64(5)))
             .err()
             .map(|p| p.problem);

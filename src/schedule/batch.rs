@@ -16,7 +16,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{CameraId, Job, JobKey, ScheduleError};
+use super::{later, CameraId, Job, JobKey, ScheduleError};
 
 /// Counts of one (camera, task). `enqueued == dispatched + stale_skipped +
 /// cancelled + pending`, pending being 0 or 1.
@@ -98,7 +98,7 @@ impl<F> Batcher<F> {
         let ready = self.pending >= self.max_batch
             || self
                 .oldest_enqueued()
-                .is_some_and(|t| now >= t + self.max_wait);
+                .is_some_and(|t| now >= later(t, self.max_wait));
         if ready {
             self.take_batch()
         } else {
@@ -163,7 +163,7 @@ impl<F> Batcher<F> {
         if self.pending >= self.max_batch {
             Some(oldest)
         } else {
-            Some(oldest + self.max_wait)
+            Some(later(oldest, self.max_wait))
         }
     }
 

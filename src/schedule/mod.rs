@@ -20,6 +20,15 @@ pub use schedule::{ScheduleCounters, Scheduler};
 
 use crate::config::{Task, TaskArgument};
 
+/// The longest period a task may have (the configuration's limit too).
+pub const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `at + d`, or `at` itself if that is beyond what `Instant` can hold (an
+/// absurd period then means "due now", never a panic).
+pub(crate) fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d).unwrap_or(at)
+}
+
 /// A camera, by its configured id.
 pub type CameraId = Arc<str>;
 
@@ -96,8 +105,12 @@ impl Job<()> {
 pub enum ScheduleError {
     #[error("camera {camera:?} is not scheduled; allowed: a camera of the current configuration")]
     UnknownCamera { camera: String },
-    #[error("camera {camera:?} task {task}: period is zero; allowed: a positive duration")]
-    ZeroPeriod { camera: String, task: Task },
+    #[error("camera {camera:?} task {task}: period {every:?} is outside the allowed range; allowed: above 0 and at most 365 days")]
+    BadPeriod {
+        camera: String,
+        task: Task,
+        every: Duration,
+    },
     #[error("max_batch is 0; allowed: 1..=64")]
     ZeroBatch,
 }

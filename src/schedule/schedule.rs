@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{CameraId, Job, JobKey, ScheduleError, TaskSchedule};
+use super::{later, CameraId, Job, JobKey, ScheduleError, TaskSchedule, MAX_PERIOD};
 
 /// Counts of one (camera, task). `ticks == emitted + coalesced + owed` where
 /// owed is 1 while a tick waits for a new frame.
@@ -81,7 +81,7 @@ impl Slot {
         self.next_tick = self
             .next_tick
             .checked_add(Duration::from_nanos(step))
-            .unwrap_or(now + self.every);
+            .unwrap_or_else(|| later(now, self.every));
     }
 }
 
@@ -100,10 +100,14 @@ pub struct Scheduler {
 }
 
 fn check(camera: &CameraId, tasks: &[TaskSchedule]) -> Result<(), ScheduleError> {
-    match tasks.iter().find(|t| t.every.is_zero()) {
-        Some(t) => Err(ScheduleError::ZeroPeriod {
+    match tasks
+        .iter()
+        .find(|t| t.every.is_zero() || t.every > MAX_PERIOD)
+    {
+        Some(t) => Err(ScheduleError::BadPeriod {
             camera: camera.to_string(),
             task: t.task,
+            every: t.every,
         }),
         None => Ok(()),
     }
@@ -163,7 +167,7 @@ impl Scheduler {
                     Some(i) => {
                         let mut slot = old_slots.swap_remove(i);
                         slot.every = t.every;
-                        slot.next_tick = slot.next_tick.min(now + t.every);
+                        slot.next_tick = slot.next_tick.min(later(now, t.every));
                         slot
                     }
                     None => Slot::new(key, t.every, now),
@@ -444,19 +448,29 @@ mod tests {
     }
 
     #[test]
-    fn zero_periods_are_refused() {
-        let err = Scheduler::new(
-            [(CameraId::from("cam"), vec![task(Task::Ocr, 0)])],
-            Instant::now(),
-        )
-        .err();
-        assert_eq!(
-            err,
-            Some(ScheduleError::ZeroPeriod {
-                camera: "cam".into(),
-                task: Task::Ocr
-            })
-        );
+    fn zero_and_enormous_periods_are_refused() {
+        for every in [Duration::ZERO, MAX_PERIOD + ms(1), Duration::MAX] {
+            let err = Scheduler::new(
+                [(
+                    CameraId::from("cam"),
+                    vec![TaskSchedule {
+                        task: Task::Ocr,
+                        argument: TaskArgument::None,
+                        every,
+                    }],
+                )],
+                Instant::now(),
+            )
+            .err();
+            assert_eq!(
+                err,
+                Some(ScheduleError::BadPeriod {
+                    camera: "cam".into(),
+                    task: Task::Ocr,
+                    every
+                })
+            );
+        }
     }
 
     proptest::proptest! {

@@ -560,13 +560,59 @@ unsafe fn transpose_8x16_sse2(rows: &[&[u8]; BLOCK_ROWS], out: &mut [u8]) {
     }
 }
 
+/// The inverse of [`transpose_8x16_sse2`]: 16 columns of 8 bytes into 8 rows of 16 bytes. Four
+/// rounds of the same byte unpack, pairing vectors `i` and `i + 4`: each round moves one bit of
+/// the column index from the vector number into the byte position, so after four the vector
+/// number is the row and the byte position the column.
+///
+/// # Safety
+/// `columns` and `rows` must each hold at least 128 bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+unsafe fn transpose_16x8_sse2(columns: &[u8], rows: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let mut v: [__m128i; 8] =
+        std::array::from_fn(|k| _mm_loadu_si128(columns[k * 16..].as_ptr().cast()));
+    for _ in 0..4 {
+        v = [
+            _mm_unpacklo_epi8(v[0], v[4]),
+            _mm_unpackhi_epi8(v[0], v[4]),
+            _mm_unpacklo_epi8(v[1], v[5]),
+            _mm_unpackhi_epi8(v[1], v[5]),
+            _mm_unpacklo_epi8(v[2], v[6]),
+            _mm_unpackhi_epi8(v[2], v[6]),
+            _mm_unpacklo_epi8(v[3], v[7]),
+            _mm_unpackhi_epi8(v[3], v[7]),
+        ];
+    }
+    for (r, v) in v.iter().enumerate() {
+        _mm_storeu_si128(rows[r * 16..].as_mut_ptr().cast(), *v);
+    }
+}
+
 /// The inverse, into columns `offset..` of the rows `out` holds:
 /// `out[r * row_len + offset + j] = columns[j * 8 + r]`.
 fn transpose_columns_to_rows(columns: &[u8], out: &mut [u8], row_len: usize, offset: usize) {
     let rows = out.len() / row_len;
     let len = columns.len() / BLOCK_ROWS;
+    #[cfg(target_arch = "x86_64")]
+    let done = {
+        let done = len - len % 16;
+        let mut block = [0u8; 128];
+        for j0 in (0..done).step_by(16) {
+            // SAFETY: SSE2 is part of every x86_64 CPU; both slices hold 128 bytes.
+            unsafe { transpose_16x8_sse2(&columns[j0 * 8..j0 * 8 + 128], &mut block) };
+            for (r, row) in block.chunks_exact(16).enumerate().take(rows) {
+                let at = r * row_len + offset + j0;
+                out[at..at + 16].copy_from_slice(row);
+            }
+        }
+        done
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     let full = len - len % 8;
-    for j0 in (0..full).step_by(8) {
+    for j0 in (done..full).step_by(8) {
         let mut w: [u64; 8] = std::array::from_fn(|c| word(&columns[(j0 + c) * 8..]));
         transpose8x8(&mut w);
         for (r, w) in w.iter().enumerate().take(rows) {

@@ -414,10 +414,11 @@ fn normalize_chw<T: Copy + Send + Sync>(
             .zip(b.chunks_exact_mut(w))
             .enumerate()
         {
-            for (x, px) in src.row(y0 + i).chunks_exact(3).enumerate() {
-                r[x] = lut[0][usize::from(px[0])];
-                g[x] = lut[1][usize::from(px[1])];
-                b[x] = lut[2][usize::from(px[2])];
+            let pixels = src.row(y0 + i).chunks_exact(3);
+            for (((px, r), g), b) in pixels.zip(r.iter_mut()).zip(g.iter_mut()).zip(b.iter_mut()) {
+                *r = lut[0][usize::from(px[0])];
+                *g = lut[1][usize::from(px[1])];
+                *b = lut[2][usize::from(px[2])];
             }
         }
     };

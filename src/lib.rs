@@ -5,9 +5,11 @@
 //! (ONNX Runtime) → `postprocess` (token text → boxes, quads, polygons).
 
 pub mod bench;
+pub mod config;
 pub mod florence2;
 #[cfg(feature = "gstreamer")]
 pub mod ingest;
 pub mod postprocess;
 pub mod preprocess;
 pub mod runtime;
+pub mod schedule;

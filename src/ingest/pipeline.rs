@@ -1,12 +1,15 @@
 //! Building one camera's GStreamer pipeline.
 //!
 //! ```text
-//! source ─▶ [depay ! parse ! decoder (! nvvidconv)] ─▶ videoconvert ! capsfilter ! appsink
+//! source ─▶ [depay ! parse ! decoder (! nvvidconv)] ─▶ queue ! videoconvert ! capsfilter ! appsink
 //!                                           gate ┘
 //! ```
 //! The gate is a buffer probe right after decoding: it counts decoded frames
 //! (the watchdog's heartbeat) and drops frames above the analysis rate, so
-//! only frames that will be analysed are converted and handed over.
+//! only frames that will be analysed are converted and handed over. The
+//! leaky one-frame queue puts colour conversion on its own thread: a slow
+//! conversion drops (and counts) frames instead of slowing the decoder down
+//! until the jitter buffer throws packets away.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -258,14 +261,25 @@ fn set_chain(ctx: &PipelineContext, chain: &str) {
 fn entry_pad(ctx: &PipelineContext, tail: &[gst::Element]) -> Result<gst::Pad, IngestError> {
     tail[0]
         .static_pad("sink")
-        .ok_or_else(|| pipeline_error(ctx, "videoconvert has no sink pad"))
+        .ok_or_else(|| pipeline_error(ctx, "the hand-off queue has no sink pad"))
 }
 
-/// `videoconvert ! capsfilter(format) ! appsink`, added to the pipeline.
+/// `queue ! videoconvert ! capsfilter(format) ! appsink`, added to the pipeline.
 fn build_tail(
     ctx: &Arc<PipelineContext>,
     pipeline: &gst::Pipeline,
 ) -> Result<Vec<gst::Element>, IngestError> {
+    let queue = make(ctx, "queue", Some("handoff"))?;
+    queue.set_property("max-size-buffers", 1u32);
+    queue.set_property("max-size-bytes", 0u32);
+    queue.set_property("max-size-time", 0u64);
+    queue.set_property_from_str("leaky", "downstream");
+    queue.set_property("silent", false);
+    let counters = ctx.counters.clone();
+    queue.connect("overrun", false, move |_| {
+        counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        None
+    });
     let convert = make(ctx, "videoconvert", Some("convert"))?;
     let caps = gst::Caps::builder("video/x-raw")
         .field("format", ctx.output.gst_format())
@@ -288,10 +302,10 @@ fn build_tail(
     );
     let sink: gst::Element = sink.upcast();
     pipeline
-        .add_many([&convert, &sink])
+        .add_many([&queue, &convert, &sink])
         .map_err(|e| pipeline_error(ctx, e))?;
-    convert.link(&sink).map_err(|e| pipeline_error(ctx, e))?;
-    Ok(vec![convert, sink])
+    gst::Element::link_many([&queue, &convert, &sink]).map_err(|e| pipeline_error(ctx, e))?;
+    Ok(vec![queue, convert, sink])
 }
 
 /// The appsink callback, on the streaming thread: never blocks.

@@ -82,12 +82,17 @@ pub struct RtspTestServer {
 impl RtspTestServer {
     /// Starts serving `spec` at `rtsp://127.0.0.1:<port>/stream`.
     pub fn start(spec: StreamSpec) -> Self {
+        Self::start_launch(&spec.launch(), spec.auth.clone())
+    }
+
+    /// Serves an arbitrary rtsp-server launch line (`( ... name=pay0 ... )`).
+    pub fn start_launch(launch: &str, auth: Option<(String, String)>) -> Self {
         gst::init().expect("GStreamer initialises");
         let server = rtsp_server::RTSPServer::new();
         server.set_address("127.0.0.1");
         server.set_service("0");
         let factory = rtsp_server::RTSPMediaFactory::new();
-        factory.set_launch(&spec.launch());
+        factory.set_launch(launch);
         factory.set_shared(false);
         let stalled = Arc::new(AtomicBool::new(false));
         let stall_flag = stalled.clone();
@@ -115,7 +120,7 @@ impl RtspTestServer {
                 },
             );
         });
-        if let Some((user, password)) = &spec.auth {
+        if let Some((user, password)) = &auth {
             let auth = rtsp_server::RTSPAuth::new();
             let token = rtsp_server::RTSPToken::builder()
                 .field(rtsp_server::RTSP_TOKEN_MEDIA_FACTORY_ROLE, "user")

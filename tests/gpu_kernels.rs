@@ -500,10 +500,13 @@ fn resize_u8_is_bit_exact_on_odd_sizes() {
         Frame::nv12(&mut rng, 23, 17, 3),
     ];
     assert_eq!(check_resize(&gpu, &small, 31, 29), 0);
-    // Mixed down/up scale, odd output.
+    // Mixed down/up scale, odd output; 8x301, 23x97 and 9x70 take Pillow 13's
+    // vertical-first order, the others horizontal-first.
     let mixed = [
         Frame::rgb(&mut rng, 97, 13, 0),
         Frame::nv12(&mut rng, 8, 301, 0),
+        Frame::rgb(&mut rng, 23, 97, 2),
+        Frame::nv12(&mut rng, 9, 70, 1),
     ];
     assert_eq!(check_resize(&gpu, &mixed, 31, 29), 0);
     // The real sizes into 768x768, including the identity.
@@ -513,6 +516,9 @@ fn resize_u8_is_bit_exact_on_odd_sizes() {
         Frame::rgb(&mut rng, 640, 480, 4),
         Frame::nv12(&mut rng, 640, 480, 0),
         Frame::rgb(&mut rng, 768, 768, 0),
+        // portrait: vertical first
+        Frame::rgb(&mut rng, 1080, 1920, 0),
+        Frame::nv12(&mut rng, 1080, 1920, 0),
     ];
     assert_eq!(check_resize(&gpu, &real, OUT, OUT), 0);
 }
@@ -530,7 +536,7 @@ fn preprocess_f32_is_bit_exact_batch_1_and_7() {
         Frame::rgb(&mut rng, 640, 480, 0),
         Frame::nv12(&mut rng, 640, 480, 0),
         Frame::rgb(&mut rng, 23, 17, 1),
-        Frame::nv12(&mut rng, 1279, 719, 1),
+        Frame::nv12(&mut rng, 1079, 1919, 1),
         Frame::rgb(&mut rng, 768, 768, 0),
     ];
     check_f32(&gpu, &batch);
@@ -548,7 +554,7 @@ fn preprocess_f16_rounds_the_f32_values_batch_1_and_7() {
         Frame::nv12(&mut rng, 640, 480, 0),
         Frame::rgb(&mut rng, 640, 480, 0),
         Frame::nv12(&mut rng, 23, 17, 0),
-        Frame::rgb(&mut rng, 1279, 719, 0),
+        Frame::rgb(&mut rng, 1080, 1920, 0),
         Frame::nv12(&mut rng, 768, 768, 0),
     ];
     check_f16(&gpu, &batch);

@@ -27,10 +27,10 @@ pub(crate) const PREPROCESS: KernelSource = KernelSource {
     name: "preprocess",
     source: include_str!("kernels/preprocess.cu"),
     functions: &[
-        "resize_horizontal_u8",
-        "resize_vertical_normalize_f32",
-        "resize_vertical_normalize_f16",
-        "resize_vertical_u8",
+        "resize_first_pass_u8",
+        "resize_second_pass_f32",
+        "resize_second_pass_f16",
+        "resize_second_pass_u8",
     ],
 };
 

@@ -17,7 +17,9 @@ use cudarc::driver::{
 
 use super::context::PREPROCESS;
 use super::{driver, GpuContext, GpuError};
-use crate::preprocess::{Preprocessor, ResampleCoeffs, YuvMatrix, YuvToRgbCoeffs, MAX_SIDE};
+use crate::preprocess::{
+    PassOrder, Preprocessor, ResampleCoeffs, YuvMatrix, YuvToRgbCoeffs, MAX_SIDE,
+};
 
 /// Largest batch: the batch is the grid's z dimension (CUDA allows 65 535).
 pub const MAX_BATCH: usize = 1024;
@@ -50,7 +52,8 @@ pub struct PreprocessItem {
     pub uv_stride: u32,
     pub row_first: u32,
     pub rows: u32,
-    pub pad: u32,
+    /// 1 when the vertical pass runs first (Pillow 13's order for this size).
+    pub vertical_first: u32,
     pub horizontal: TapTable,
     pub vertical: TapTable,
 }
@@ -205,9 +208,9 @@ pub enum OutputKind {
 impl OutputKind {
     pub fn function(self) -> &'static str {
         match self {
-            OutputKind::F32 => "resize_vertical_normalize_f32",
-            OutputKind::F16 => "resize_vertical_normalize_f16",
-            OutputKind::U8 => "resize_vertical_u8",
+            OutputKind::F32 => "resize_second_pass_f32",
+            OutputKind::F16 => "resize_second_pass_f16",
+            OutputKind::U8 => "resize_second_pass_u8",
         }
     }
 }
@@ -258,10 +261,12 @@ pub struct BatchPlan {
     /// Staging offset of each frame's planes (RGB or luma, then chroma).
     pub plane_offsets: Vec<[usize; 2]>,
     pub staging_len: usize,
-    /// Bytes of horizontally resized rows for the whole batch.
+    /// Bytes of the intermediate (first-pass) images of the whole batch.
     pub tmp_len: usize,
-    /// Largest `rows` of any item: the horizontal kernel's grid height.
+    /// Largest intermediate height of any item: the first pass's grid height.
     pub max_rows: u32,
+    /// Largest intermediate width of any item: the first pass's grid width in threads.
+    pub max_cols: u32,
 }
 
 impl BatchPlan {
@@ -289,6 +294,7 @@ impl BatchPlan {
             staging_len: 0,
             tmp_len: 0,
             max_rows: 0,
+            max_cols: 0,
         };
         let mut placed: HashMap<(u32, u32), TapTable> = HashMap::new();
         for (index, frame) in frames.iter().enumerate() {
@@ -296,6 +302,8 @@ impl BatchPlan {
             let (w, h) = frame.size();
             let horizontal = tables(w, out_width);
             let vertical = tables(h, out_height);
+            let vertical_first =
+                PassOrder::pillow13(w, h, out_width, out_height) == PassOrder::VerticalFirst;
             // Pillow's ybox_first / ybox_last: the rows the vertical pass reads.
             let (row_first, row_end) = match (vertical.bounds.first(), vertical.bounds.last()) {
                 (Some(&(first, _)), Some(&(start, n))) => (first, start + n),
@@ -321,7 +329,13 @@ impl BatchPlan {
                     ..
                 } => (1, luma_stride, chroma_stride),
             };
-            let rows = row_end - row_first;
+            // Horizontal first: out_width × the trimmed source rows. Vertical first: the
+            // whole source width × out_height (Pillow trims nothing in that order).
+            let (row_first, rows, cols) = if vertical_first {
+                (0, out_height, w)
+            } else {
+                (row_first, row_end - row_first, out_width)
+            };
             let horizontal = plan.place(&mut placed, &horizontal);
             let vertical = plan.place(&mut placed, &vertical);
             plan.items.push(PreprocessItem {
@@ -335,13 +349,14 @@ impl BatchPlan {
                 uv_stride,
                 row_first,
                 rows,
-                pad: 0,
+                vertical_first: u32::from(vertical_first),
                 horizontal,
                 vertical,
             });
             plan.plane_offsets.push(offsets);
-            plan.tmp_len += rows as usize * out_width as usize * 3;
+            plan.tmp_len += rows as usize * cols as usize * 3;
             plan.max_rows = plan.max_rows.max(rows);
+            plan.max_cols = plan.max_cols.max(cols);
         }
         Ok(plan)
     }
@@ -374,15 +389,16 @@ impl BatchPlan {
 struct LaunchShape {
     batch: u32,
     max_rows: u32,
+    max_cols: u32,
 }
 
 /// Batched GPU preprocessing for one output size and normalization.
 pub struct GpuPreprocessor {
     stream: Arc<CudaStream>,
-    horizontal: CudaFunction,
-    vertical_f32: CudaFunction,
-    vertical_f16: CudaFunction,
-    vertical_u8: CudaFunction,
+    first_pass: CudaFunction,
+    second_f32: CudaFunction,
+    second_f16: CudaFunction,
+    second_u8: CudaFunction,
     out_width: u32,
     out_height: u32,
     /// The CPU twin's float32 value of every (channel, byte), 3 × 256.
@@ -426,10 +442,10 @@ impl GpuPreprocessor {
         let f = |name| gpu.function(PREPROCESS.name, name);
         Ok(GpuPreprocessor {
             stream,
-            horizontal: f("resize_horizontal_u8")?,
-            vertical_f32: f(OutputKind::F32.function())?,
-            vertical_f16: f(OutputKind::F16.function())?,
-            vertical_u8: f(OutputKind::U8.function())?,
+            first_pass: f("resize_first_pass_u8")?,
+            second_f32: f(OutputKind::F32.function())?,
+            second_f16: f(OutputKind::F16.function())?,
+            second_u8: f(OutputKind::U8.function())?,
             out_width,
             out_height,
             lut_f32,
@@ -577,6 +593,7 @@ impl GpuPreprocessor {
         self.last = Some(LaunchShape {
             batch: items.len() as u32,
             max_rows: plan.max_rows,
+            max_cols: plan.max_cols,
         });
         Ok(())
     }
@@ -594,32 +611,39 @@ impl GpuPreprocessor {
         ) else {
             return Err(GpuError::EmptyBatch);
         };
-        let blocks_x = self.out_width.div_ceil(THREADS_X);
-        let horizontal = LaunchConfig {
-            grid_dim: (blocks_x, shape.max_rows, shape.batch),
+        let first = LaunchConfig {
+            grid_dim: (
+                shape.max_cols.div_ceil(THREADS_X),
+                shape.max_rows,
+                shape.batch,
+            ),
             block_dim: (THREADS_X, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut h = s.launch_builder(&self.horizontal);
-        h.arg(items)
+        let mut f = s.launch_builder(&self.first_pass);
+        f.arg(items)
             .arg(bounds)
             .arg(coeffs)
             .arg(&yuv)
             .arg(&mut *tmp);
-        // SAFETY: arguments match resize_horizontal_u8; every item's rows and taps
-        // were checked against its uploaded frame and the tmp buffer was sized for
-        // all items' rows in upload().
-        unsafe { h.launch(horizontal) }.map_err(driver("launching resize_horizontal_u8"))?;
+        // SAFETY: arguments match resize_first_pass_u8; every item's taps were built
+        // for its frame size, its planes were checked and uploaded, and the tmp buffer
+        // holds every item's intermediate image (BatchPlan::tmp_len).
+        unsafe { f.launch(first) }.map_err(driver("launching resize_first_pass_u8"))?;
 
         let vertical = LaunchConfig {
-            grid_dim: (blocks_x, self.out_height, shape.batch),
+            grid_dim: (
+                self.out_width.div_ceil(THREADS_X),
+                self.out_height,
+                shape.batch,
+            ),
             block_dim: (THREADS_X, 1, 1),
             shared_mem_bytes: 0,
         };
         let function = match T::KIND {
-            OutputKind::F32 => &self.vertical_f32,
-            OutputKind::F16 => &self.vertical_f16,
-            OutputKind::U8 => &self.vertical_u8,
+            OutputKind::F32 => &self.second_f32,
+            OutputKind::F16 => &self.second_f16,
+            OutputKind::U8 => &self.second_u8,
         };
         let mut v = s.launch_builder(function);
         v.arg(items).arg(bounds).arg(coeffs).arg(&*tmp);
@@ -714,17 +738,51 @@ mod tests {
         assert_eq!((k.y, k.rv, k.gu, k.gv, k.bu), (c.y, c.rv, c.gu, c.gv, c.bu));
     }
 
-    #[allow(clippy::needless_range_loop)] // mirrors the kernel's index loops on purpose
-    /// The two kernels of preprocess.cu, line for line on the host, over a plan built
-    /// by [`BatchPlan::build`]: checks descriptors, offsets and table placement
-    /// against the CPU twin without a GPU.
-    fn emulate_kernels(
-        plan: &BatchPlan,
-        frames: &[GpuFrame<'_>],
-        yuv: KernelYuvCoeffs,
-        out_w: u32,
-        out_h: u32,
-    ) -> Vec<u8> {
+    /// `source_rgb` of preprocess.cu over the host staging buffer.
+    fn source_rgb(
+        staging: &[u8],
+        it: &PreprocessItem,
+        yuv: &KernelYuvCoeffs,
+        x: usize,
+        y: usize,
+    ) -> [i32; 3] {
+        if it.format == 0 {
+            let p = it.src as usize + y * it.stride as usize + x * 3;
+            [
+                staging[p].into(),
+                staging[p + 1].into(),
+                staging[p + 2].into(),
+            ]
+        } else {
+            let l = i32::from(staging[it.src as usize + y * it.stride as usize + x]);
+            let uv = it.src_uv as usize + (y >> 1) * it.uv_stride as usize + (x >> 1) * 2;
+            let c = yuv.y * (l - 16) + 128;
+            let (d, e) = (
+                i32::from(staging[uv]) - 128,
+                i32::from(staging[uv + 1]) - 128,
+            );
+            [
+                ((c + yuv.rv * e) >> 8).clamp(0, 255),
+                ((c - yuv.gu * d - yuv.gv * e) >> 8).clamp(0, 255),
+                ((c + yuv.bu * d) >> 8).clamp(0, 255),
+            ]
+        }
+    }
+
+    /// The taps of entry `i` of `table`: (first index, coefficients).
+    fn taps<'p>(plan: &'p BatchPlan, table: &TapTable, i: u32) -> (usize, &'p [i32]) {
+        let bi = (table.bounds_offset + i) as usize * 2;
+        let k = (table.coeff_offset + i * table.ksize) as usize;
+        (
+            plan.bounds[bi] as usize,
+            &plan.coeffs[k..k + plan.bounds[bi + 1] as usize],
+        )
+    }
+
+    /// Both kernels of preprocess.cu transcribed to the host, thread by thread, over a
+    /// plan built by [`BatchPlan::build`]: checks descriptors, offsets, pass order and
+    /// table placement against the CPU twin without a GPU.
+    fn emulate_kernels(plan: &BatchPlan, frames: &[GpuFrame<'_>], yuv: KernelYuvCoeffs) -> Vec<u8> {
         use crate::preprocess::PRECISION_BITS;
         let mut staging = vec![0u8; plan.staging_len];
         for (frame, offsets) in frames.iter().zip(&plan.plane_offsets) {
@@ -737,73 +795,74 @@ mod tests {
         let clip8 = |v: i32| (v >> PRECISION_BITS).clamp(0, 255) as u8;
         let half = 1i32 << (PRECISION_BITS - 1);
         let mut tmp = vec![0u8; plan.tmp_len];
+        // resize_first_pass_u8: grid (max_cols, max_rows, batch)
         for it in &plan.items {
-            for r in 0..it.rows {
-                for xx in 0..it.horizontal.out_size {
-                    let bi = (it.horizontal.bounds_offset + xx) as usize * 2;
-                    let (first, n) = (plan.bounds[bi], plan.bounds[bi + 1]);
-                    let k = &plan.coeffs
-                        [(it.horizontal.coeff_offset + xx * it.horizontal.ksize) as usize..];
-                    let y = (it.row_first + r) as usize;
+            for r in 0..plan.max_rows {
+                for c in 0..plan.max_cols {
                     let mut acc = [half; 3];
-                    for x in 0..n as usize {
-                        let px = first as usize + x;
-                        let rgb = if it.format == 0 {
-                            let p = it.src as usize + y * it.stride as usize + px * 3;
-                            [
-                                i32::from(staging[p]),
-                                i32::from(staging[p + 1]),
-                                i32::from(staging[p + 2]),
-                            ]
-                        } else {
-                            let l =
-                                i32::from(staging[it.src as usize + y * it.stride as usize + px]);
-                            let c = it.src_uv as usize
-                                + (y >> 1) * it.uv_stride as usize
-                                + (px >> 1) * 2;
-                            let (u, v) = (i32::from(staging[c]), i32::from(staging[c + 1]));
-                            let c = yuv.y * (l - 16) + 128;
-                            let (d, e) = (u - 128, v - 128);
-                            [
-                                ((c + yuv.rv * e) >> 8).clamp(0, 255),
-                                ((c - yuv.gu * d - yuv.gv * e) >> 8).clamp(0, 255),
-                                ((c + yuv.bu * d) >> 8).clamp(0, 255),
-                            ]
-                        };
-                        for ch in 0..3 {
-                            acc[ch] += rgb[ch] * k[x];
+                    let o = if it.vertical_first == 0 {
+                        if r >= it.rows || c >= it.horizontal.out_size {
+                            continue;
                         }
-                    }
-                    let o = it.tmp_offset as usize
-                        + (r as usize * it.horizontal.out_size as usize + xx as usize) * 3;
+                        let (first, k) = taps(plan, &it.horizontal, c);
+                        for (x, &w) in k.iter().enumerate() {
+                            let rgb = source_rgb(
+                                &staging,
+                                it,
+                                &yuv,
+                                first + x,
+                                (it.row_first + r) as usize,
+                            );
+                            for ch in 0..3 {
+                                acc[ch] += rgb[ch] * w;
+                            }
+                        }
+                        (r * it.horizontal.out_size + c) as usize
+                    } else {
+                        if r >= it.vertical.out_size || c >= it.width {
+                            continue;
+                        }
+                        let (first, k) = taps(plan, &it.vertical, r);
+                        for (y, &w) in k.iter().enumerate() {
+                            let rgb = source_rgb(&staging, it, &yuv, c as usize, first + y);
+                            for ch in 0..3 {
+                                acc[ch] += rgb[ch] * w;
+                            }
+                        }
+                        (r * it.width + c) as usize
+                    };
                     for ch in 0..3 {
-                        tmp[o + ch] = clip8(acc[ch]);
+                        tmp[it.tmp_offset as usize + o * 3 + ch] = clip8(acc[ch]);
                     }
                 }
             }
         }
-        let per = (out_w * out_h * 3) as usize;
-        let mut out = vec![0u8; per * plan.items.len()];
-        for (z, it) in plan.items.iter().enumerate() {
-            let w = it.horizontal.out_size as usize;
-            for yy in 0..it.vertical.out_size {
-                let bi = (it.vertical.bounds_offset + yy) as usize * 2;
-                let (first, n) = (plan.bounds[bi], plan.bounds[bi + 1]);
-                let k =
-                    &plan.coeffs[(it.vertical.coeff_offset + yy * it.vertical.ksize) as usize..];
+        // resize_second_pass_u8: grid (out_w, out_h, batch)
+        let mut out = Vec::new();
+        for it in &plan.items {
+            let (w, h) = (it.horizontal.out_size, it.vertical.out_size);
+            for yy in 0..h {
                 for xx in 0..w {
-                    let col =
-                        it.tmp_offset as usize + ((first - it.row_first) as usize * w + xx) * 3;
                     let mut acc = [half; 3];
-                    for y in 0..n as usize {
-                        for ch in 0..3 {
-                            acc[ch] += i32::from(tmp[col + y * w * 3 + ch]) * k[y];
+                    if it.vertical_first == 0 {
+                        let (first, k) = taps(plan, &it.vertical, yy);
+                        let col = it.tmp_offset as usize
+                            + ((first - it.row_first as usize) * w as usize + xx as usize) * 3;
+                        for (y, &c) in k.iter().enumerate() {
+                            for ch in 0..3 {
+                                acc[ch] += i32::from(tmp[col + y * w as usize * 3 + ch]) * c;
+                            }
+                        }
+                    } else {
+                        let (first, k) = taps(plan, &it.horizontal, xx);
+                        let row = it.tmp_offset as usize + ((yy * it.width) as usize + first) * 3;
+                        for (x, &c) in k.iter().enumerate() {
+                            for ch in 0..3 {
+                                acc[ch] += i32::from(tmp[row + x * 3 + ch]) * c;
+                            }
                         }
                     }
-                    let o = z * per + (yy as usize * w + xx) * 3;
-                    for ch in 0..3 {
-                        out[o + ch] = clip8(acc[ch]);
-                    }
+                    out.extend(acc.map(clip8));
                 }
             }
         }
@@ -829,6 +888,8 @@ mod tests {
         let luma = bytes(25 * 17);
         let chroma = bytes(26 * 9);
         let rgb_c = bytes(9 * 70 * 3);
+        let luma_d = bytes(23 * 97);
+        let chroma_d = bytes(24 * 49);
         let frames = [
             GpuFrame::Rgb {
                 data: &rgb_a,
@@ -856,6 +917,14 @@ mod tests {
                 height: 70,
                 stride: 27,
             },
+            GpuFrame::Nv12 {
+                luma: &luma_d,
+                chroma: &chroma_d,
+                width: 23,
+                height: 97,
+                luma_stride: 23,
+                chroma_stride: 24,
+            },
         ];
         let matrix = YuvMatrix::Bt709Limited;
         for (out_w, out_h) in [(31, 29), (7, 5), (31, 40)] {
@@ -869,7 +938,10 @@ mod tests {
                 .iter()
                 .flatten()
                 .all(|o| o % STAGING_ALIGN == 0));
-            let got = emulate_kernels(&plan, &frames, matrix.coeffs().into(), out_w, out_h);
+            // Both pass orders occur in this batch.
+            assert!(plan.items.iter().any(|i| i.vertical_first == 1));
+            assert!(plan.items.iter().any(|i| i.vertical_first == 0));
+            let got = emulate_kernels(&plan, &frames, matrix.coeffs().into());
             let per = (out_w * out_h * 3) as usize;
             for (i, frame) in frames.iter().enumerate() {
                 let (w, h) = frame.size();

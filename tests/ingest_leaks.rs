@@ -11,7 +11,9 @@ use std::io::{Read, Write};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use florence_edge::ingest::{spawn_camera, BackoffPolicy, CameraSettings, CameraState, MaxAttempts};
+use florence_edge::ingest::{
+    spawn_camera, BackoffPolicy, CameraSettings, CameraState, MaxAttempts,
+};
 use ingest_events::{states, wait_for_state};
 
 fn count(dir: &str) -> usize {
@@ -53,8 +55,18 @@ fn run_cycles(port: u16, attempts: u32) -> u64 {
     let (ftx, _frx) = mpsc::sync_channel(1);
     let (etx, erx) = mpsc::channel();
     let cam = spawn_camera(&settings, ftx, etx).expect("camera starts");
-    wait_for_state(&erx, "cam-leak", CameraState::Failed, Duration::from_secs(60))
-        .unwrap_or_else(|seen| panic!("never failed; last events: {:?}", states(&seen[seen.len().saturating_sub(3)..])));
+    wait_for_state(
+        &erx,
+        "cam-leak",
+        CameraState::Failed,
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|seen| {
+        panic!(
+            "never failed; last events: {:?}",
+            states(&seen[seen.len().saturating_sub(3)..])
+        )
+    });
     let reconnects = cam.status().reconnects;
     cam.stop();
     reconnects

@@ -30,7 +30,11 @@ pub fn wait_for_state(
 }
 
 /// Collects frames for `window` (after the first frame arrives within `first_within`).
-pub fn collect_frames(frames: &Receiver<Frame>, first_within: Duration, window: Duration) -> Vec<Frame> {
+pub fn collect_frames(
+    frames: &Receiver<Frame>,
+    first_within: Duration,
+    window: Duration,
+) -> Vec<Frame> {
     let mut out = Vec::new();
     match frames.recv_timeout(first_within) {
         Ok(f) => out.push(f),
@@ -50,5 +54,8 @@ pub fn drain(frames: &Receiver<Frame>) -> usize {
 
 /// State sequence of a list of events, for assertion messages.
 pub fn states(events: &[CameraEvent]) -> Vec<(CameraState, CameraState, Option<String>)> {
-    events.iter().map(|e| (e.from, e.to, e.reason.clone())).collect()
+    events
+        .iter()
+        .map(|e| (e.from, e.to, e.reason.clone()))
+        .collect()
 }

@@ -989,4 +989,80 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn kernel_logic_on_the_host_matches_the_cpu_twin_at_camera_sizes() {
+        use crate::preprocess::{nv12_to_rgb, Nv12Frame, RgbFrame};
+        let noise = |n: usize, mut x: u64| -> Vec<u8> {
+            (0..n)
+                .map(|i| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // half noise, half gradient
+                    if (i / 4096) % 2 == 0 {
+                        (x >> 40) as u8
+                    } else {
+                        (i % 251) as u8
+                    }
+                })
+                .collect()
+        };
+        let luma = noise(1920 * 1080, 3);
+        let chroma = noise(1920 * 540, 5);
+        let portrait = noise(1080 * 1920 * 3, 7);
+        let frames = [
+            GpuFrame::Nv12 {
+                luma: &luma,
+                chroma: &chroma,
+                width: 1920,
+                height: 1080,
+                luma_stride: 1920,
+                chroma_stride: 1920,
+            },
+            GpuFrame::Rgb {
+                data: &portrait,
+                width: 1080,
+                height: 1920,
+                stride: 1080 * 3,
+            },
+        ];
+        let matrix = YuvMatrix::Bt601Limited;
+        let plan = BatchPlan::build(&frames, 768, 768, |i, o| {
+            Arc::new(ResampleCoeffs::bicubic(i, o))
+        })
+        .expect("plan");
+        assert_eq!(
+            plan.items
+                .iter()
+                .map(|i| i.vertical_first)
+                .collect::<Vec<_>>(),
+            vec![0, 1],
+            "landscape horizontal first, portrait vertical first"
+        );
+        let got = emulate_kernels(&plan, &frames, matrix.coeffs().into());
+        let per = 768 * 768 * 3;
+        let nv12 = Nv12Frame::new(1920, 1080, 1920, &luma, 1920, &chroma).expect("nv12");
+        let mut rgb = vec![0u8; 1920 * 1080 * 3];
+        nv12_to_rgb(&nv12, matrix, &mut rgb).expect("convert");
+        for (i, (w, h, data)) in [(1920, 1080, &rgb[..]), (1080, 1920, &portrait[..])]
+            .into_iter()
+            .enumerate()
+        {
+            let plan = crate::preprocess::ResizePlan::new(w, h, 768, 768).expect("plan");
+            let mut want = vec![0u8; per];
+            plan.resize_into(
+                &RgbFrame::packed(w, h, data).expect("frame"),
+                &mut want,
+                &mut Vec::new(),
+            )
+            .expect("resize");
+            let differing = want
+                .iter()
+                .zip(&got[i * per..(i + 1) * per])
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(differing, 0, "frame {i} ({w}x{h})");
+        }
+    }
 }

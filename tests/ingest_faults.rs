@@ -357,3 +357,44 @@ fn a_decode_error_in_one_camera_does_not_touch_another() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn an_http_source_streams_through_uridecodebin() {
+    let dir = scratch_dir("http");
+    let file = dir.join("clip.mp4");
+    encode(
+        "videotestsrc num-buffers=30 ! video/x-raw,width=160,height=120,framerate=15/1 \
+         ! x264enc speed-preset=ultrafast ! h264parse ! mp4mux faststart=true ! filesink location={path}",
+        &file,
+    );
+    let body = std::fs::read(&file).expect("clip");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut request = [0u8; 2048];
+            let _ = stream.read(&mut request);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    let (ftx, frx, etx, erx) = channels();
+    let cam = spawn_camera(
+        &camera("cam-http", format!("http://127.0.0.1:{port}/clip.mp4")),
+        ftx,
+        etx,
+    )
+    .expect("camera starts");
+    wait_for_state(&erx, "cam-http", CameraState::Streaming, BOUND)
+        .unwrap_or_else(|seen| panic!("never streaming: {:?}", states(&seen)));
+    let frame = frx.recv_timeout(Duration::from_secs(5)).expect("a frame");
+    assert_eq!((frame.width, frame.height), (160, 120));
+    let decoder = cam.status().decoder.unwrap_or_default();
+    assert!(decoder.starts_with("decodebin: "), "{decoder}");
+    let _ = std::fs::remove_dir_all(dir);
+}

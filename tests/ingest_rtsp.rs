@@ -133,6 +133,11 @@ fn h265_over_udp_arrives_at_the_analysis_rate() {
 }
 
 #[test]
+fn h264_over_auto_transport_arrives_at_the_analysis_rate() {
+    frames_arrive(Encoding::H264, Transport::Auto, "rtph264depay");
+}
+
+#[test]
 fn mjpeg_over_tcp_arrives_at_the_analysis_rate() {
     frames_arrive(Encoding::Jpeg, Transport::Tcp, "rtpjpegdepay");
 }

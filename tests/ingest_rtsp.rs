@@ -5,7 +5,8 @@ mod ingest_events;
 #[path = "common/rtsp.rs"]
 mod rtsp;
 
-use std::sync::mpsc;
+use std::io::Write;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use florence_edge::ingest::{
@@ -19,6 +20,38 @@ const WATCHDOG: Duration = Duration::from_millis(1500);
 /// "Within the watchdog time", with room for a loaded 2-core CI box.
 const WATCHDOG_BOUND: Duration = Duration::from_millis(1500 + 3000);
 const START_BOUND: Duration = Duration::from_secs(20);
+
+/// Everything the daemon would log (all tests of this binary), down to DEBUG.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
+        buffer
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 fn camera(id: &str, url: String) -> CameraSettings {
     let mut s = CameraSettings::new(id, url);
@@ -225,6 +258,7 @@ fn wrong_credentials_back_off_then_fail_without_showing_the_password() {
         ..StreamSpec::new(Encoding::H264)
     };
     let server = RtspTestServer::start(spec);
+    let logs = captured_logs();
 
     // The right password, given apart from the URL, streams.
     let (ftx, _frx, etx, erx) = channels();
@@ -280,6 +314,19 @@ fn wrong_credentials_back_off_then_fail_without_showing_the_password() {
     assert!(
         everything.contains("rtsp://***@127.0.0.1"),
         "redacted URL in status"
+    );
+    let logs = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
+    assert!(
+        logs.contains("cam-auth-bad") && logs.contains("Camera failed"),
+        "the logs were captured: {logs}"
+    );
+    assert!(
+        !logs.contains("wrong-pw-9931"),
+        "password in the logs: {logs}"
+    );
+    assert!(
+        !logs.contains("right-pw-0451"),
+        "password in the logs: {logs}"
     );
 }
 

@@ -1,0 +1,275 @@
+//! Publishing stage: results, camera status and node status out over MQTT.
+//!
+//! The inference side hands over [`ResultPayload`]s with
+//! [`Publisher::try_publish_result`], which never blocks: the result goes into a
+//! bounded queue or comes back inside [`PublishError::QueueFull`]. One thread,
+//! `fe-publish`, owns the MQTT connection (rumqttc on a current-thread tokio
+//! runtime) and an on-disk [`spool`] that keeps results while the broker is away,
+//! so neither an outage nor a restart of florence-edge loses them.
+//!
+//! The parts are split the rumqttc way, pure logic apart from I/O:
+//! * [`settings`] — what the operator configured, validated all at once;
+//! * [`payload`] — the wire types, with JSON Schemas generated from them;
+//! * [`topic`] — topic names (`{prefix}/{camera}/{task}` …);
+//! * [`connection`] — backoff with jitter and the connection state machine;
+//! * [`spool`] — the bounded on-disk queue, oldest first;
+//! * [`stats`] — counters and gauges for `/metrics`;
+//! * `shell` — the thread that ties them to rumqttc.
+//!
+//! Delivery is at least once with QoS 1 and 2: a result the broker received but
+//! whose acknowledgement was lost to a disconnect is sent again after the
+//! reconnect. Results arrive in order per camera (first arrivals; a repeat is
+//! always of an earlier sequence number).
+
+pub mod connection;
+pub mod payload;
+pub mod settings;
+mod shell;
+pub mod spool;
+pub mod stats;
+pub mod topic;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, Notify};
+
+pub use connection::{Backoff, BackoffPolicy, LinkState};
+pub use payload::{
+    CameraState, CameraStatusPayload, FrameInfo, ModelInfo, ResultPayload, StageLatencies,
+    RESULT_SCHEMA_VERSION, STATUS_SCHEMA_VERSION,
+};
+pub use settings::{MqttSettings, PublisherConfig, QualityOfService, SettingsProblem};
+pub use spool::{Spool, SpoolError, SpooledMessage};
+pub use stats::{PublisherStats, PublisherStatsSnapshot};
+pub use topic::{TopicError, Topics};
+
+/// Everything that can go wrong in the publishing stage.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The queue to the publisher thread is full; the result comes back so the
+    /// caller can decide (it is already counted as a queue-full drop).
+    #[error("MQTT publish queue is full; the result was not queued (the queue holds {capacity} results, raise mqtt.queue_capacity if this repeats)")]
+    QueueFull {
+        payload: Box<ResultPayload>,
+        capacity: usize,
+    },
+    /// The publisher thread has stopped (after `shutdown`, or it failed).
+    #[error("the MQTT publisher is not running")]
+    Stopped,
+    /// A camera id or task does not make a valid topic level.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// The settings did not validate; every problem is listed.
+    #[error("invalid MQTT settings: {}", settings::join_problems(.0))]
+    Settings(Vec<SettingsProblem>),
+    /// The spool directory could not be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// A payload could not be serialized (a non-finite float in the result).
+    #[error("cannot serialize the {what} payload as JSON: {reason}")]
+    Serialize { what: &'static str, reason: String },
+    /// The publisher thread could not be started.
+    #[error("cannot start the MQTT publisher thread: {0}")]
+    Thread(String),
+}
+
+/// What `shutdown` achieved, for the log line of a clean stop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// The broker acknowledged `offline` on the node status topic.
+    pub offline_published: bool,
+    /// Results still in the spool, to be delivered by the next run.
+    pub left_in_spool: u64,
+    /// Shutdown gave up waiting because the timeout passed.
+    pub timed_out: bool,
+}
+
+/// What the inference side sends to the publisher thread.
+pub(crate) enum Command {
+    Result(Box<ResultPayload>),
+    Snapshot { topic: String, jpeg: Vec<u8> },
+}
+
+/// The latest status of every camera, kept apart from the result queue:
+/// status is a retained latest-value, so a newer one replaces an unsent older
+/// one instead of queueing behind results, and it is never refused.
+#[derive(Default)]
+pub(crate) struct StatusBoard {
+    /// camera id → (topic, JSON, still to be sent)
+    pub(crate) latest: Mutex<std::collections::BTreeMap<String, (String, Vec<u8>, bool)>>,
+    pub(crate) dirty: AtomicBool,
+    pub(crate) notify: Notify,
+}
+
+/// Handle to the running publisher. Cheap calls, none of which block on MQTT.
+pub struct Publisher {
+    commands: mpsc::Sender<Command>,
+    board: Arc<StatusBoard>,
+    stats: Arc<PublisherStats>,
+    topics: Topics,
+    queue_capacity: usize,
+    snapshot_gate: Mutex<topic::SnapshotGate>,
+    shutdown: Option<oneshot::Sender<Instant>>,
+    thread: Option<JoinHandle<ShutdownReport>>,
+}
+
+impl Publisher {
+    /// Validates `settings`, opens the spool (results left by an earlier run
+    /// are delivered first) and starts the `fe-publish` thread, which connects
+    /// in the background: an unreachable broker is not an error here.
+    pub fn start(settings: &MqttSettings, node_id: &str) -> Result<Publisher, PublishError> {
+        let config = settings
+            .validate(node_id)
+            .map_err(PublishError::Settings)?;
+        Publisher::start_validated(config)
+    }
+
+    /// Starts from settings that were validated already (e.g. by `validate`).
+    pub fn start_validated(config: PublisherConfig) -> Result<Publisher, PublishError> {
+        let stats = Arc::new(PublisherStats::default());
+        let spool = Spool::open(&config.spool.dir, config.spool.max_messages)?;
+        if spool.len() > 0 {
+            tracing::info!(
+                spooled = spool.len(),
+                dir = %config.spool.dir.display(),
+                "Found results spooled by an earlier run; they go out first once the broker is reachable."
+            );
+        }
+        stats.set_spool(&spool);
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let board = Arc::new(StatusBoard::default());
+        let topics = config.topics.clone();
+        let queue_capacity = config.queue_capacity;
+        let snapshot_gate = Mutex::new(topic::SnapshotGate::new(config.snapshot.min_interval));
+        let shell = shell::Shell::new(config, spool, rx, shutdown_rx, board.clone(), stats.clone());
+        let thread = std::thread::Builder::new()
+            .name("fe-publish".into())
+            .spawn(move || shell.run())
+            .map_err(|e| PublishError::Thread(e.to_string()))?;
+        Ok(Publisher {
+            commands: tx,
+            board,
+            stats,
+            topics,
+            queue_capacity,
+            snapshot_gate,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues one result for `{prefix}/{camera}/{task}`. Never blocks: when the
+    /// queue is full the result comes back in [`PublishError::QueueFull`] and
+    /// the queue-full counter goes up.
+    pub fn try_publish_result(&self, payload: ResultPayload) -> Result<(), PublishError> {
+        // Check the topic here so a bad camera id or task fails at the caller,
+        // where it can be logged with context, not later on the thread.
+        self.topics.result(&payload.camera, &payload.task)?;
+        match self.commands.try_send(Command::Result(Box::new(payload))) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(Command::Result(payload))) => {
+                self.stats.count_queue_full();
+                Err(PublishError::QueueFull {
+                    payload,
+                    capacity: self.queue_capacity,
+                })
+            }
+            Err(_) => Err(PublishError::Stopped),
+        }
+    }
+
+    /// Sets the retained status of `camera`. The newest status wins: if an
+    /// older one is still unsent (broker away), it is replaced, not queued.
+    pub fn publish_camera_status(
+        &self,
+        camera: &str,
+        payload: &CameraStatusPayload,
+    ) -> Result<(), PublishError> {
+        let topic = self.topics.camera_status(camera)?;
+        let mut payload = payload.clone();
+        payload.last_error = payload.last_error.map(|e| payload::redact_credentials(&e));
+        let json = serde_json::to_vec(&payload).map_err(|e| PublishError::Serialize {
+            what: "camera status",
+            reason: e.to_string(),
+        })?;
+        if let Ok(mut latest) = self.board.latest.lock() {
+            latest.insert(camera.to_owned(), (topic, json, true));
+        }
+        self.board.dirty.store(true, Ordering::Release);
+        self.board.notify.notify_one();
+        Ok(())
+    }
+
+    /// Queues an annotated JPEG for `{prefix}/{camera}/{task}/snapshot` unless
+    /// one went out for the same camera and task less than
+    /// `mqtt.snapshot.min_interval` ago. Returns whether it was queued.
+    /// Snapshots are never spooled: a stale picture is worth little.
+    pub fn try_publish_snapshot(
+        &self,
+        camera: &str,
+        task: &str,
+        jpeg: Vec<u8>,
+    ) -> Result<bool, PublishError> {
+        let topic = self.topics.snapshot(camera, task)?;
+        let due = match self.snapshot_gate.lock() {
+            Ok(mut gate) => gate.admit(&topic, Instant::now()),
+            Err(_) => false,
+        };
+        if !due {
+            self.stats.count_snapshot_skipped();
+            return Ok(false);
+        }
+        match self.commands.try_send(Command::Snapshot { topic, jpeg }) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.count_queue_full();
+                Ok(false)
+            }
+            Err(_) => Err(PublishError::Stopped),
+        }
+    }
+
+    /// Counters and gauges, shared with the metrics endpoint.
+    pub fn stats(&self) -> Arc<PublisherStats> {
+        self.stats.clone()
+    }
+
+    /// The topic names this publisher uses.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Delivers what is queued, publishes `offline` on the node status topic
+    /// and disconnects, giving up after `timeout`. Whatever is not delivered by
+    /// then is left in the spool for the next run. Blocks for at most about
+    /// `timeout` (it is the one call that waits, by design).
+    pub fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
+        self.stop(timeout)
+    }
+
+    fn stop(&mut self, timeout: Duration) -> ShutdownReport {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(Instant::now() + timeout);
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or_else(|_| {
+                tracing::error!("The MQTT publisher thread panicked during shutdown.");
+                ShutdownReport::default()
+            }),
+            None => ShutdownReport::default(),
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        // A publisher dropped without `shutdown` still spools what it holds.
+        if self.thread.is_some() {
+            self.stop(Duration::from_secs(2));
+        }
+    }
+}

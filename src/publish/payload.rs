@@ -1,0 +1,240 @@
+//! Wire types: what subscribers receive. The JSON Schemas under
+//! `docs/schema/` are generated from these types (see [`result_schema`]), and a
+//! test fails when the committed files are stale, so the schema consumers read
+//! is the one the code writes.
+//!
+//! Bump the schema versions on any change a consumer could notice (a field
+//! removed, renamed or retyped); adding an optional field is not such a change.
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+
+/// `schema_version` of [`ResultPayload`].
+pub const RESULT_SCHEMA_VERSION: u32 = 1;
+/// `schema_version` of [`CameraStatusPayload`].
+pub const STATUS_SCHEMA_VERSION: u32 = 1;
+
+/// The analysed frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FrameInfo {
+    /// Wall-clock capture time, milliseconds since the Unix epoch (UTC).
+    pub captured_unix_ms: u64,
+    /// Presentation timestamp of the frame in its stream, nanoseconds; null
+    /// when the source has none.
+    pub pts_ns: Option<u64>,
+    /// Frame width in pixels (the coordinates in `result` are in this frame).
+    pub width: u32,
+    /// Frame height in pixels.
+    pub height: u32,
+}
+
+/// The model that produced the result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    /// Model directory name, e.g. `Florence-2-base-ft`.
+    pub id: String,
+    /// Precision or file variant, e.g. `fp32`, `fp16`, `q4`.
+    pub precision: String,
+    /// Backend that ran it, e.g. `onnxruntime-cpu`, `onnxruntime-cuda`, `tensorrt`.
+    pub backend: String,
+}
+
+/// Time spent in each stage for this frame, milliseconds. Stages shared by a
+/// batch report the batch's time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StageLatencies {
+    /// From capture until the batch started.
+    pub queue_ms: f64,
+    pub preprocess_ms: f64,
+    pub vision_ms: f64,
+    pub encoder_ms: f64,
+    pub decode_ms: f64,
+    pub postprocess_ms: f64,
+}
+
+/// One result: one analysed frame, one task. Published on
+/// `{prefix}/{camera}/{task}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "florence-edge result")]
+pub struct ResultPayload {
+    /// Version of this payload's layout; see docs/MQTT.md.
+    pub schema_version: u32,
+    /// Node (florence-edge instance) id.
+    pub node: String,
+    /// Camera id.
+    pub camera: String,
+    /// Task token, e.g. `<OD>`.
+    pub task: String,
+    /// Text input of tasks that take one (phrase grounding, open-vocabulary
+    /// detection, region tasks); null otherwise.
+    pub text_input: Option<String>,
+    /// Per-camera sequence number of analysed frames, counting up by one per
+    /// frame, so consumers can see gaps. A frame analysed by several tasks
+    /// carries the same number on each task's topic.
+    pub sequence: u64,
+    pub frame: FrameInfo,
+    pub model: ModelInfo,
+    /// Frames in the batch this frame was analysed in.
+    pub batch_size: u32,
+    pub latency_ms: StageLatencies,
+    /// The result in Hugging Face's shape: `{task token: value}`, with
+    /// normalized coordinates beside the pixel ones.
+    #[schemars(schema_with = "hugging_face_result_schema")]
+    pub result: serde_json::Value,
+}
+
+/// State of a camera's pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraState {
+    /// The pipeline is being built or has not delivered a frame yet.
+    Starting,
+    /// Frames arrive.
+    Streaming,
+    /// No frame for longer than the watchdog allows.
+    Stalled,
+    /// The pipeline is being rebuilt after an error or stall.
+    Reconnecting,
+    /// Gave up (e.g. the retry limit was reached); needs an operator.
+    Failed,
+}
+
+/// The state of one camera. Published retained on `{prefix}/{camera}/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "florence-edge camera status")]
+pub struct CameraStatusPayload {
+    /// Version of this payload's layout; see docs/MQTT.md.
+    pub schema_version: u32,
+    pub node: String,
+    pub camera: String,
+    pub state: CameraState,
+    /// Frames per second decoded from the camera (recent average).
+    pub fps_in: f64,
+    /// Frames per second analysed (recent average).
+    pub fps_out: f64,
+    /// Frames decoded since the start.
+    pub frames_in: u64,
+    /// Frames decoded but not analysed (the scheduler keeps only the newest).
+    pub frames_dropped: u64,
+    /// Times the pipeline was rebuilt since the start.
+    pub reconnects: u64,
+    /// The last error, with any credentials removed; null when none.
+    pub last_error: Option<String>,
+    /// When this status was produced, milliseconds since the Unix epoch.
+    pub updated_unix_ms: u64,
+}
+
+fn hugging_face_result_schema(_: &mut SchemaGenerator) -> Schema {
+    let coordinates = |n: u64, what: &str| {
+        json_schema!({
+            "description": what,
+            "type": "array",
+            "items": {"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n}
+        })
+    };
+    let polygons = |what: &str| {
+        json_schema!({
+            "description": what,
+            "type": "array",
+            "items": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+        })
+    };
+    let labels = |what: &str| {
+        json_schema!({"description": what, "type": "array", "items": {"type": "string"}})
+    };
+    let count = |what: &str| json_schema!({"description": what, "type": "integer", "minimum": 0});
+    json_schema!({
+        "description": "The result in Hugging Face's shape: one key, the task token, whose value is text (caption and OCR tasks) or an object of regions. Pixel coordinates are in the frame (x1, y1, x2, y2 …); the *_normalized twins divide them by the frame's width and height.",
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 1,
+        "propertyNames": {"pattern": "^<[A-Z0-9_]+>$"},
+        "additionalProperties": {
+            "anyOf": [
+                {"type": "string"},
+                {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "bboxes": coordinates(4, "Boxes [x1, y1, x2, y2] in pixels."),
+                        "bboxes_normalized": coordinates(4, "Boxes in [0, 1]."),
+                        "labels": labels("One label per box, quad or polygon instance."),
+                        "bboxes_labels": labels("Labels of the boxes (open-vocabulary detection)."),
+                        "quad_boxes": coordinates(8, "Quadrilaterals [x1, y1, … x4, y4] in pixels."),
+                        "quad_boxes_normalized": coordinates(8, "Quadrilaterals in [0, 1]."),
+                        "polygons": polygons("Per instance, its polygons as [x, y, x, y, …] in pixels."),
+                        "polygons_normalized": polygons("Polygons in [0, 1]."),
+                        "polygons_labels": labels("Labels of the polygons (open-vocabulary detection)."),
+                        "dropped_groups": count("Label groups the reference parser would skip silently."),
+                        "dropped_location_tokens": count("Location tokens that did not complete a box, quad or polygon.")
+                    }
+                }
+            ]
+        }
+    })
+}
+
+/// JSON Schema of [`ResultPayload`] (what `docs/schema/result.schema.json` holds).
+pub fn result_schema() -> serde_json::Value {
+    schemars::schema_for!(ResultPayload).to_value()
+}
+
+/// JSON Schema of [`CameraStatusPayload`] (`docs/schema/camera_status.schema.json`).
+pub fn camera_status_schema() -> serde_json::Value {
+    schemars::schema_for!(CameraStatusPayload).to_value()
+}
+
+/// Replaces the user-info part of every `scheme://user:password@host` in
+/// `text` with `***`, so an error message quoting a camera URL cannot put a
+/// password on the bus.
+pub fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        let authority = &tail[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_removed_from_urls_in_text() {
+        assert_eq!(
+            redact_credentials("rtsp://admin:s3cret@192.0.2.10:554/stream1 timed out"),
+            "rtsp://***@192.0.2.10:554/stream1 timed out"
+        );
+        assert_eq!(
+            redact_credentials("a http://h/x and rtsp://u:p@h and rtsp://h2"),
+            "a http://h/x and rtsp://***@h and rtsp://h2"
+        );
+        assert_eq!(redact_credentials("no url here"), "no url here");
+    }
+
+    #[test]
+    fn camera_state_is_lowercase_on_the_wire() {
+        let json = serde_json::to_string(&CameraState::Reconnecting).expect("serialize");
+        assert_eq!(json, "\"reconnecting\"");
+    }
+}

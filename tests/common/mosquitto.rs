@@ -196,12 +196,20 @@ impl Drop for Mosquitto {
 }
 
 /// One message as a subscriber saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Received {
     pub topic: String,
     pub payload: Vec<u8>,
     /// Set by the broker only for retained messages sent on subscription.
     pub retain: bool,
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.text();
+        let short: String = text.chars().take(80).collect();
+        write!(f, "{} retain={} {:?}", self.topic, self.retain, short)
+    }
 }
 
 impl Received {
@@ -496,7 +504,7 @@ pub fn harness_path() -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/examples/publish_harness
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
     let path = profile_dir.join("examples").join("publish_harness");
-    assert!(path.exists(), "{} missing: run through `cargo test`, which builds examples", path.display());
+    assert!(path.exists(), "{} missing: run plain `cargo test` (which builds examples) or `cargo build --example publish_harness` first", path.display());
     path
 }
 

@@ -183,11 +183,16 @@ class Florence2Onnx:
             enc_kv = [(res[f"present.{i}.encoder.key"], res[f"present.{i}.encoder.value"]) for i in range(self.n_layers)]
         return res["logits"][:, -1, :].astype(np.float32), new_dec, enc_kv
 
-    def beam_search(self, hidden, mask, max_new_tokens, num_beams, merged, gaps=None):
+    def beam_search(self, hidden, mask, max_new_tokens, num_beams, merged, gaps=None, decision_gaps=None):
         """Returns the sequences exactly as transformers' generate(num_beams=...) does
         (rows padded with pad_token_id to the longest). `gaps` collects, per step,
         the smallest difference between adjacent candidates among the best
-        2*num_beams+1 accumulated scores (how close the ranking came to a tie)."""
+        2*num_beams+1 accumulated scores (how close the ranking came to a tie);
+        `decision_gaps` only the gaps at ranks where a decision is made (kept
+        candidates, top num_beams, continuing beams, kept finished hypotheses,
+        the best one)."""
+        if decision_gaps is None:
+            decision_gaps = []
         batch = hidden.shape[0]
         nb = num_beams
         start = self.gen["decoder_start_token_id"]
@@ -227,7 +232,12 @@ class Florence2Onnx:
             top_lp = np.take_along_axis(acc, top_idx, axis=-1)
             if gaps is not None:
                 cand = np.take_along_axis(acc, order[:, :keep + 1], axis=-1)
+                # boundaries that decide something: which candidates are kept
+                # (keep), which count as the top num_beams (finished or not)
                 for row in cand:
+                    for i in (nb - 1, keep - 1):
+                        if row[i + 1] > -1e8:
+                            decision_gaps.append(float(row[i] - row[i + 1]))
                     vals = row[row > -1e8]
                     if len(vals) > 1:
                         gaps.append(float(np.min(vals[:-1] - vals[1:])))
@@ -240,6 +250,10 @@ class Florence2Onnx:
             hits = (tok == eos) | (cur_len + 1 >= max_length)
             # running beams for the next step
             run_lp = top_lp + hits.astype(np.float32) * -1.0e9
+            srt = -np.sort(-run_lp, axis=-1)
+            for row in srt:  # which open candidates continue
+                if row[nb] > -1e8:
+                    decision_gaps.append(float(row[nb - 1] - row[nb]))
             nxt = np.argsort(-run_lp, axis=-1, kind="stable")[:, :nb]
             running = np.take_along_axis(top_seq, nxt[:, :, None], axis=1)
             running_scores = np.take_along_axis(run_lp, nxt, axis=-1)
@@ -257,6 +271,11 @@ class Florence2Onnx:
             m_sc = np.concatenate([beam_scores, fin_lp.astype(np.float32)], axis=1)
             m_bi = np.concatenate([beam_indices, top_bi], axis=1)
             m_fin = np.concatenate([finished, just], axis=1)
+            srt = -np.sort(-m_sc, axis=-1)
+            for row in srt:  # which finished hypotheses are kept, and the best one
+                for i in (0, nb - 1):
+                    if row[i + 1] > -1e8:
+                        decision_gaps.append(float(row[i] - row[i + 1]))
             sel = np.argsort(-m_sc, axis=-1, kind="stable")[:, :nb]
             sequences = np.take_along_axis(m_seq, sel[:, :, None], axis=1)
             beam_scores = np.take_along_axis(m_sc, sel, axis=-1)
@@ -290,6 +309,7 @@ def check(args) -> int:
     failures = 0
     total = 0
     beam_gaps = []
+    decision_gaps = []
     pix_err = 0.0
     for name in index["cases"]:
         doc = json.loads((args.golden / name).read_text())
@@ -316,7 +336,7 @@ def check(args) -> int:
                     print(f"FAIL greedy {'merged' if merged else 'split'} {case['image']} {case['task']}\n  got  {got}\n  want {want}")
             if not args.no_beam:
                 total += 1
-                got = m.beam_search(hidden, mask, case["max_new_tokens"], case["beam"]["num_beams"], False, beam_gaps)[0]
+                got = m.beam_search(hidden, mask, case["max_new_tokens"], case["beam"]["num_beams"], False, beam_gaps, decision_gaps)[0]
                 want = case["beam"]["token_ids"]
                 if got != want:
                     failures += 1
@@ -340,14 +360,15 @@ def check(args) -> int:
                 print(f"FAIL batch greedy {name} {'merged' if merged else 'split'}\n  got  {got}\n  want {want}")
         if not args.no_beam:
             total += 1
-            got = m.beam_search(hidden, mask, doc["max_new_tokens"], doc["num_beams"], True, beam_gaps)
+            got = m.beam_search(hidden, mask, doc["max_new_tokens"], doc["num_beams"], True, beam_gaps, decision_gaps)
             want = [r["beam"]["token_ids"] for r in rows]
             if got != want:
                 failures += 1
                 print(f"FAIL batch beam merged {name}\n  got  {got}\n  want {want}")
     print(json.dumps({"suffix": args.suffix or "fp32", "decodes_checked": total, "mismatches": failures,
                       "max_pixel_values_abs_error": pix_err,
-                      "onnx_beam_min_adjacent_candidate_gap": min(beam_gaps) if beam_gaps else None}))
+                      "onnx_beam_min_adjacent_candidate_gap": min(beam_gaps) if beam_gaps else None,
+                      "onnx_beam_min_decision_gap": min(decision_gaps) if decision_gaps else None}))
     return 1 if failures else 0
 
 

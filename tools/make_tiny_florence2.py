@@ -208,7 +208,7 @@ SIZES = {
 
 # Logit shaping of the tiny model (see shape_logits).
 LOGIT_SCALE = {"tiny": 8.0, "base": 1.0}
-CLASS_SCORE = {"text": 30.0, "byte": 12.0, "loc": 0.0, "eos": 135.0, "never": -200.0}
+CLASS_SCORE = {"text": 30.0, "byte": 12.0, "loc": 10.0, "eos": 133.0, "never": -200.0}
 POSITION_STD = 1.0
 ATTN_SHARPEN = {"encoder_q": 3.0, "cross_q": 4.0, "cross_out": 3.0}
 
@@ -881,7 +881,7 @@ def main(argv=None) -> int:
     return 0
 
 
-DEFAULT_SEED = 1234
+DEFAULT_SEED = 2024
 
 if __name__ == "__main__":
     sys.exit(main())

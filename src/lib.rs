@@ -6,6 +6,8 @@
 
 pub mod bench;
 pub mod config;
+#[cfg(feature = "gstreamer")]
+pub mod daemon;
 pub mod florence2;
 #[cfg(feature = "gstreamer")]
 pub mod ingest;

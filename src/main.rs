@@ -121,6 +121,24 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Run the daemon: cameras in, Florence-2 results out.
+    Run {
+        /// Configuration file (TOML); environment variables FLORENCE_EDGE__SECTION__KEY override it.
+        #[arg(long, env = "FLORENCE_EDGE_CONFIG", default_value = "/etc/florence-edge/florence-edge.toml")]
+        config: PathBuf,
+        /// Also print every result as a JSON line on stdout.
+        #[arg(long)]
+        stdout: bool,
+    },
+    /// Check a configuration file and print every problem; exits non-zero if there are any.
+    Validate {
+        /// Configuration file (TOML).
+        #[arg(long, env = "FLORENCE_EDGE_CONFIG", default_value = "/etc/florence-edge/florence-edge.toml")]
+        config: PathBuf,
+        /// Skip checking that referenced files (model directory, password files…) exist.
+        #[arg(long)]
+        no_files: bool,
+    },
     /// Measure per-stage latency and throughput on a synthetic frame; prints JSON.
     Bench {
         /// Task token, e.g. '<OD>'.
@@ -253,6 +271,19 @@ fn run(command: Command) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
+        Command::Run { config, stdout } => run_daemon(&config, stdout),
+        Command::Validate { config, no_files } => {
+            let problems = florence_edge::config::validate(&config, !no_files);
+            if problems.is_empty() {
+                println!("{}: ok", config.display());
+                Ok(())
+            } else {
+                for p in &problems {
+                    println!("{p}");
+                }
+                bail!("{} problem(s) in {}", problems.len(), config.display())
+            }
+        }
         Command::Parse {
             task,
             width,
@@ -270,4 +301,28 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+#[cfg(feature = "gstreamer")]
+fn run_daemon(config_path: &std::path::Path, stdout: bool) -> Result<()> {
+    use florence_edge::daemon::{Daemon, ResultSink, StdoutSink};
+    let config = florence_edge::config::load(config_path).map_err(|errors| {
+        anyhow::anyhow!(
+            "invalid configuration:\n{}",
+            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+        )
+    })?;
+    let sink: Box<dyn ResultSink> = if stdout {
+        Box::new(StdoutSink)
+    } else {
+        Box::new(florence_edge::daemon::result::FanOut(Vec::new()))
+    };
+    let daemon = Daemon::start(config, sink)?;
+    daemon.wait()?;
+    Ok(())
+}
+
+#[cfg(not(feature = "gstreamer"))]
+fn run_daemon(_config_path: &std::path::Path, _stdout: bool) -> Result<()> {
+    bail!("this build has no camera ingest (built without the `gstreamer` feature); rebuild with default features to run the daemon")
 }

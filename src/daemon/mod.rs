@@ -1,0 +1,424 @@
+//! `florence-edge run`: cameras → schedule → batch → Florence-2 → results.
+//!
+//! Threads: one supervisor per camera (ingest), one coordinator that owns
+//! the scheduler, the batcher and the newest frame of each camera, and one
+//! inference thread that owns the model. The coordinator hands a batch to
+//! the model only when the model is idle, so waiting work stays in the
+//! batcher where a newer job can still replace it (docs/SCHEDULING.md).
+//! Inference never runs on an async runtime's workers.
+
+pub mod cameras;
+pub mod result;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, DecodingStrategy};
+use crate::florence2::engine::{Decoding, Engine, TaskRequest};
+use crate::florence2::{DecoderLayout, LoadOptions, Strategy, Variant};
+use crate::ingest::{self, CameraEvent, CameraHandle, CameraStatus, Frame};
+use crate::preprocess::RgbFrame;
+use crate::runtime::Backend;
+use crate::schedule::{Batcher, Job, Scheduler};
+
+pub use result::{AnalysisResult, ResultSink, StdoutSink};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("loading the model: {0}")]
+    Model(String),
+    #[error("camera {camera}: {reason}")]
+    Camera { camera: String, reason: String },
+    #[error("scheduling: {0}")]
+    Schedule(String),
+    #[error("signals: {0}")]
+    Signals(String),
+    #[error("the inference thread stopped unexpectedly")]
+    InferenceGone,
+}
+
+/// What the coordinator reacts to.
+enum Msg {
+    Frame(Frame),
+    Event(CameraEvent),
+    /// The model finished a batch.
+    BatchDone { jobs: usize },
+    Shutdown(&'static str),
+}
+
+type FrameJob = Job<Arc<Frame>>;
+
+/// How long a shutdown waits for the batch in flight.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Model load options from the `[model]` section.
+pub fn load_options(config: &Config) -> Result<LoadOptions, DaemonError> {
+    let m = &config.model;
+    let mut opts = LoadOptions::new(&m.dir);
+    opts.backend = match m.backend {
+        crate::config::Backend::Auto => Backend::Auto,
+        crate::config::Backend::TensorRt => Backend::TensorRt,
+        crate::config::Backend::Cuda => Backend::Cuda,
+        crate::config::Backend::Cpu => Backend::Cpu,
+    };
+    if let Some(p) = m.precision {
+        opts.variant = Variant::parse(p.name()).map_err(|e| DaemonError::Model(e.to_string()))?;
+    }
+    opts.layout = match m.decoder {
+        crate::config::DecoderLayout::Split => DecoderLayout::Split,
+        crate::config::DecoderLayout::Merged => DecoderLayout::Merged,
+    };
+    opts.ort_library = m.ort_library.clone();
+    opts.intra_threads = m.threads;
+    opts.engine_cache_dir = m.engines_dir.clone();
+    Ok(opts)
+}
+
+pub fn decoding(config: &Config) -> Decoding {
+    let d = &config.model.decoding;
+    Decoding {
+        strategy: match d.strategy {
+            DecodingStrategy::Greedy => Strategy::Greedy,
+            DecodingStrategy::Beam => Strategy::Beam {
+                num_beams: d.num_beams as usize,
+            },
+        },
+        max_new_tokens: d.max_new_tokens as usize,
+    }
+}
+
+/// A running daemon. `wait` blocks until a signal (or `shutdown`) stops it.
+pub struct Daemon {
+    tx: Sender<Msg>,
+    coordinator: Option<JoinHandle<Result<(), DaemonError>>>,
+}
+
+impl Daemon {
+    /// Loads the model, starts every enabled camera and the coordinator.
+    /// Returns once the model is loaded and the cameras are started.
+    pub fn start(config: Config, sink: Box<dyn ResultSink>) -> Result<Daemon, DaemonError> {
+        let (tx, rx) = mpsc::channel::<Msg>();
+
+        // The model lives on its own thread; it reports whether it loaded.
+        let opts = load_options(&config)?;
+        let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<FrameJob>>(1);
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelInfo, String>>();
+        let inference_ctx = InferenceContext {
+            node: config.node.id.clone(),
+            decoding: decoding(&config),
+            done: tx.clone(),
+        };
+        let inference = thread::Builder::new()
+            .name("inference".into())
+            .spawn(move || inference_thread(opts, inference_ctx, batch_rx, ready_tx, sink))
+            .map_err(|e| DaemonError::Model(format!("cannot start the inference thread: {e}")))?;
+        let info = ready_rx
+            .recv()
+            .map_err(|_| DaemonError::InferenceGone)?
+            .map_err(DaemonError::Model)?;
+        tracing::info!(model = %info.model_id, backend = %info.backend, variant = %info.variant, "Model ready.");
+
+        // Cameras send frames and events to forwarders feeding the one
+        // coordinator channel.
+        let (frames_tx, frames_rx) = mpsc::sync_channel::<Frame>(8);
+        let (events_tx, events_rx) = mpsc::channel::<CameraEvent>();
+        forward(frames_rx, tx.clone(), Msg::Frame, "frames");
+        forward(events_rx, tx.clone(), Msg::Event, "camera-events");
+        let mut cams = BTreeMap::new();
+        for camera in config.cameras.iter().filter(|c| c.enabled) {
+            let settings = cameras::camera_settings(camera).map_err(|reason| DaemonError::Camera {
+                camera: camera.id.clone(),
+                reason,
+            })?;
+            let handle = ingest::spawn_camera(&settings, frames_tx.clone(), events_tx.clone()).map_err(|e| {
+                DaemonError::Camera {
+                    camera: camera.id.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            cams.insert(camera.id.clone(), handle);
+        }
+        signals(tx.clone())?;
+
+        let now = Instant::now();
+        let scheduler = Scheduler::from_config(&config, now).map_err(|e| DaemonError::Schedule(e.to_string()))?;
+        let batcher = Batcher::from_config(&config.model).map_err(|e| DaemonError::Schedule(e.to_string()))?;
+        let coordinator = Coordinator {
+            scheduler,
+            batcher,
+            latest: HashMap::new(),
+            cameras: cams,
+            batch_tx: Some(batch_tx),
+            inference: Some(inference),
+            model_busy: false,
+        };
+        let handle = thread::Builder::new()
+            .name("coordinator".into())
+            .spawn(move || coordinator.run(rx))
+            .map_err(|e| DaemonError::Schedule(format!("cannot start the coordinator: {e}")))?;
+        Ok(Daemon {
+            tx,
+            coordinator: Some(handle),
+        })
+    }
+
+    /// Ask the daemon to stop (as SIGTERM does).
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown("requested"));
+    }
+
+    /// Block until the daemon has stopped: cameras stopped, the batch in
+    /// flight finished and its results handed on.
+    pub fn wait(mut self) -> Result<(), DaemonError> {
+        match self.coordinator.take() {
+            Some(h) => h.join().map_err(|_| DaemonError::InferenceGone)?,
+            None => Ok(()),
+        }
+    }
+}
+
+struct ModelInfo {
+    model_id: String,
+    backend: String,
+    variant: String,
+}
+
+fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Msg>, wrap: fn(T) -> Msg, name: &str) {
+    let _ = thread::Builder::new().name(format!("fwd-{name}")).spawn(move || {
+        for item in rx {
+            if tx.send(wrap(item)).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn signals(tx: Sender<Msg>) -> Result<(), DaemonError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| DaemonError::Signals(e.to_string()))?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let msg = match sig {
+                    SIGTERM => Msg::Shutdown("SIGTERM"),
+                    SIGINT => Msg::Shutdown("SIGINT"),
+                    _ => {
+                        tracing::warn!("SIGHUP received; reloading the configuration is not supported yet, keeping the running one.");
+                        continue;
+                    }
+                };
+                if tx.send(msg).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| DaemonError::Signals(e.to_string()))?;
+    Ok(())
+}
+
+struct Coordinator {
+    scheduler: Scheduler,
+    batcher: Batcher<Arc<Frame>>,
+    latest: HashMap<Arc<str>, Arc<Frame>>,
+    cameras: BTreeMap<String, CameraHandle>,
+    batch_tx: Option<SyncSender<Vec<FrameJob>>>,
+    inference: Option<JoinHandle<()>>,
+    model_busy: bool,
+}
+
+impl Coordinator {
+    fn run(mut self, rx: Receiver<Msg>) -> Result<(), DaemonError> {
+        let reason = loop {
+            let now = Instant::now();
+            let mut deadline = self.scheduler.next_deadline();
+            if !self.model_busy {
+                deadline = min_opt(deadline, self.batcher.next_deadline());
+            }
+            let wait = deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Frame(frame)) => {
+                    let camera = frame.camera.clone();
+                    let seq = frame.seq;
+                    self.latest.insert(camera.clone(), Arc::new(frame));
+                    if let Err(e) = self.scheduler.on_frame(&camera, seq, Instant::now()) {
+                        tracing::debug!(camera = %camera, error = %e, "Frame of an unscheduled camera ignored.");
+                    }
+                }
+                Ok(Msg::Event(event)) => log_event(&event),
+                Ok(Msg::BatchDone { jobs }) => {
+                    tracing::debug!(jobs, "Batch finished.");
+                    self.model_busy = false;
+                }
+                Ok(Msg::Shutdown(why)) => break why,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break "all senders gone",
+            }
+            let now = Instant::now();
+            for job in self.scheduler.poll(now) {
+                // The scheduler only emits a job once its camera has a frame.
+                if let Some(frame) = self.latest.get(&job.key.camera) {
+                    let frame = frame.clone();
+                    if let Some(stale) = self.batcher.push(job.with_frame(frame), now) {
+                        tracing::debug!(camera = %stale.key.camera, task = %stale.key.task, "Stale job replaced by a newer frame.");
+                    }
+                }
+            }
+            if !self.model_busy {
+                if let Some(batch) = self.batcher.pop_batch(now) {
+                    self.dispatch(batch)?;
+                }
+            }
+        };
+        tracing::info!(reason, "Shutting down: stopping cameras, finishing the batch in flight.");
+        self.shutdown(rx)
+    }
+
+    fn dispatch(&mut self, batch: Vec<FrameJob>) -> Result<(), DaemonError> {
+        let tx = self.batch_tx.as_ref().ok_or(DaemonError::InferenceGone)?;
+        tx.send(batch).map_err(|_| DaemonError::InferenceGone)?;
+        self.model_busy = true;
+        Ok(())
+    }
+
+    fn shutdown(mut self, rx: Receiver<Msg>) -> Result<(), DaemonError> {
+        for (_, cam) in std::mem::take(&mut self.cameras) {
+            cam.stop();
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.model_busy {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Msg::BatchDone { .. }) => self.model_busy = false,
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::error!("The batch in flight did not finish within {DRAIN_TIMEOUT:?}; its results are lost.");
+                    break;
+                }
+            }
+        }
+        drop(self.batch_tx.take());
+        if let Some(h) = self.inference.take() {
+            if !self.model_busy {
+                let _ = h.join();
+            }
+        }
+        tracing::info!("Stopped.");
+        Ok(())
+    }
+}
+
+fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+fn log_event(e: &CameraEvent) {
+    let reason = e.reason.as_deref().unwrap_or("");
+    match e.to {
+        ingest::CameraState::Streaming => {
+            tracing::info!(camera = %e.camera, from = ?e.from, decoder = ?e.status.decoder, "Camera streaming.")
+        }
+        ingest::CameraState::Failed => {
+            tracing::error!(camera = %e.camera, attempt = e.attempt, reason, "Camera failed; no more reconnects.")
+        }
+        _ => tracing::warn!(camera = %e.camera, from = ?e.from, to = ?e.to, attempt = e.attempt, retry_in_ms = ?e.retry_in_ms, reason, "Camera state changed."),
+    }
+}
+
+struct InferenceContext {
+    node: String,
+    decoding: Decoding,
+    done: Sender<Msg>,
+}
+
+fn inference_thread(
+    opts: LoadOptions,
+    ctx: InferenceContext,
+    batches: Receiver<Vec<FrameJob>>,
+    ready: Sender<Result<ModelInfo, String>>,
+    mut sink: Box<dyn ResultSink>,
+) {
+    let mut engine = match Engine::load(&opts) {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let model_id = opts
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| opts.dir.display().to_string());
+    let info = result::ModelMeta {
+        id: model_id.clone(),
+        variant: engine.model.variant.name().to_string(),
+        backend: engine.model.backend.backend.to_string(),
+    };
+    let _ = ready.send(Ok(ModelInfo {
+        model_id,
+        backend: info.backend.clone(),
+        variant: info.variant.clone(),
+    }));
+    let mut result_seq: HashMap<Arc<str>, u64> = HashMap::new();
+    for batch in batches {
+        let dispatched = Instant::now();
+        let n = batch.len();
+        // Items whose request does not fit their frame (a region outside a
+        // resized stream) are refused one by one, not with the batch.
+        let mut items = Vec::with_capacity(n);
+        let mut jobs = Vec::with_capacity(n);
+        for job in &batch {
+            let f = &job.frame;
+            let frame = match RgbFrame::new(f.width, f.height, f.stride, &f.data) {
+                Ok(fr) => fr,
+                Err(e) => {
+                    tracing::error!(camera = %job.key.camera, task = %job.key.task, error = %e, "Frame refused; no result for this job.");
+                    continue;
+                }
+            };
+            let req = TaskRequest {
+                task: job.key.task,
+                text: job.key.argument.text().map(str::to_string),
+                region: job.key.argument.region_pixels(),
+            };
+            if let Err(e) = req.prompt_input(f.width, f.height) {
+                tracing::error!(camera = %job.key.camera, task = %job.key.task, error = %e, "Task input does not fit the frame; no result for this job.");
+                continue;
+            }
+            items.push((frame, req));
+            jobs.push(job);
+        }
+        if !items.is_empty() {
+            match engine.run(&items, ctx.decoding) {
+                Ok(results) => {
+                    for (job, r) in jobs.iter().zip(results) {
+                        let seq = result_seq.entry(job.key.camera.clone()).or_insert(0);
+                        *seq += 1;
+                        let out = AnalysisResult::new(&ctx.node, &info, job, r, *seq, dispatched);
+                        sink.result(&out);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(jobs = items.len(), error = %e, "Inference failed for a batch; its results are lost.");
+                }
+            }
+        }
+        if ctx.done.send(Msg::BatchDone { jobs: n }).is_err() {
+            break;
+        }
+    }
+    sink.close();
+}
+
+/// Status of a camera for publishing.
+pub fn camera_status(handle: &CameraHandle) -> CameraStatus {
+    handle.status()
+}

@@ -13,7 +13,6 @@
 //! `stopped offline=<bool> left_in_spool=<n>`.
 
 #[path = "../tests/common/mosquitto.rs"]
-#[allow(dead_code)]
 mod mosquitto;
 
 use std::io::{BufRead, Write};
@@ -73,7 +72,10 @@ fn run() -> Result<(), String> {
                     say("connected");
                     announced = true;
                 }
-                say(&format!("stats published={} spool={}", s.results_published, s.spool_messages));
+                say(&format!(
+                    "stats published={} spool={}",
+                    s.results_published, s.spool_messages
+                ));
                 std::thread::sleep(Duration::from_millis(100));
             }
         })

@@ -66,21 +66,49 @@ fn every_result_shape_validates_and_broken_ones_do_not() {
         json!({"<REFERRING_EXPRESSION_SEGMENTATION>": {"polygons": [[[0.5, 1.0, 999.5, 1.0, 999.5, 1999.0]]], "polygons_normalized": [[[0.0005, 0.0005, 0.9995, 0.0005, 0.9995, 0.9995]]], "labels": [""], "dropped_groups": 0, "dropped_location_tokens": 0}}),
         json!({"<OPEN_VOCABULARY_DETECTION>": {"bboxes": [], "bboxes_normalized": [], "bboxes_labels": [], "polygons": [], "polygons_normalized": [], "polygons_labels": [], "dropped_groups": 0, "dropped_location_tokens": 1}}),
     ];
-    assert!(schema.is_valid(&base), "{:?}", schema.iter_errors(&base).map(|e| e.to_string()).collect::<Vec<_>>());
+    assert!(
+        schema.is_valid(&base),
+        "{:?}",
+        schema
+            .iter_errors(&base)
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+    );
     for shape in shapes {
         let mut payload = base.clone();
         payload["result"] = shape.clone();
         assert!(schema.is_valid(&payload), "{shape}");
     }
-    let broken: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
-        ("missing sequence", Box::new(|p| { p.as_object_mut().expect("object").remove("sequence"); })),
+    type Breakage = Box<dyn Fn(&mut serde_json::Value)>;
+    let broken: Vec<(&str, Breakage)> = vec![
+        (
+            "missing sequence",
+            Box::new(|p| {
+                p.as_object_mut().expect("object").remove("sequence");
+            }),
+        ),
         ("negative sequence", Box::new(|p| p["sequence"] = json!(-1))),
         ("unknown field", Box::new(|p| p["extra"] = json!(1))),
-        ("two task keys", Box::new(|p| p["result"] = json!({"<OD>": "a", "<CAPTION>": "b"}))),
-        ("lower-case task key", Box::new(|p| p["result"] = json!({"od": "a"}))),
-        ("box with 3 numbers", Box::new(|p| p["result"] = json!({"<OD>": {"bboxes": [[1, 2, 3]]}}))),
-        ("unknown result key", Box::new(|p| p["result"] = json!({"<OD>": {"boxes": []}}))),
-        ("frame width as text", Box::new(|p| p["frame"]["width"] = json!("1280"))),
+        (
+            "two task keys",
+            Box::new(|p| p["result"] = json!({"<OD>": "a", "<CAPTION>": "b"})),
+        ),
+        (
+            "lower-case task key",
+            Box::new(|p| p["result"] = json!({"od": "a"})),
+        ),
+        (
+            "box with 3 numbers",
+            Box::new(|p| p["result"] = json!({"<OD>": {"bboxes": [[1, 2, 3]]}})),
+        ),
+        (
+            "unknown result key",
+            Box::new(|p| p["result"] = json!({"<OD>": {"boxes": []}})),
+        ),
+        (
+            "frame width as text",
+            Box::new(|p| p["frame"]["width"] = json!("1280")),
+        ),
     ];
     for (what, breaks) in broken {
         let mut payload = base.clone();

@@ -50,7 +50,11 @@ impl Backoff {
         self.attempt = self.attempt.saturating_add(1);
         let half = ceiling / 2;
         let span = u64::try_from((ceiling - half).as_nanos()).unwrap_or(u64::MAX);
-        let jitter = if span == 0 { 0 } else { self.next_random() % (span + 1) };
+        let jitter = if span == 0 {
+            0
+        } else {
+            self.next_random() % (span + 1)
+        };
         half + Duration::from_nanos(jitter)
     }
 
@@ -83,9 +87,13 @@ impl Backoff {
 pub enum Link {
     /// Never connected yet.
     Starting,
-    Connected { since: Instant },
+    Connected {
+        since: Instant,
+    },
     /// The last attempt or connection failed for `reason`.
-    Down { reason: String },
+    Down {
+        reason: String,
+    },
 }
 
 /// What the shell should do after a failure.
@@ -185,7 +193,10 @@ mod tests {
             let mut ceiling = Duration::from_millis(500);
             for _ in 0..12 {
                 let delay = backoff.next_delay();
-                assert!(delay >= ceiling / 2 && delay <= ceiling, "{delay:?} vs {ceiling:?}");
+                assert!(
+                    delay >= ceiling / 2 && delay <= ceiling,
+                    "{delay:?} vs {ceiling:?}"
+                );
                 ceiling = (ceiling * 2).min(Duration::from_secs(30));
             }
         }
@@ -244,6 +255,10 @@ mod tests {
         // Stable for 10 s: back to the initial delay.
         state.connected(t0);
         let stable = state.failed(t0 + Duration::from_secs(10), "dropped");
-        assert!(stable.delay <= Duration::from_millis(500), "{:?}", stable.delay);
+        assert!(
+            stable.delay <= Duration::from_millis(500),
+            "{:?}",
+            stable.delay
+        );
     }
 }

@@ -93,13 +93,20 @@ pub(crate) enum Command {
     Snapshot { topic: String, jpeg: Vec<u8> },
 }
 
+/// A camera's latest status as JSON, and whether it still has to go out.
+pub(crate) struct PendingStatus {
+    pub(crate) topic: String,
+    pub(crate) json: Vec<u8>,
+    pub(crate) unsent: bool,
+}
+
 /// The latest status of every camera, kept apart from the result queue:
 /// status is a retained latest-value, so a newer one replaces an unsent older
 /// one instead of queueing behind results, and it is never refused.
 #[derive(Default)]
 pub(crate) struct StatusBoard {
     /// camera id → (topic, JSON, still to be sent)
-    pub(crate) latest: Mutex<std::collections::BTreeMap<String, (String, Vec<u8>, bool)>>,
+    pub(crate) latest: Mutex<std::collections::BTreeMap<String, PendingStatus>>,
     pub(crate) dirty: AtomicBool,
     pub(crate) notify: Notify,
 }
@@ -121,9 +128,7 @@ impl Publisher {
     /// are delivered first) and starts the `fe-publish` thread, which connects
     /// in the background: an unreachable broker is not an error here.
     pub fn start(settings: &MqttSettings, node_id: &str) -> Result<Publisher, PublishError> {
-        let config = settings
-            .validate(node_id)
-            .map_err(PublishError::Settings)?;
+        let config = settings.validate(node_id).map_err(PublishError::Settings)?;
         Publisher::start_validated(config)
     }
 
@@ -131,7 +136,7 @@ impl Publisher {
     pub fn start_validated(config: PublisherConfig) -> Result<Publisher, PublishError> {
         let stats = Arc::new(PublisherStats::default());
         let spool = Spool::open(&config.spool.dir, config.spool.max_messages)?;
-        if spool.len() > 0 {
+        if !spool.is_empty() {
             tracing::info!(
                 spooled = spool.len(),
                 dir = %config.spool.dir.display(),
@@ -197,7 +202,14 @@ impl Publisher {
             reason: e.to_string(),
         })?;
         if let Ok(mut latest) = self.board.latest.lock() {
-            latest.insert(camera.to_owned(), (topic, json, true));
+            latest.insert(
+                camera.to_owned(),
+                PendingStatus {
+                    topic,
+                    json,
+                    unsent: true,
+                },
+            );
         }
         self.board.dirty.store(true, Ordering::Release);
         self.board.notify.notify_one();

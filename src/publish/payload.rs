@@ -144,9 +144,7 @@ fn hugging_face_result_schema(_: &mut SchemaGenerator) -> Schema {
             "items": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
         })
     };
-    let labels = |what: &str| {
-        json_schema!({"description": what, "type": "array", "items": {"type": "string"}})
-    };
+    let labels = |what: &str| json_schema!({"description": what, "type": "array", "items": {"type": "string"}});
     let count = |what: &str| json_schema!({"description": what, "type": "integer", "minimum": 0});
     json_schema!({
         "description": "The result in Hugging Face's shape: one key, the task token, whose value is text (caption and OCR tasks) or an object of regions. Pixel coordinates are in the frame (x1, y1, x2, y2 …); the *_normalized twins divide them by the frame's width and height.",
@@ -199,7 +197,9 @@ pub fn redact_credentials(text: &str) -> String {
         let (head, tail) = rest.split_at(at + 3);
         out.push_str(head);
         let authority_end = tail
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\'')
+            .find(|c: char| {
+                c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\''
+            })
             .unwrap_or(tail.len());
         let authority = &tail[..authority_end];
         match authority.rfind('@') {

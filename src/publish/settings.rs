@@ -355,10 +355,14 @@ pub fn parse_broker_url(url: &str) -> Result<BrokerAddress, String> {
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains('@') {
-        return Err("credentials in the URL are not allowed; use username with password_file".into());
+        return Err(
+            "credentials in the URL are not allowed; use username with password_file".into(),
+        );
     }
     if rest.contains('/') || rest.contains('?') || rest.contains('#') {
-        return Err("a path, query or fragment is not allowed; allowed: mqtt[s]://host[:port]".into());
+        return Err(
+            "a path, query or fragment is not allowed; allowed: mqtt[s]://host[:port]".into(),
+        );
     }
     let default_port = if tls { 8883 } else { 1883 };
     let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
@@ -420,7 +424,9 @@ impl MqttSettings {
             .unwrap_or_else(|| format!("florence-edge-{node_id}"));
         if client_id.is_empty()
             || client_id.len() > 256
-            || client_id.chars().any(|c| c.is_control() || c.is_whitespace())
+            || client_id
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
         {
             problem(
                 "mqtt.client_id",
@@ -466,7 +472,12 @@ impl MqttSettings {
         }
 
         let keep_alive = match parse_duration(&self.keep_alive) {
-            Some(d) if d.is_zero() || (d.subsec_nanos() == 0 && (1..=65_535).contains(&d.as_secs())) => Some(d),
+            Some(d)
+                if d.is_zero()
+                    || (d.subsec_nanos() == 0 && (1..=65_535).contains(&d.as_secs())) =>
+            {
+                Some(d)
+            }
             _ => {
                 problem(
                     "mqtt.keep_alive",
@@ -696,7 +707,12 @@ impl MqttSettings {
         };
         let ca_pem = match &self.tls.ca_file {
             Some(path) => {
-                let pem = read("mqtt.tls.ca_file", path, "-----BEGIN CERTIFICATE-----", "certificate");
+                let pem = read(
+                    "mqtt.tls.ca_file",
+                    path,
+                    "-----BEGIN CERTIFICATE-----",
+                    "certificate",
+                );
                 ok &= pem.is_some();
                 pem
             }
@@ -710,7 +726,12 @@ impl MqttSettings {
                     "-----BEGIN CERTIFICATE-----",
                     "certificate",
                 );
-                let key = read("mqtt.tls.client_key_file", key, "PRIVATE KEY-----", "private key");
+                let key = read(
+                    "mqtt.tls.client_key_file",
+                    key,
+                    "PRIVATE KEY-----",
+                    "private key",
+                );
                 match (cert, key) {
                     (Some(c), Some(k)) => Some((c, k)),
                     _ => {
@@ -850,7 +871,10 @@ mod tests {
             ..with_spool()
         };
         let config = settings.validate("edge-01").expect("valid");
-        assert_eq!(config.password.as_ref().map(Password::expose), Some("s3cret"));
+        assert_eq!(
+            config.password.as_ref().map(Password::expose),
+            Some("s3cret")
+        );
         assert!(!format!("{config:?}").contains("s3cret"));
         assert!(!format!("{settings:?}").contains("s3cret"));
     }

@@ -103,7 +103,9 @@ impl Shell {
         let seed = config
             .client_id
             .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            })
             ^ unix_ms();
         let link = LinkState::new(config.reconnect, seed);
         let window = usize::from(config.max_inflight);
@@ -291,8 +293,8 @@ impl Shell {
                 // Statuses are retained latest values: send every camera's
                 // again, the broker may have restarted without persistence.
                 if let Ok(mut latest) = self.board.latest.lock() {
-                    for entry in latest.values_mut() {
-                        entry.2 = true;
+                    for status in latest.values_mut() {
+                        status.unsent = true;
                     }
                 }
                 self.board.dirty.store(true, Ordering::Release);
@@ -405,7 +407,13 @@ impl Shell {
                             && self.inflight.len() < self.window =>
                     {
                         let (topic, payload) = (message.topic.clone(), message.payload.clone());
-                        self.hand(client, topic, message.retain, payload, Origin::Live(message))
+                        self.hand(
+                            client,
+                            topic,
+                            message.retain,
+                            payload,
+                            Origin::Live(message),
+                        )
                     }
                     _ => {
                         self.spool_message(&message);
@@ -469,7 +477,13 @@ impl Shell {
             match self.spool.next_unsent() {
                 None => break,
                 Some((id, Ok(message))) => {
-                    self.hand(client, message.topic, message.retain, message.payload, Origin::Spool(id))?;
+                    self.hand(
+                        client,
+                        message.topic,
+                        message.retain,
+                        message.payload,
+                        Origin::Spool(id),
+                    )?;
                 }
                 Some((_, Err(e))) => {
                     self.stats.count_spool_corrupt();
@@ -490,15 +504,15 @@ impl Shell {
             Ok(mut latest) => {
                 let room = self.window.saturating_sub(self.inflight.len());
                 let mut due = Vec::new();
-                for (topic, json, dirty) in latest.values_mut() {
-                    if *dirty {
+                for status in latest.values_mut() {
+                    if status.unsent {
                         if due.len() == room {
                             // No room now; look again after the next event.
                             self.board.dirty.store(true, Ordering::Release);
                             break;
                         }
-                        *dirty = false;
-                        due.push((topic.clone(), json.clone()));
+                        status.unsent = false;
+                        due.push((status.topic.clone(), status.json.clone()));
                     }
                 }
                 due
@@ -670,9 +684,7 @@ impl Shell {
                     ConnectReturnCode::NotAuthorized => {
                         "not authorized (check mqtt.username and mqtt.password_file)"
                     }
-                    ConnectReturnCode::BadClientId => {
-                        "client id rejected (check mqtt.client_id)"
-                    }
+                    ConnectReturnCode::BadClientId => "client id rejected (check mqtt.client_id)",
                     ConnectReturnCode::RefusedProtocolVersion => "MQTT 3.1.1 not supported",
                     ConnectReturnCode::ServiceUnavailable => "service unavailable",
                     ConnectReturnCode::Success => "success code with a refusal",

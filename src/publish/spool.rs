@@ -68,7 +68,9 @@ impl SpooledMessage {
         let mut retain = None;
         for field in fields.split_whitespace() {
             match field.split_once('=') {
-                Some(("qos", v)) => qos = v.parse::<u8>().ok().and_then(QualityOfService::from_level),
+                Some(("qos", v)) => {
+                    qos = v.parse::<u8>().ok().and_then(QualityOfService::from_level)
+                }
                 Some(("retain", "0")) => retain = Some(false),
                 Some(("retain", "1")) => retain = Some(true),
                 _ => return Err("unknown header field"),
@@ -186,7 +188,11 @@ impl Spool {
 
     /// Appends `message` as the newest entry. Returns the number of oldest
     /// entries dropped to stay within the bound (0 or 1).
-    pub fn append(&mut self, message: &SpooledMessage, now_unix_ms: u64) -> Result<u64, SpoolError> {
+    pub fn append(
+        &mut self,
+        message: &SpooledMessage,
+        now_unix_ms: u64,
+    ) -> Result<u64, SpoolError> {
         let id = self.next_id;
         let tmp = self.dir.join(format!("{id:020}.tmp"));
         let path = self.dir.join(file_name(id, now_unix_ms));
@@ -272,7 +278,7 @@ mod tests {
 
     fn message(n: u32) -> SpooledMessage {
         SpooledMessage {
-            topic: format!("fe/cam/od"),
+            topic: "fe/cam/od".to_owned(),
             qos: QualityOfService::AtLeastOnce,
             retain: false,
             payload: format!("{{\"sequence\":{n}}}").into_bytes(),
@@ -292,7 +298,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut spool = Spool::open(dir.path(), 100).expect("open");
         for n in 0..5 {
-            assert_eq!(spool.append(&message(n), 1000 + u64::from(n)).expect("append"), 0);
+            assert_eq!(
+                spool
+                    .append(&message(n), 1000 + u64::from(n))
+                    .expect("append"),
+                0
+            );
         }
         assert_eq!(spool.oldest_spooled_unix_ms(), Some(1000));
         drop(spool);
@@ -324,7 +335,10 @@ mod tests {
         assert_eq!(spool.len(), 2);
         spool.rewind();
         let again = drain(&mut spool);
-        assert_eq!(again.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [handed[1].0, handed[2].0]);
+        assert_eq!(
+            again.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            [handed[1].0, handed[2].0]
+        );
         spool.ack(again[0].0);
         spool.ack(again[1].0);
         assert!(spool.is_empty());
@@ -341,7 +355,10 @@ mod tests {
         assert_eq!(dropped, 2);
         assert_eq!(spool.len(), 3);
         assert_eq!(spool.oldest_spooled_unix_ms(), Some(2));
-        let got: Vec<_> = drain(&mut spool).into_iter().map(|(_, m)| m.payload).collect();
+        let got: Vec<_> = drain(&mut spool)
+            .into_iter()
+            .map(|(_, m)| m.payload)
+            .collect();
         assert_eq!(got, (2..5).map(|n| message(n).payload).collect::<Vec<_>>());
         drop(spool);
         let smaller = Spool::open(dir.path(), 1).expect("reopen smaller");

@@ -151,7 +151,8 @@ impl PublisherStats {
     }
 
     pub(crate) fn count_spool_overflow(&self, dropped: u64) {
-        self.spool_overflow_drops.fetch_add(dropped, Ordering::Relaxed);
+        self.spool_overflow_drops
+            .fetch_add(dropped, Ordering::Relaxed);
     }
 
     pub(crate) fn count_spool_corrupt(&self) {
@@ -165,8 +166,10 @@ impl PublisherStats {
     /// Refreshes the spool gauges.
     pub(crate) fn set_spool(&self, spool: &Spool) {
         self.spool_messages.store(spool.len(), Ordering::Relaxed);
-        self.spool_oldest_unix_ms
-            .store(spool.oldest_spooled_unix_ms().unwrap_or(0), Ordering::Relaxed);
+        self.spool_oldest_unix_ms.store(
+            spool.oldest_spooled_unix_ms().unwrap_or(0),
+            Ordering::Relaxed,
+        );
     }
 }
 

@@ -176,7 +176,9 @@ mod tests {
             "florence-edge/front-door/status"
         );
         assert_eq!(
-            topics.result("front-door", "<OCR_WITH_REGION>").expect("ok"),
+            topics
+                .result("front-door", "<OCR_WITH_REGION>")
+                .expect("ok"),
             "florence-edge/front-door/ocr_with_region"
         );
         assert_eq!(
@@ -184,7 +186,10 @@ mod tests {
             "florence-edge/front-door/od/snapshot"
         );
         let nested = Topics::new("site/a", "n").expect("valid");
-        assert_eq!(nested.result("c", "<CAPTION>").expect("ok"), "site/a/c/caption");
+        assert_eq!(
+            nested.result("c", "<CAPTION>").expect("ok"),
+            "site/a/c/caption"
+        );
     }
 
     #[test]
@@ -208,7 +213,10 @@ mod tests {
             .camera_status("a/b")
             .expect_err("slash")
             .to_string();
-        assert!(message.contains("camera id") && message.contains('/'), "{message}");
+        assert!(
+            message.contains("camera id") && message.contains('/'),
+            "{message}"
+        );
     }
 
     #[test]

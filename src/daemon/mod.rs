@@ -12,7 +12,7 @@ pub mod result;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,25 @@ enum Msg {
 }
 
 type FrameJob = Job<Arc<Frame>>;
+
+/// What the daemon has done so far, for operators and tests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DaemonStats {
+    /// Batches handed to the model, and the jobs in them.
+    pub batches: u64,
+    pub jobs: u64,
+    /// Largest batch so far.
+    pub largest_batch: usize,
+    /// Most jobs waiting in the batcher at once.
+    pub max_waiting: usize,
+    /// Jobs replaced by a newer one before the model took them, per
+    /// (camera, task token).
+    pub stale_skipped: BTreeMap<(String, String), u64>,
+    /// Results handed to the sink, per (camera, task token).
+    pub results: BTreeMap<(String, String), u64>,
+    /// Jobs that produced no result (refused input, failed batch).
+    pub failed_jobs: u64,
+}
 
 /// How long a shutdown waits for the batch in flight.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -93,6 +112,7 @@ pub fn decoding(config: &Config) -> Decoding {
 /// A running daemon. `wait` blocks until a signal (or `shutdown`) stops it.
 pub struct Daemon {
     tx: Sender<Msg>,
+    stats: Arc<Mutex<DaemonStats>>,
     coordinator: Option<JoinHandle<Result<(), DaemonError>>>,
 }
 
@@ -106,10 +126,12 @@ impl Daemon {
         let opts = load_options(&config)?;
         let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<FrameJob>>(1);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelInfo, String>>();
+        let stats = Arc::new(Mutex::new(DaemonStats::default()));
         let inference_ctx = InferenceContext {
             node: config.node.id.clone(),
             decoding: decoding(&config),
             done: tx.clone(),
+            stats: stats.clone(),
         };
         let inference = thread::Builder::new()
             .name("inference".into())
@@ -154,6 +176,7 @@ impl Daemon {
             batch_tx: Some(batch_tx),
             inference: Some(inference),
             model_busy: false,
+            stats: stats.clone(),
         };
         let handle = thread::Builder::new()
             .name("coordinator".into())
@@ -161,8 +184,13 @@ impl Daemon {
             .map_err(|e| DaemonError::Schedule(format!("cannot start the coordinator: {e}")))?;
         Ok(Daemon {
             tx,
+            stats,
             coordinator: Some(handle),
         })
+    }
+
+    pub fn stats(&self) -> DaemonStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Ask the daemon to stop (as SIGTERM does).
@@ -229,6 +257,7 @@ struct Coordinator {
     batch_tx: Option<SyncSender<Vec<FrameJob>>>,
     inference: Option<JoinHandle<()>>,
     model_busy: bool,
+    stats: Arc<Mutex<DaemonStats>>,
 }
 
 impl Coordinator {
@@ -268,14 +297,29 @@ impl Coordinator {
                     }
                 }
             }
+            let waiting = self.batcher.len();
             if !self.model_busy {
                 if let Some(batch) = self.batcher.pop_batch(now) {
+                    self.record_dispatch(batch.len(), waiting);
                     self.dispatch(batch)?;
                 }
             }
         };
         tracing::info!(reason, "Shutting down: stopping cameras, finishing the batch in flight.");
         self.shutdown(rx)
+    }
+
+    fn record_dispatch(&self, size: usize, waiting: usize) {
+        if let Ok(mut st) = self.stats.lock() {
+            st.batches += 1;
+            st.jobs += size as u64;
+            st.largest_batch = st.largest_batch.max(size);
+            st.max_waiting = st.max_waiting.max(waiting);
+            for (key, c) in self.batcher.all_counters() {
+                st.stale_skipped
+                    .insert((key.camera.to_string(), key.task.token().to_string()), c.stale_skipped);
+            }
+        }
     }
 
     fn dispatch(&mut self, batch: Vec<FrameJob>) -> Result<(), DaemonError> {
@@ -336,6 +380,7 @@ struct InferenceContext {
     node: String,
     decoding: Decoding,
     done: Sender<Msg>,
+    stats: Arc<Mutex<DaemonStats>>,
 }
 
 fn inference_thread(
@@ -396,20 +441,30 @@ fn inference_thread(
             items.push((frame, req));
             jobs.push(job);
         }
+        let jobs_len = jobs.len();
+        let mut items_ok = false;
         if !items.is_empty() {
             match engine.run(&items, ctx.decoding) {
                 Ok(results) => {
+                    items_ok = true;
                     for (job, r) in jobs.iter().zip(results) {
                         let seq = result_seq.entry(job.key.camera.clone()).or_insert(0);
                         *seq += 1;
                         let out = AnalysisResult::new(&ctx.node, &info, job, r, *seq, dispatched);
                         sink.result(&out);
+                        if let Ok(mut st) = ctx.stats.lock() {
+                            *st.results.entry((out.camera.clone(), out.task.clone())).or_insert(0) += 1;
+                        }
                     }
                 }
                 Err(e) => {
                     tracing::error!(jobs = items.len(), error = %e, "Inference failed for a batch; its results are lost.");
                 }
             }
+        }
+        let produced = if items_ok { jobs_len } else { 0 };
+        if let Ok(mut st) = ctx.stats.lock() {
+            st.failed_jobs += (n - produced) as u64;
         }
         if ctx.done.send(Msg::BatchDone { jobs: n }).is_err() {
             break;

@@ -93,12 +93,12 @@ pub struct Engine {
 
 impl Engine {
     pub fn load(opts: &LoadOptions) -> Result<Self, ModelError> {
+        let model = Florence2::load(opts)?;
         let pp_path = opts.dir.join("preprocessor_config.json");
         let pp_config = ImageProcessorConfig::from_json_file(&pp_path).map_err(|e| ModelError::File {
             path: pp_path.clone(),
             problem: e.to_string(),
         })?;
-        let model = Florence2::load(opts)?;
         if let Some((h, w)) = model.pixel_size {
             if (h as u32, w as u32) != pp_config.size {
                 return Err(ModelError::File {

@@ -1,0 +1,251 @@
+//! The daemon end to end: real GStreamer cameras (test sources and an RTSP
+//! server on 127.0.0.1), the scheduler and batcher, the tiny Florence-2 on
+//! ONNX Runtime, results collected from the sink.
+
+#[path = "common/rtsp.rs"]
+mod rtsp;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use florence_edge::daemon::{AnalysisResult, Daemon, ResultSink};
+use florence_edge::florence2::engine::{Engine, TaskRequest};
+use florence_edge::florence2::Task;
+use florence_edge::ingest::{self, CameraSettings};
+use florence_edge::preprocess::RgbFrame;
+use rtsp::{Encoding, RtspTestServer, StreamSpec};
+
+#[derive(Clone, Default)]
+struct Collect(Arc<Mutex<Vec<AnalysisResult>>>);
+
+impl ResultSink for Collect {
+    fn result(&mut self, result: &AnalysisResult) {
+        self.0.lock().unwrap().push(result.clone());
+    }
+}
+
+fn model_dir() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny-florence2")
+        .display()
+        .to_string()
+}
+
+fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
+    let path = dir.join("florence-edge.toml");
+    let spool = dir.join("spool");
+    let text = format!(
+        r#"
+[node]
+id = "test-node"
+
+[model]
+dir = "{model}"
+backend = "cpu"
+threads = 1
+max_batch = 4
+max_wait_ms = 50
+decoding = {{ strategy = "greedy", max_new_tokens = 8 }}
+
+[mqtt]
+url = "mqtt://127.0.0.1:9"
+spool = {{ dir = "{spool}", max_messages = 1000 }}
+
+{body}
+"#,
+        model = model_dir(),
+        spool = spool.display(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn counts(results: &[AnalysisResult]) -> BTreeMap<(String, String), usize> {
+    let mut m = BTreeMap::new();
+    for r in results {
+        *m.entry((r.camera.clone(), r.task.clone())).or_insert(0) += 1;
+    }
+    m
+}
+
+/// One frame of a camera, through the same ingest path the daemon uses.
+fn grab_frame(id: &str, url: &str) -> (u32, u32, Vec<u8>) {
+    let settings = CameraSettings::new(id, url);
+    let (ftx, frx) = mpsc::sync_channel(1);
+    let (etx, _erx) = mpsc::channel();
+    let cam = ingest::spawn_camera(&settings, ftx, etx).unwrap();
+    let frame = frx.recv_timeout(Duration::from_secs(20)).expect("a frame");
+    let mut packed = Vec::with_capacity(frame.width as usize * frame.height as usize * 3);
+    for row in 0..frame.height as usize {
+        let start = row * frame.stride;
+        packed.extend_from_slice(&frame.data[start..start + frame.width as usize * 3]);
+    }
+    let out = (frame.width, frame.height, packed);
+    drop(frame);
+    cam.stop();
+    out
+}
+
+#[test]
+fn three_cameras_get_every_task_at_its_period_in_shared_batches() {
+    let server = RtspTestServer::start(StreamSpec::new(Encoding::H264));
+    let dir = tempfile::tempdir().unwrap();
+    let static_url = "test://?pattern=colors&width=320&height=240&fps=10";
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[[cameras]]
+id = "bars"
+url = "{static_url}"
+tasks = [
+  {{ task = "<OD>", every = "1s" }},
+  {{ task = "<CAPTION>", every = "2s" }},
+]
+
+[[cameras]]
+id = "ball"
+url = "test://?pattern=ball&width=320&height=240&fps=15"
+tasks = [{{ task = "<OCR>", every = "1s" }}]
+
+[[cameras]]
+id = "rtsp"
+url = "{rtsp}"
+tasks = [
+  {{ task = "<OPEN_VOCABULARY_DETECTION>", text = "a ball", every = "1500ms" }},
+  {{ task = "<REGION_TO_CATEGORY>", region = [0, 0, 160, 120], every = "3s" }},
+]
+"#,
+            rtsp = server.url()
+        ),
+    );
+    let config = florence_edge::config::load(&config).expect("a valid config");
+    let sink = Collect::default();
+    let daemon = Daemon::start(config, Box::new(sink.clone())).expect("the daemon starts");
+    let run_for = Duration::from_secs(10);
+    let started = Instant::now();
+    std::thread::sleep(run_for);
+    let stats = daemon.stats();
+    daemon.shutdown();
+    daemon.wait().unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let results = sink.0.lock().unwrap().clone();
+    let got = counts(&results);
+    eprintln!("{got:?}\n{stats:?}");
+
+    // Every camera gets results for every task, roughly at its period: at
+    // least a third of the ideal count (cameras take a moment to start and
+    // the model is shared), never more than the period allows.
+    for (camera, task, period) in [
+        ("bars", "<OD>", 1.0),
+        ("bars", "<CAPTION>", 2.0),
+        ("ball", "<OCR>", 1.0),
+        ("rtsp", "<OPEN_VOCABULARY_DETECTION>", 1.5),
+        ("rtsp", "<REGION_TO_CATEGORY>", 3.0),
+    ] {
+        let n = got.get(&(camera.to_string(), task.to_string())).copied().unwrap_or(0);
+        let ideal = elapsed / period;
+        assert!(n as f64 >= (ideal / 3.0).floor().max(1.0), "{camera} {task}: {n} results in {elapsed:.1} s");
+        assert!(n as f64 <= ideal + 2.0, "{camera} {task}: {n} results in {elapsed:.1} s is more than its period allows");
+    }
+    assert!(stats.largest_batch >= 2, "batches larger than 1 happen: {stats:?}");
+    assert_eq!(stats.failed_jobs, 0);
+
+    // Per camera, result sequence numbers count 1, 2, 3 … without gaps.
+    for camera in ["bars", "ball", "rtsp"] {
+        let seqs: Vec<u64> = results.iter().filter(|r| r.camera == camera).map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{camera}");
+    }
+    let region = results.iter().find(|r| r.task == "<REGION_TO_CATEGORY>").unwrap();
+    assert_eq!(region.frame.width, 320);
+    // The region goes into the prompt as location tokens: 160 of 320 px is bin 500.
+    assert_eq!(region.text_input.as_deref(), Some("<loc_0><loc_0><loc_500><loc_500>"));
+
+    // The `colors` test pattern is static: identical frames, so every <OD> result
+    // of that camera equals what `infer` computes for one of its frames.
+    let (w, h, rgb) = grab_frame("bars-probe", static_url);
+    let mut opts = florence_edge::florence2::LoadOptions::new(model_dir());
+    opts.backend = florence_edge::runtime::Backend::Cpu;
+    let mut engine = Engine::load(&opts).unwrap();
+    let frame = RgbFrame::packed(w, h, &rgb).unwrap();
+    let want = engine
+        .run(
+            &[(frame, TaskRequest::new(Task::ObjectDetection))],
+            florence_edge::florence2::engine::Decoding {
+                strategy: florence_edge::florence2::Strategy::Greedy,
+                max_new_tokens: 8,
+            },
+        )
+        .unwrap();
+    let ods: Vec<&AnalysisResult> = results.iter().filter(|r| r.camera == "bars" && r.task == "<OD>").collect();
+    assert!(!ods.is_empty());
+    for r in ods {
+        assert_eq!(r.result, want[0].result, "daemon result vs infer on the same frame");
+    }
+}
+
+#[test]
+fn overload_keeps_queues_bounded_counts_skips_and_starves_no_camera() {
+    let dir = tempfile::tempdir().unwrap();
+    // Periods far shorter than one inference (~0.1–0.5 s here).
+    let config = write_config(
+        dir.path(),
+        r#"
+[[cameras]]
+id = "a"
+url = "test://?pattern=ball&width=160&height=120&fps=30"
+tasks = [{ task = "<OD>", every = "10ms" }, { task = "<CAPTION>", every = "10ms" }]
+
+[[cameras]]
+id = "b"
+url = "test://?pattern=snow&width=160&height=120&fps=30"
+tasks = [{ task = "<OCR>", every = "10ms" }]
+
+[[cameras]]
+id = "c"
+url = "test://?pattern=smpte&width=160&height=120&fps=30"
+tasks = [{ task = "<CAPTION>", every = "10ms" }]
+"#,
+    );
+    let config = florence_edge::config::load(&config).expect("a valid config");
+    let sink = Collect::default();
+    let daemon = Daemon::start(config, Box::new(sink.clone())).unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let stats = daemon.stats();
+    daemon.shutdown();
+    daemon.wait().unwrap();
+    let results = sink.0.lock().unwrap().clone();
+    let got = counts(&results);
+    eprintln!("{got:?}\n{stats:?}");
+    // At most one job per (camera, task) waits: 4 keys.
+    assert!(stats.max_waiting <= 4, "{stats:?}");
+    assert!(stats.largest_batch <= 4);
+    let skipped: u64 = stats.stale_skipped.values().sum();
+    assert!(skipped > 0, "overload must show up as counted stale skips: {stats:?}");
+    for key in [("a", "<OD>"), ("a", "<CAPTION>"), ("b", "<OCR>"), ("c", "<CAPTION>")] {
+        let n = got.get(&(key.0.to_string(), key.1.to_string())).copied().unwrap_or(0);
+        assert!(n >= 1, "{key:?} got no result: {got:?}");
+    }
+}
+
+#[test]
+fn a_model_directory_that_does_not_load_stops_the_start_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        r#"
+[[cameras]]
+id = "a"
+url = "test://?pattern=ball&width=160&height=120&fps=5"
+tasks = [{ task = "<OD>", every = "1s" }]
+"#,
+    );
+    let text = std::fs::read_to_string(&path).unwrap().replace(&model_dir(), "/nonexistent/model");
+    std::fs::write(&path, text).unwrap();
+    let config = florence_edge::config::load(&path).unwrap();
+    let err = Daemon::start(config, Box::new(Collect::default())).err().expect("no model, no daemon");
+    let msg = err.to_string();
+    assert!(msg.contains("/nonexistent/model") && msg.contains("not a directory"), "{msg}");
+}

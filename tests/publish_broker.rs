@@ -33,15 +33,22 @@ fn every_payload_kind_arrives_on_its_topic_with_its_retain_flag_and_validates() 
     let broker = Mosquitto::start(BrokerOptions::default());
     let live = Subscriber::start(broker.port(), "fe-test/#", SubscriberOptions::default());
     let spool = tempfile::tempdir().expect("spool dir");
-    let publisher = Publisher::start(&mosquitto::test_settings(&broker.url(), spool.path()), "edge-01")
-        .expect("start");
+    let publisher = Publisher::start(
+        &mosquitto::test_settings(&broker.url(), spool.path()),
+        "edge-01",
+    )
+    .expect("start");
     // Snapshots are never spooled, so wait for the connection before sending one.
     live.wait_for(WAIT, "online", |m| m.iter().any(|r| r.text() == "online"));
 
     publisher
         .publish_camera_status(
             "front-door",
-            &status("front-door", CameraState::Reconnecting, Some("rtsp://admin:s3cret@192.0.2.10/stream1: timeout")),
+            &status(
+                "front-door",
+                CameraState::Reconnecting,
+                Some("rtsp://admin:s3cret@192.0.2.10/stream1: timeout"),
+            ),
         )
         .expect("status");
     let mut caption = mosquitto::od_result("edge-01", "front-door", 1, 0);
@@ -50,11 +57,19 @@ fn every_payload_kind_arrives_on_its_topic_with_its_retain_flag_and_validates() 
     let mut ocr = mosquitto::od_result("edge-01", "front-door", 1, 0);
     ocr.task = "<OCR_WITH_REGION>".into();
     ocr.result = serde_json::json!({"<OCR_WITH_REGION>": {"quad_boxes": [[1.5, 1.5, 9.5, 1.5, 9.5, 9.5, 1.5, 9.5]], "quad_boxes_normalized": [[0.001, 0.002, 0.007, 0.002, 0.007, 0.013, 0.001, 0.013]], "labels": ["STOP"], "dropped_groups": 0, "dropped_location_tokens": 0}});
-    for payload in [mosquitto::od_result("edge-01", "front-door", 1, 3), caption, ocr] {
+    for payload in [
+        mosquitto::od_result("edge-01", "front-door", 1, 3),
+        caption,
+        ocr,
+    ] {
         publisher.try_publish_result(payload).expect("queued");
     }
-    assert!(publisher.try_publish_snapshot("front-door", "<OD>", vec![0xFF, 0xD8, 0xFF, 0xD9]).expect("snapshot"));
-    assert!(!publisher.try_publish_snapshot("front-door", "<OD>", vec![0xFF, 0xD8]).expect("rate-limited"));
+    assert!(publisher
+        .try_publish_snapshot("front-door", "<OD>", vec![0xFF, 0xD8, 0xFF, 0xD9])
+        .expect("snapshot"));
+    assert!(!publisher
+        .try_publish_snapshot("front-door", "<OD>", vec![0xFF, 0xD8])
+        .expect("rate-limited"));
 
     let topics = [
         "fe-test/edge-01/status",
@@ -69,7 +84,10 @@ fn every_payload_kind_arrives_on_its_topic_with_its_retain_flag_and_validates() 
     });
     let on = |topic: &str| got.iter().find(|r| r.topic == topic).expect(topic).clone();
     assert_eq!(on("fe-test/edge-01/status").text(), "online");
-    assert_eq!(on("fe-test/front-door/od/snapshot").payload, vec![0xFF, 0xD8, 0xFF, 0xD9]);
+    assert_eq!(
+        on("fe-test/front-door/od/snapshot").payload,
+        vec![0xFF, 0xD8, 0xFF, 0xD9]
+    );
 
     let result_schema = jsonschema::validator_for(&result_schema()).expect("schema");
     for topic in &topics[2..5] {
@@ -77,33 +95,54 @@ fn every_payload_kind_arrives_on_its_topic_with_its_retain_flag_and_validates() 
         assert!(result_schema.is_valid(&json), "{topic}: {json}");
         assert_eq!(json["camera"], "front-door");
     }
-    assert_eq!(on("fe-test/front-door/od").json()["result"]["<OD>"]["labels"], serde_json::json!(["person", "car", "dog"]));
+    assert_eq!(
+        on("fe-test/front-door/od").json()["result"]["<OD>"]["labels"],
+        serde_json::json!(["person", "car", "dog"])
+    );
     let status_json = on("fe-test/front-door/status").json();
     let status_schema = jsonschema::validator_for(&camera_status_schema()).expect("schema");
     assert!(status_schema.is_valid(&status_json), "{status_json}");
     assert_eq!(status_json["state"], "reconnecting");
     let last_error = status_json["last_error"].as_str().expect("last_error");
-    assert!(!last_error.contains("s3cret") && last_error.contains("rtsp://***@192.0.2.10"), "{last_error}");
+    assert!(
+        !last_error.contains("s3cret") && last_error.contains("rtsp://***@192.0.2.10"),
+        "{last_error}"
+    );
 
     // A newer status replaces the retained one.
     publisher
-        .publish_camera_status("front-door", &status("front-door", CameraState::Streaming, None))
+        .publish_camera_status(
+            "front-door",
+            &status("front-door", CameraState::Streaming, None),
+        )
         .expect("status");
     live.wait_for(WAIT, "the streaming status", |m| {
-        m.iter().any(|r| r.topic == "fe-test/front-door/status" && r.json()["state"] == "streaming")
+        m.iter()
+            .any(|r| r.topic == "fe-test/front-door/status" && r.json()["state"] == "streaming")
     });
 
     // A late subscriber gets exactly the retained topics: node and camera status.
     let late = Subscriber::start(broker.port(), "fe-test/#", SubscriberOptions::default());
     std::thread::sleep(Duration::from_millis(300));
-    let mut retained: Vec<(String, bool)> = late.messages().into_iter().map(|r| (r.topic, r.retain)).collect();
+    let mut retained: Vec<(String, bool)> = late
+        .messages()
+        .into_iter()
+        .map(|r| (r.topic, r.retain))
+        .collect();
     retained.sort();
     assert_eq!(
         retained,
-        [("fe-test/edge-01/status".to_owned(), true), ("fe-test/front-door/status".to_owned(), true)]
+        [
+            ("fe-test/edge-01/status".to_owned(), true),
+            ("fe-test/front-door/status".to_owned(), true)
+        ]
     );
     assert_eq!(
-        late.messages().iter().find(|r| r.topic == "fe-test/front-door/status").expect("status").json()["state"],
+        late.messages()
+            .iter()
+            .find(|r| r.topic == "fe-test/front-door/status")
+            .expect("status")
+            .json()["state"],
         "streaming"
     );
 
@@ -112,11 +151,25 @@ fn every_payload_kind_arrives_on_its_topic_with_its_retain_flag_and_validates() 
     assert_eq!(stats.snapshots_published, 1);
     assert_eq!(stats.snapshots_skipped, 1);
     assert!(stats.statuses_published >= 2);
-    assert_eq!((stats.connects, stats.connection_failures, stats.queue_full_drops), (1, 0, 0));
+    assert_eq!(
+        (
+            stats.connects,
+            stats.connection_failures,
+            stats.queue_full_drops
+        ),
+        (1, 0, 0)
+    );
 
     let report = publisher.shutdown(Duration::from_secs(5));
-    assert!(report.offline_published && report.left_in_spool == 0 && !report.timed_out, "{report:?}");
-    let after = Subscriber::start(broker.port(), "fe-test/edge-01/status", SubscriberOptions::default());
+    assert!(
+        report.offline_published && report.left_in_spool == 0 && !report.timed_out,
+        "{report:?}"
+    );
+    let after = Subscriber::start(
+        broker.port(),
+        "fe-test/edge-01/status",
+        SubscriberOptions::default(),
+    );
     let got = after.wait_for(WAIT, "retained offline", |m| !m.is_empty());
     assert_eq!((got[0].text().as_str(), got[0].retain), ("offline", true));
 }
@@ -125,14 +178,21 @@ fn every_payload_kind_arrives_on_its_topic_with_its_retain_flag_and_validates() 
 fn invalid_camera_ids_and_tasks_are_refused_at_the_caller() {
     let spool = tempfile::tempdir().expect("spool dir");
     // No broker needed: the topic check happens before anything is queued.
-    let settings = mosquitto::test_settings(&format!("mqtt://127.0.0.1:{}", mosquitto::free_port()), spool.path());
+    let settings = mosquitto::test_settings(
+        &format!("mqtt://127.0.0.1:{}", mosquitto::free_port()),
+        spool.path(),
+    );
     let publisher = Publisher::start(&settings, "edge-01").expect("start");
     let mut bad_camera = mosquitto::od_result("edge-01", "a/+", 0, 1);
-    let err = publisher.try_publish_result(bad_camera.clone()).expect_err("wildcard camera");
+    let err = publisher
+        .try_publish_result(bad_camera.clone())
+        .expect_err("wildcard camera");
     assert!(err.to_string().contains("camera id"), "{err}");
     bad_camera.camera = "ok".into();
     bad_camera.task = "od".into();
-    let err = publisher.try_publish_result(bad_camera).expect_err("not a task token");
+    let err = publisher
+        .try_publish_result(bad_camera)
+        .expect_err("not a task token");
     assert!(err.to_string().contains("task \"od\""), "{err}");
     let report = publisher.shutdown(Duration::from_secs(1));
     assert_eq!(report.left_in_spool, 0);
@@ -146,7 +206,9 @@ fn invalid_settings_are_all_reported_before_anything_starts() {
         qos: 5,
         ..Default::default()
     };
-    let err = Publisher::start(&settings, "edge-01").err().expect("invalid");
+    let err = Publisher::start(&settings, "edge-01")
+        .err()
+        .expect("invalid");
     let text = err.to_string();
     for key in ["mqtt.url", "mqtt.keep_alive", "mqtt.qos", "mqtt.spool.dir"] {
         assert!(text.contains(key), "{key} missing in {text}");
@@ -156,11 +218,21 @@ fn invalid_settings_are_all_reported_before_anything_starts() {
 #[test]
 fn last_will_reads_offline_after_the_process_is_killed() {
     let broker = Mosquitto::start(BrokerOptions::default());
-    let sub = Subscriber::start(broker.port(), "fe-test/edge-kill/status", SubscriberOptions::default());
+    let sub = Subscriber::start(
+        broker.port(),
+        "fe-test/edge-kill/status",
+        SubscriberOptions::default(),
+    );
     let spool = tempfile::tempdir().expect("spool dir");
     let args: Vec<String> = [
-        "--url", &broker.url(), "--spool", &spool.path().display().to_string(),
-        "--node", "edge-kill", "--camera", "cam",
+        "--url",
+        &broker.url(),
+        "--spool",
+        &spool.path().display().to_string(),
+        "--node",
+        "edge-kill",
+        "--camera",
+        "cam",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -168,10 +240,19 @@ fn last_will_reads_offline_after_the_process_is_killed() {
     let mut harness = mosquitto::Harness::spawn(&args);
     sub.wait_for(WAIT, "online", |m| m.iter().any(|r| r.text() == "online"));
     harness.kill();
-    let got = sub.wait_for(WAIT, "offline (last will)", |m| m.last().is_some_and(|r| r.text() == "offline"));
-    assert_eq!(got.iter().map(|r| r.text()).collect::<Vec<_>>(), ["online", "offline"]);
+    let got = sub.wait_for(WAIT, "offline (last will)", |m| {
+        m.last().is_some_and(|r| r.text() == "offline")
+    });
+    assert_eq!(
+        got.iter().map(|r| r.text()).collect::<Vec<_>>(),
+        ["online", "offline"]
+    );
     // And it is retained: a later subscriber reads offline too.
-    let late = Subscriber::start(broker.port(), "fe-test/edge-kill/status", SubscriberOptions::default());
+    let late = Subscriber::start(
+        broker.port(),
+        "fe-test/edge-kill/status",
+        SubscriberOptions::default(),
+    );
     let got = late.wait_for(WAIT, "retained offline", |m| !m.is_empty());
     assert_eq!((got[0].text().as_str(), got[0].retain), ("offline", true));
 }

@@ -60,7 +60,11 @@ fn a_30_second_broker_outage_loses_nothing_and_keeps_order_per_camera() {
     );
     let spool = tempfile::tempdir().expect("spool dir");
     let publisher = Arc::new(
-        Publisher::start(&mosquitto::test_settings(&broker.url(), spool.path()), "edge-01").expect("start"),
+        Publisher::start(
+            &mosquitto::test_settings(&broker.url(), spool.path()),
+            "edge-01",
+        )
+        .expect("start"),
     );
     let stats = publisher.stats();
 
@@ -75,7 +79,9 @@ fn a_30_second_broker_outage_loses_nothing_and_keeps_order_per_camera() {
             while !stop.load(Ordering::Relaxed) {
                 for camera in cameras {
                     let sequence = *sent.get(camera).unwrap_or(&0);
-                    match publisher.try_publish_result(mosquitto::od_result("edge-01", camera, sequence, 2)) {
+                    match publisher
+                        .try_publish_result(mosquitto::od_result("edge-01", camera, sequence, 2))
+                    {
                         Ok(()) => {
                             sent.insert(camera.to_owned(), sequence + 1);
                         }
@@ -95,17 +101,26 @@ fn a_30_second_broker_outage_loses_nothing_and_keeps_order_per_camera() {
     std::thread::sleep(Duration::from_secs(30));
     let during = stats.snapshot();
     broker.restart();
-    eprintln!("outage lasted {:?}; stats at its end: {during:?}", outage.elapsed());
+    eprintln!(
+        "outage lasted {:?}; stats at its end: {during:?}",
+        outage.elapsed()
+    );
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
     let (sent, queue_full) = producer.join().expect("producer");
     assert_eq!(queue_full, 0, "the inference side was refused");
 
-    let messages = sub.wait_for(Duration::from_secs(30), "every result", |m| complete(m, &sent));
+    let messages = sub.wait_for(Duration::from_secs(30), "every result", |m| {
+        complete(m, &sent)
+    });
     let (order, repeats) = first_arrivals(&messages);
     for (camera, n) in &sent {
         let expected: Vec<u64> = (0..*n).collect();
-        assert_eq!(order.get(camera), Some(&expected), "{camera}: first arrivals out of order or missing");
+        assert_eq!(
+            order.get(camera),
+            Some(&expected),
+            "{camera}: first arrivals out of order or missing"
+        );
     }
     eprintln!("sent {sent:?}; {repeats} repeated deliveries (at least once)");
 
@@ -125,14 +140,28 @@ fn a_30_second_broker_outage_loses_nothing_and_keeps_order_per_camera() {
 
     let publisher = Arc::try_unwrap(publisher).ok().expect("sole owner");
     let report = publisher.shutdown(Duration::from_secs(5));
-    assert!(report.offline_published && report.left_in_spool == 0, "{report:?}");
+    assert!(
+        report.offline_published && report.left_in_spool == 0,
+        "{report:?}"
+    );
 }
 
 fn harness_args(url: &str, spool: &std::path::Path, first: u64, count: u64) -> Vec<String> {
     [
-        "--url", url, "--spool", &spool.display().to_string(), "--node", "edge-restart",
-        "--camera", "cam", "--first", &first.to_string(), "--count", &count.to_string(),
-        "--interval-ms", "5",
+        "--url",
+        url,
+        "--spool",
+        &spool.display().to_string(),
+        "--node",
+        "edge-restart",
+        "--camera",
+        "cam",
+        "--first",
+        &first.to_string(),
+        "--count",
+        &count.to_string(),
+        "--interval-ms",
+        "5",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -159,11 +188,16 @@ fn results_spooled_before_a_kill_arrive_after_the_restart() {
     // First run: the broker is down; 40 results go to the spool, then kill -9.
     let mut first = mosquitto::Harness::spawn(&harness_args(&broker.url(), spool.path(), 0, 40));
     first.wait_line(Duration::from_secs(10), "queued 39", |l| l == "queued 39");
-    first.wait_line(Duration::from_secs(10), "40 spooled", |l| l.ends_with("spool=40"));
+    first.wait_line(Duration::from_secs(10), "40 spooled", |l| {
+        l.ends_with("spool=40")
+    });
     first.kill();
     let on_disk = std::fs::read_dir(spool.path())
         .expect("spool dir")
-        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".msg")))
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".msg"))
+        })
         .count();
     assert_eq!(on_disk, 40);
 
@@ -174,9 +208,13 @@ fn results_spooled_before_a_kill_arrive_after_the_restart() {
     second.wait_line(Duration::from_secs(20), "connected", |l| l == "connected");
 
     let expected: BTreeMap<String, u64> = [("cam".to_owned(), 50)].into();
-    let messages = sub.wait_for(Duration::from_secs(20), "all 50 results", |m| complete(m, &expected));
+    let messages = sub.wait_for(Duration::from_secs(20), "all 50 results", |m| {
+        complete(m, &expected)
+    });
     let (order, repeats) = first_arrivals(&messages);
     assert_eq!(order["cam"], (0..50).collect::<Vec<u64>>());
     assert_eq!(repeats, 0, "nothing was in flight, so nothing repeats");
-    second.wait_line(Duration::from_secs(10), "an empty spool", |l| l == "stats published=50 spool=0");
+    second.wait_line(Duration::from_secs(10), "an empty spool", |l| {
+        l == "stats published=50 spool=0"
+    });
 }

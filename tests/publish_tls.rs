@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use florence_edge::publish::settings::TlsSettings;
 use florence_edge::publish::{MqttSettings, Publisher};
-use mosquitto::{BrokerOptions, BrokerTls, Mosquitto, Subscriber, SubscriberOptions, TestCertificates};
+use mosquitto::{
+    BrokerOptions, BrokerTls, Mosquitto, Subscriber, SubscriberOptions, TestCertificates,
+};
 
 const USER: (&str, &str) = ("edge", "correct horse");
 
@@ -21,7 +23,10 @@ fn broker(certs: &TestCertificates) -> Mosquitto {
             key_file: certs.server_key.clone(),
             require_client_certificate: true,
         }),
-        users: vec![(USER.0.into(), USER.1.into()), ("recorder".into(), "r".into())],
+        users: vec![
+            (USER.0.into(), USER.1.into()),
+            ("recorder".into(), "r".into()),
+        ],
         persistence: false,
     })
 }
@@ -37,7 +42,12 @@ fn recorder(broker: &Mosquitto) -> Subscriber {
     )
 }
 
-fn tls_settings(url: &str, spool: &std::path::Path, certs: &TestCertificates, ca: &std::path::Path) -> MqttSettings {
+fn tls_settings(
+    url: &str,
+    spool: &std::path::Path,
+    certs: &TestCertificates,
+    ca: &std::path::Path,
+) -> MqttSettings {
     let password_file = spool.join("password");
     std::fs::write(&password_file, format!("{}\n", USER.1)).expect("password file");
     MqttSettings {
@@ -54,7 +64,11 @@ fn tls_settings(url: &str, spool: &std::path::Path, certs: &TestCertificates, ca
 
 /// Waits `span`, then checks the publisher never connected, failed a bounded
 /// number of times (backoff 200 ms → 1 s), and explains why.
-fn assert_backs_off_with(publisher: &Publisher, span: Duration, expect_in_error: &[&str]) -> String {
+fn assert_backs_off_with(
+    publisher: &Publisher,
+    span: Duration,
+    expect_in_error: &[&str],
+) -> String {
     let start = Instant::now();
     while start.elapsed() < span {
         assert!(!publisher.stats().is_connected());
@@ -78,16 +92,24 @@ fn mqtts_with_client_certificate_and_password_file_delivers() {
     let broker = broker(&certs);
     let sub = recorder(&broker);
     let dir = tempfile::tempdir().expect("dir");
-    let publisher = Publisher::start(&tls_settings(&broker.tls_url(), dir.path(), &certs, &certs.ca), "edge-tls")
-        .expect("start");
+    let publisher = Publisher::start(
+        &tls_settings(&broker.tls_url(), dir.path(), &certs, &certs.ca),
+        "edge-tls",
+    )
+    .expect("start");
     publisher
         .try_publish_result(mosquitto::od_result("edge-tls", "cam", 0, 1))
         .expect("queued");
     let got = sub.wait_for(Duration::from_secs(10), "online and a result", |m| {
-        m.iter().any(|r| r.topic == "fe-test/edge-tls/status" && r.text() == "online")
+        m.iter()
+            .any(|r| r.topic == "fe-test/edge-tls/status" && r.text() == "online")
             && m.iter().any(|r| r.topic == "fe-test/cam/od")
     });
-    let result = got.iter().find(|r| r.topic == "fe-test/cam/od").expect("result").json();
+    let result = got
+        .iter()
+        .find(|r| r.topic == "fe-test/cam/od")
+        .expect("result")
+        .json();
     assert_eq!(result["node"], "edge-tls");
     let report = publisher.shutdown(Duration::from_secs(5));
     assert!(report.offline_published, "{report:?}");
@@ -98,12 +120,19 @@ fn a_wrong_ca_gives_a_clear_error_and_backoff() {
     let certs = TestCertificates::generate();
     let broker = broker(&certs);
     let dir = tempfile::tempdir().expect("dir");
-    let publisher = Publisher::start(&tls_settings(&broker.tls_url(), dir.path(), &certs, &certs.other_ca), "edge-tls")
-        .expect("start");
+    let publisher = Publisher::start(
+        &tls_settings(&broker.tls_url(), dir.path(), &certs, &certs.other_ca),
+        "edge-tls",
+    )
+    .expect("start");
     publisher
         .try_publish_result(mosquitto::od_result("edge-tls", "cam", 0, 1))
         .expect("queued");
-    let error = assert_backs_off_with(&publisher, Duration::from_secs(3), &["TLS", "mqtt.tls.ca_file"]);
+    let error = assert_backs_off_with(
+        &publisher,
+        Duration::from_secs(3),
+        &["TLS", "mqtt.tls.ca_file"],
+    );
     eprintln!("wrong CA: {error}");
     // The result waits in the spool instead of being lost.
     assert_eq!(publisher.stats().snapshot().spool_messages, 1);

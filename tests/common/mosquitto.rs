@@ -56,7 +56,10 @@ impl Mosquitto {
         // lose access to the temp dir.
         conf.push_str("user root\n");
         conf.push_str("per_listener_settings false\n");
-        conf.push_str(&format!("log_dest file {}\n", dir.path().join("mosquitto.log").display()));
+        conf.push_str(&format!(
+            "log_dest file {}\n",
+            dir.path().join("mosquitto.log").display()
+        ));
         conf.push_str("log_type all\n");
         conf.push_str("max_queued_messages 0\n");
         if options.persistence {
@@ -292,7 +295,10 @@ impl Subscriber {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !subscriber.subscribed.load(Ordering::Relaxed) {
-            assert!(Instant::now() < deadline, "test subscriber never got SUBACK");
+            assert!(
+                Instant::now() < deadline,
+                "test subscriber never got SUBACK"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         subscriber
@@ -378,11 +384,25 @@ impl TestCertificates {
             openssl(
                 d,
                 &[
-                    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-nodes", "-days", "2", "-subj", &format!("/CN=florence-edge test {ca}"),
-                    "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"),
-                    "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN=florence-edge test {ca}"),
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.pem"),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
                 ],
             );
         }
@@ -390,17 +410,38 @@ impl TestCertificates {
             openssl(
                 d,
                 &[
-                    "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-subj", subject, "-keyout", &format!("{name}.key"), "-out",
+                    "req",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-subj",
+                    subject,
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
                     &format!("{name}.csr"),
                 ],
             );
             openssl(
                 d,
                 &[
-                    "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey",
-                    "ca.key", "-CAcreateserial", "-days", "2", "-extfile",
-                    &format!("{name}.ext"), "-out", &format!("{name}.pem"),
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &format!("{name}.ext"),
+                    "-out",
+                    &format!("{name}.pem"),
                 ],
             );
         }
@@ -409,7 +450,12 @@ impl TestCertificates {
             openssl(
                 d,
                 &[
-                    "pkcs8", "-topk8", "-nocrypt", "-in", &format!("{name}.key"), "-out",
+                    "pkcs8",
+                    "-topk8",
+                    "-nocrypt",
+                    "-in",
+                    &format!("{name}.key"),
+                    "-out",
                     &format!("{name}.pk8.key"),
                 ],
             );
@@ -447,8 +493,15 @@ pub fn test_settings(url: &str, spool_dir: &Path) -> florence_edge::publish::Mqt
 }
 
 /// A typical `<OD>` result with `boxes` detections on a 1280×720 frame.
-pub fn od_result(node: &str, camera: &str, sequence: u64, boxes: usize) -> florence_edge::publish::ResultPayload {
-    use florence_edge::publish::{FrameInfo, ModelInfo, ResultPayload, StageLatencies, RESULT_SCHEMA_VERSION};
+pub fn od_result(
+    node: &str,
+    camera: &str,
+    sequence: u64,
+    boxes: usize,
+) -> florence_edge::publish::ResultPayload {
+    use florence_edge::publish::{
+        FrameInfo, ModelInfo, ResultPayload, StageLatencies, RESULT_SCHEMA_VERSION,
+    };
     let (w, h) = (1280.0, 720.0);
     let bboxes: Vec<[f64; 4]> = (0..boxes)
         .map(|i| {
@@ -460,7 +513,9 @@ pub fn od_result(node: &str, camera: &str, sequence: u64, boxes: usize) -> flore
         .iter()
         .map(|b| [b[0] / w, b[1] / h, b[2] / w, b[3] / h])
         .collect();
-    let labels: Vec<String> = (0..boxes).map(|i| ["person", "car", "dog"][i % 3].to_owned()).collect();
+    let labels: Vec<String> = (0..boxes)
+        .map(|i| ["person", "car", "dog"][i % 3].to_owned())
+        .collect();
     ResultPayload {
         schema_version: RESULT_SCHEMA_VERSION,
         node: node.to_owned(),
@@ -502,7 +557,10 @@ pub fn od_result(node: &str, camera: &str, sequence: u64, boxes: usize) -> flore
 pub fn harness_path() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> → target/<profile>/examples/publish_harness
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let path = profile_dir.join("examples").join("publish_harness");
     assert!(path.exists(), "{} missing: run plain `cargo test` (which builds examples) or `cargo build --example publish_harness` first", path.display());
     path
@@ -528,7 +586,10 @@ impl Harness {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 sink.lock().expect("lock").push(line);
             }
         });
@@ -541,7 +602,11 @@ impl Harness {
             if let Some(line) = self.lines.lock().expect("lock").iter().find(|l| pred(l)) {
                 return line.clone();
             }
-            assert!(Instant::now() < deadline, "harness never printed {what}; lines: {:?}", self.lines.lock().expect("lock"));
+            assert!(
+                Instant::now() < deadline,
+                "harness never printed {what}; lines: {:?}",
+                self.lines.lock().expect("lock")
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -95,8 +95,10 @@ pub fn run(
     iterations: usize,
 ) -> Result<BenchReport, ModelError> {
     let data = synthetic_frame(size.0, size.1);
-    let frame = RgbFrame::packed(size.0, size.1, &data).map_err(|e| ModelError::Input(e.to_string()))?;
-    let items: Vec<(RgbFrame<'_>, TaskRequest)> = (0..batch).map(|_| (frame, request.clone())).collect();
+    let frame =
+        RgbFrame::packed(size.0, size.1, &data).map_err(|e| ModelError::Input(e.to_string()))?;
+    let items: Vec<(RgbFrame<'_>, TaskRequest)> =
+        (0..batch).map(|_| (frame, request.clone())).collect();
     for _ in 0..warmup {
         engine.run(&items, decoding)?;
     }
@@ -124,7 +126,12 @@ pub fn run(
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let model_ms: f64 = cols[2].iter().zip(&cols[3]).zip(&cols[4]).map(|((a, b), c)| a + b + c).sum();
+    let model_ms: f64 = cols[2]
+        .iter()
+        .zip(&cols[3])
+        .zip(&cols[4])
+        .map(|((a, b), c)| a + b + c)
+        .sum();
     let session_ms: f64 = cols[7].iter().sum();
     Ok(BenchReport {
         task: request.task.token().to_string(),
@@ -140,7 +147,11 @@ pub fn run(
         decode_step_ms: Stat::of(&cols[5]),
         postprocess_ms: Stat::of(&cols[6]),
         session_ms: Stat::of(&cols[7]),
-        orchestration_share: if model_ms > 0.0 { (model_ms - session_ms) / model_ms } else { 0.0 },
+        orchestration_share: if model_ms > 0.0 {
+            (model_ms - session_ms) / model_ms
+        } else {
+            0.0
+        },
         images_per_s: (iterations.max(1) * batch) as f64 / elapsed,
         peak_rss_mb: peak_rss_mb(),
     })

@@ -14,10 +14,19 @@ use florence_edge::preprocess::RgbFrame;
 use florence_edge::runtime::Backend;
 
 #[derive(Parser)]
-#[command(name = "florence-edge", version, about = "Cameras in, Florence-2 results out.")]
+#[command(
+    name = "florence-edge",
+    version,
+    about = "Cameras in, Florence-2 results out."
+)]
 struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `florence_edge=debug`.
-    #[arg(long, global = true, env = "FLORENCE_EDGE_LOG", default_value = "info,ort=warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLORENCE_EDGE_LOG",
+        default_value = "info,ort=warn"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -124,7 +133,11 @@ enum Command {
     /// Run the daemon: cameras in, Florence-2 results out.
     Run {
         /// Configuration file (TOML); environment variables FLORENCE_EDGE__SECTION__KEY override it.
-        #[arg(long, env = "FLORENCE_EDGE_CONFIG", default_value = "/etc/florence-edge/florence-edge.toml")]
+        #[arg(
+            long,
+            env = "FLORENCE_EDGE_CONFIG",
+            default_value = "/etc/florence-edge/florence-edge.toml"
+        )]
         config: PathBuf,
         /// Also print every result as a JSON line on stdout.
         #[arg(long)]
@@ -133,7 +146,11 @@ enum Command {
     /// Check a configuration file and print every problem; exits non-zero if there are any.
     Validate {
         /// Configuration file (TOML).
-        #[arg(long, env = "FLORENCE_EDGE_CONFIG", default_value = "/etc/florence-edge/florence-edge.toml")]
+        #[arg(
+            long,
+            env = "FLORENCE_EDGE_CONFIG",
+            default_value = "/etc/florence-edge/florence-edge.toml"
+        )]
         config: PathBuf,
         /// Skip checking that referenced files (model directory, password files…) exist.
         #[arg(long)]
@@ -180,13 +197,16 @@ fn parse_region(s: &str) -> Result<[f64; 4], String> {
         .map(|p| p.trim().parse::<f64>())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("region {s:?}: {e}; expected x1,y1,x2,y2 in pixels"))?;
-    <[f64; 4]>::try_from(v).map_err(|v| format!("region {s:?} has {} numbers; expected x1,y1,x2,y2", v.len()))
+    <[f64; 4]>::try_from(v)
+        .map_err(|v| format!("region {s:?} has {} numbers; expected x1,y1,x2,y2", v.len()))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(cli.command) {
@@ -232,7 +252,10 @@ fn run(command: Command) -> Result<()> {
                     let mut v = serde_json::to_value(&r)?;
                     if let Some(o) = v.as_object_mut() {
                         o.insert("image".into(), path.display().to_string().into());
-                        o.insert("backend".into(), engine.model.backend.backend.to_string().into());
+                        o.insert(
+                            "backend".into(),
+                            engine.model.backend.backend.to_string().into(),
+                        );
                         o.insert("variant".into(), engine.model.variant.name().into());
                     }
                     writeln!(out, "{}", serde_json::to_string(&v)?)?;
@@ -252,20 +275,46 @@ fn run(command: Command) -> Result<()> {
             let (w, h) = size
                 .split_once('x')
                 .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
-                .with_context(|| format!("--size {size:?}: expected WIDTHxHEIGHT, e.g. 1920x1080"))?;
+                .with_context(|| {
+                    format!("--size {size:?}: expected WIDTHxHEIGHT, e.g. 1920x1080")
+                })?;
             let (mut engine, decoding) = model_args.load()?;
             let mut request = TaskRequest::new(task);
             request.text = text;
-            if request.task.input() == florence_edge::florence2::TaskInput::Region && request.text.is_none() {
-                request.region = Some([f64::from(w) / 4.0, f64::from(h) / 4.0, f64::from(w) / 2.0, f64::from(h) / 2.0]);
+            if request.task.input() == florence_edge::florence2::TaskInput::Region
+                && request.text.is_none()
+            {
+                request.region = Some([
+                    f64::from(w) / 4.0,
+                    f64::from(h) / 4.0,
+                    f64::from(w) / 2.0,
+                    f64::from(h) / 2.0,
+                ]);
             }
-            let report = florence_edge::bench::run(&mut engine, &request, decoding, (w, h), model_args.batch, warmup, iterations)?;
+            let report = florence_edge::bench::run(
+                &mut engine,
+                &request,
+                decoding,
+                (w, h),
+                model_args.batch,
+                warmup,
+                iterations,
+            )?;
             let mut v = serde_json::to_value(&report)?;
             if let Some(o) = v.as_object_mut() {
-                o.insert("model".into(), model_args.model.display().to_string().into());
+                o.insert(
+                    "model".into(),
+                    model_args.model.display().to_string().into(),
+                );
                 o.insert("variant".into(), engine.model.variant.name().into());
-                o.insert("backend".into(), engine.model.backend.backend.to_string().into());
-                o.insert("decoder".into(), format!("{:?}", engine.model.layout).to_lowercase().into());
+                o.insert(
+                    "backend".into(),
+                    engine.model.backend.backend.to_string().into(),
+                );
+                o.insert(
+                    "decoder".into(),
+                    format!("{:?}", engine.model.layout).to_lowercase().into(),
+                );
                 o.insert("strategy".into(), format!("{:?}", decoding.strategy).into());
             }
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -294,7 +343,11 @@ fn run(command: Command) -> Result<()> {
             std::io::stdin()
                 .read_to_string(&mut text)
                 .context("reading decoder text from stdin")?;
-            let parsed = postprocess::post_process(text.trim_end_matches(['\n', '\r']), task.parse_kind(), ImageSize { width, height })?;
+            let parsed = postprocess::post_process(
+                text.trim_end_matches(['\n', '\r']),
+                task.parse_kind(),
+                ImageSize { width, height },
+            )?;
             let mut result = serde_json::Map::new();
             result.insert(task.token().to_string(), serde_json::to_value(&parsed)?);
             println!("{}", serde_json::Value::Object(result));
@@ -309,7 +362,11 @@ fn run_daemon(config_path: &std::path::Path, stdout: bool) -> Result<()> {
     let config = florence_edge::config::load(config_path).map_err(|errors| {
         anyhow::anyhow!(
             "invalid configuration:\n{}",
-            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         )
     })?;
     let sink: Box<dyn ResultSink> = if stdout {

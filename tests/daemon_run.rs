@@ -145,23 +145,49 @@ tasks = [
         ("rtsp", "<OPEN_VOCABULARY_DETECTION>", 1.5),
         ("rtsp", "<REGION_TO_CATEGORY>", 3.0),
     ] {
-        let n = got.get(&(camera.to_string(), task.to_string())).copied().unwrap_or(0);
+        let n = got
+            .get(&(camera.to_string(), task.to_string()))
+            .copied()
+            .unwrap_or(0);
         let ideal = elapsed / period;
-        assert!(n as f64 >= (ideal / 3.0).floor().max(1.0), "{camera} {task}: {n} results in {elapsed:.1} s");
-        assert!(n as f64 <= ideal + 2.0, "{camera} {task}: {n} results in {elapsed:.1} s is more than its period allows");
+        assert!(
+            n as f64 >= (ideal / 3.0).floor().max(1.0),
+            "{camera} {task}: {n} results in {elapsed:.1} s"
+        );
+        assert!(
+            n as f64 <= ideal + 2.0,
+            "{camera} {task}: {n} results in {elapsed:.1} s is more than its period allows"
+        );
     }
-    assert!(stats.largest_batch >= 2, "batches larger than 1 happen: {stats:?}");
+    assert!(
+        stats.largest_batch >= 2,
+        "batches larger than 1 happen: {stats:?}"
+    );
     assert_eq!(stats.failed_jobs, 0);
 
     // Per camera, result sequence numbers count 1, 2, 3 … without gaps.
     for camera in ["bars", "ball", "rtsp"] {
-        let seqs: Vec<u64> = results.iter().filter(|r| r.camera == camera).map(|r| r.seq).collect();
-        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{camera}");
+        let seqs: Vec<u64> = results
+            .iter()
+            .filter(|r| r.camera == camera)
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "{camera}"
+        );
     }
-    let region = results.iter().find(|r| r.task == "<REGION_TO_CATEGORY>").unwrap();
+    let region = results
+        .iter()
+        .find(|r| r.task == "<REGION_TO_CATEGORY>")
+        .unwrap();
     assert_eq!(region.frame.width, 320);
     // The region goes into the prompt as location tokens: 160 of 320 px is bin 500.
-    assert_eq!(region.text_input.as_deref(), Some("<loc_0><loc_0><loc_500><loc_500>"));
+    assert_eq!(
+        region.text_input.as_deref(),
+        Some("<loc_0><loc_0><loc_500><loc_500>")
+    );
 
     // The `colors` test pattern is static: identical frames, so every <OD> result
     // of that camera equals what `infer` computes for one of its frames.
@@ -179,10 +205,16 @@ tasks = [
             },
         )
         .unwrap();
-    let ods: Vec<&AnalysisResult> = results.iter().filter(|r| r.camera == "bars" && r.task == "<OD>").collect();
+    let ods: Vec<&AnalysisResult> = results
+        .iter()
+        .filter(|r| r.camera == "bars" && r.task == "<OD>")
+        .collect();
     assert!(!ods.is_empty());
     for r in ods {
-        assert_eq!(r.result, want[0].result, "daemon result vs infer on the same frame");
+        assert_eq!(
+            r.result, want[0].result,
+            "daemon result vs infer on the same frame"
+        );
     }
 }
 
@@ -223,9 +255,20 @@ tasks = [{ task = "<CAPTION>", every = "10ms" }]
     assert!(stats.max_waiting <= 4, "{stats:?}");
     assert!(stats.largest_batch <= 4);
     let skipped: u64 = stats.stale_skipped.values().sum();
-    assert!(skipped > 0, "overload must show up as counted stale skips: {stats:?}");
-    for key in [("a", "<OD>"), ("a", "<CAPTION>"), ("b", "<OCR>"), ("c", "<CAPTION>")] {
-        let n = got.get(&(key.0.to_string(), key.1.to_string())).copied().unwrap_or(0);
+    assert!(
+        skipped > 0,
+        "overload must show up as counted stale skips: {stats:?}"
+    );
+    for key in [
+        ("a", "<OD>"),
+        ("a", "<CAPTION>"),
+        ("b", "<OCR>"),
+        ("c", "<CAPTION>"),
+    ] {
+        let n = got
+            .get(&(key.0.to_string(), key.1.to_string()))
+            .copied()
+            .unwrap_or(0);
         assert!(n >= 1, "{key:?} got no result: {got:?}");
     }
 }
@@ -242,10 +285,17 @@ url = "test://?pattern=ball&width=160&height=120&fps=5"
 tasks = [{ task = "<OD>", every = "1s" }]
 "#,
     );
-    let text = std::fs::read_to_string(&path).unwrap().replace(&model_dir(), "/nonexistent/model");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&model_dir(), "/nonexistent/model");
     std::fs::write(&path, text).unwrap();
     let config = florence_edge::config::load(&path).unwrap();
-    let err = Daemon::start(config, Box::new(Collect::default())).err().expect("no model, no daemon");
+    let err = Daemon::start(config, Box::new(Collect::default()))
+        .err()
+        .expect("no model, no daemon");
     let msg = err.to_string();
-    assert!(msg.contains("/nonexistent/model") && msg.contains("not a directory"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/model") && msg.contains("not a directory"),
+        "{msg}"
+    );
 }

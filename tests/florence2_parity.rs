@@ -27,7 +27,9 @@ fn read_json(path: &Path) -> Value {
     // Python's json writes the infinite top-1/top-2 gaps of forced steps as
     // `Infinity`, which is not JSON; those fields are informational.
     let text = std::fs::read_to_string(path).unwrap();
-    let text = regex::Regex::new(r"-?Infinity|NaN").unwrap().replace_all(&text, "null");
+    let text = regex::Regex::new(r"-?Infinity|NaN")
+        .unwrap()
+        .replace_all(&text, "null");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -38,7 +40,9 @@ struct Image {
 }
 
 fn image(name: &str) -> Image {
-    let img = image::open(fixtures().join("images").join(name)).unwrap().to_rgb8();
+    let img = image::open(fixtures().join("images").join(name))
+        .unwrap()
+        .to_rgb8();
     Image {
         width: img.width(),
         height: img.height(),
@@ -47,14 +51,23 @@ fn image(name: &str) -> Image {
 }
 
 fn ids(v: &Value) -> Vec<i64> {
-    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
 }
 
 fn request(case: &Value) -> TaskRequest {
     let task: Task = case["task"].as_str().unwrap().parse().unwrap();
     let mut req = TaskRequest::new(task);
     if let Some(region) = case["region"].as_object() {
-        let b: Vec<f64> = region["pixel_box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let b: Vec<f64> = region["pixel_box"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         req.region = Some([b[0], b[1], b[2], b[3]]);
     } else if let Some(t) = case["text_input"].as_str() {
         req.text = Some(t.to_string());
@@ -80,7 +93,11 @@ fn cases() -> Vec<Value> {
 fn check_unbatched(layout: DecoderLayout) -> usize {
     let mut engine = load(layout);
     let cases = cases();
-    assert!(cases.len() >= 15 * 4, "expected every task on several images, got {}", cases.len());
+    assert!(
+        cases.len() >= 15 * 4,
+        "expected every task on several images, got {}",
+        cases.len()
+    );
     let mut mismatches = Vec::new();
     for case in &cases {
         let img = image(case["image"].as_str().unwrap());
@@ -89,27 +106,62 @@ fn check_unbatched(layout: DecoderLayout) -> usize {
         let max_new_tokens = case["max_new_tokens"].as_u64().unwrap() as usize;
         let label = format!("{} {} ({layout:?})", case["image"], case["task"]);
 
-        let prompt_ids = engine.model.tokenizer.encode_prompt(case["prompt"].as_str().unwrap()).unwrap();
-        assert_eq!(prompt_ids, ids(&case["prompt_input_ids"]), "prompt ids of {label}");
+        let prompt_ids = engine
+            .model
+            .tokenizer
+            .encode_prompt(case["prompt"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            prompt_ids,
+            ids(&case["prompt_input_ids"]),
+            "prompt ids of {label}"
+        );
 
         for (key, strategy) in [
             ("greedy", Strategy::Greedy),
-            ("beam", Strategy::Beam { num_beams: case["beam"]["num_beams"].as_u64().unwrap() as usize }),
+            (
+                "beam",
+                Strategy::Beam {
+                    num_beams: case["beam"]["num_beams"].as_u64().unwrap() as usize,
+                },
+            ),
         ] {
             let out = engine
-                .run(&[(frame, req.clone())], Decoding { strategy, max_new_tokens })
+                .run(
+                    &[(frame, req.clone())],
+                    Decoding {
+                        strategy,
+                        max_new_tokens,
+                    },
+                )
                 .unwrap_or_else(|e| panic!("{label} {key}: {e}"));
             let r = &out[0];
-            assert_eq!(r.prompt, case["prompt"].as_str().unwrap(), "prompt text of {label}");
+            assert_eq!(
+                r.prompt,
+                case["prompt"].as_str().unwrap(),
+                "prompt text of {label}"
+            );
             let want = ids(&case[key]["token_ids"]);
             if r.token_ids != want {
-                mismatches.push(format!("{label} {key}:\n  got  {:?}\n  want {:?}", r.token_ids, want));
+                mismatches.push(format!(
+                    "{label} {key}:\n  got  {:?}\n  want {:?}",
+                    r.token_ids, want
+                ));
                 continue;
             }
-            assert_eq!(r.raw_text, case[key]["text"].as_str().unwrap(), "decoded text of {label} {key}");
+            assert_eq!(
+                r.raw_text,
+                case[key]["text"].as_str().unwrap(),
+                "decoded text of {label} {key}"
+            );
         }
     }
-    assert!(mismatches.is_empty(), "{} token mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} token mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
     cases.len()
 }
 
@@ -133,7 +185,10 @@ fn batches_match_the_reference_row_for_row() {
     for name in batches {
         let batch = read_json(&fixtures().join("golden").join(name.as_str().unwrap()));
         let rows = batch["rows"].as_array().unwrap();
-        let images: Vec<Image> = rows.iter().map(|r| image(r["image"].as_str().unwrap())).collect();
+        let images: Vec<Image> = rows
+            .iter()
+            .map(|r| image(r["image"].as_str().unwrap()))
+            .collect();
         // The region for region tasks comes from the per-image goldens.
         let all = cases();
         let items: Vec<(RgbFrame<'_>, TaskRequest)> = rows
@@ -144,15 +199,31 @@ fn batches_match_the_reference_row_for_row() {
                     .iter()
                     .find(|c| c["image"] == row["image"] && c["task"] == row["task"])
                     .expect("an unbatched golden for each batch row");
-                (RgbFrame::packed(img.width, img.height, &img.rgb).unwrap(), request(case))
+                (
+                    RgbFrame::packed(img.width, img.height, &img.rgb).unwrap(),
+                    request(case),
+                )
             })
             .collect();
         let max_new_tokens = batch["max_new_tokens"].as_u64().unwrap() as usize;
         for (key, strategy) in [
             ("greedy", Strategy::Greedy),
-            ("beam", Strategy::Beam { num_beams: batch["num_beams"].as_u64().unwrap() as usize }),
+            (
+                "beam",
+                Strategy::Beam {
+                    num_beams: batch["num_beams"].as_u64().unwrap() as usize,
+                },
+            ),
         ] {
-            let out = engine.run(&items, Decoding { strategy, max_new_tokens }).unwrap();
+            let out = engine
+                .run(
+                    &items,
+                    Decoding {
+                        strategy,
+                        max_new_tokens,
+                    },
+                )
+                .unwrap();
             assert_eq!(out.len(), rows.len());
             for (r, row) in out.iter().zip(rows) {
                 assert_eq!(r.batch_size, rows.len());
@@ -172,7 +243,10 @@ fn batches_match_the_reference_row_for_row() {
 #[test]
 fn preprocessing_matches_the_reference_pixel_values() {
     use florence_edge::preprocess::{ImageProcessorConfig, Preprocessor};
-    let cfg = ImageProcessorConfig::from_json_file(fixtures().join("tiny-florence2/preprocessor_config.json")).unwrap();
+    let cfg = ImageProcessorConfig::from_json_file(
+        fixtures().join("tiny-florence2/preprocessor_config.json"),
+    )
+    .unwrap();
     let mut pre = Preprocessor::new(cfg).unwrap();
     let mut seen = std::collections::HashSet::new();
     for case in cases() {
@@ -186,7 +260,10 @@ fn preprocessing_matches_the_reference_pixel_values() {
         pre.preprocess_into(&frame, &mut out).unwrap();
         let pv = &case["pixel_values"];
         let mut max_err = 0f64;
-        for (i, want) in ids_f64(&pv["strided_indices"]).iter().zip(ids_f64(&pv["strided_values"])) {
+        for (i, want) in ids_f64(&pv["strided_indices"])
+            .iter()
+            .zip(ids_f64(&pv["strided_values"]))
+        {
             // The reference values are float32; compare as float32 (JSON
             // parsing of the decimal text may be one f64 ulp off).
             max_err = max_err.max(f64::from((out[*i as usize] - want as f32).abs()));
@@ -198,56 +275,111 @@ fn preprocessing_matches_the_reference_pixel_values() {
         let want_sum = pv["sum"].as_f64().unwrap();
         // Bit-exact preprocessing gives identical samples; the sums differ
         // only by summation order.
-        assert_eq!(max_err, 0.0, "{name}: pixel values differ from the reference");
-        assert!((sum - want_sum).abs() < 1e-6 * want_sum.abs().max(1.0), "{name}: sum {sum} vs {want_sum}");
+        assert_eq!(
+            max_err, 0.0,
+            "{name}: pixel values differ from the reference"
+        );
+        assert!(
+            (sum - want_sum).abs() < 1e-6 * want_sum.abs().max(1.0),
+            "{name}: sum {sum} vs {want_sum}"
+        );
     }
     assert!(seen.len() >= 4);
 }
 
 fn ids_f64(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 #[test]
 fn a_model_directory_with_a_missing_graph_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixtures().join("tiny-florence2");
-    for f in ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
     }
     std::fs::create_dir(dir.path().join("onnx")).unwrap();
     let mut opts = LoadOptions::new(dir.path());
     opts.backend = Backend::Cpu;
-    let err = Engine::load(&opts).err().expect("loading must fail").to_string();
-    assert!(err.contains("vision_encoder.onnx") && err.contains("is missing"), "{err}");
+    let err = Engine::load(&opts)
+        .err()
+        .expect("loading must fail")
+        .to_string();
+    assert!(
+        err.contains("vision_encoder.onnx") && err.contains("is missing"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_graph_with_the_wrong_tensor_names_is_rejected_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixtures().join("tiny-florence2");
-    for f in ["config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
     }
     let onnx = dir.path().join("onnx");
     std::fs::create_dir(&onnx).unwrap();
-    for f in ["vision_encoder", "embed_tokens", "encoder_model", "decoder_model", "decoder_with_past_model"] {
+    for f in [
+        "vision_encoder",
+        "embed_tokens",
+        "encoder_model",
+        "decoder_model",
+        "decoder_with_past_model",
+    ] {
         // The embedding graph in place of the vision encoder: a valid ONNX
         // file with the wrong contract.
-        let from = if f == "vision_encoder" { "embed_tokens" } else { f };
-        std::fs::copy(src.join(format!("onnx/{from}.onnx")), onnx.join(format!("{f}.onnx"))).unwrap();
+        let from = if f == "vision_encoder" {
+            "embed_tokens"
+        } else {
+            f
+        };
+        std::fs::copy(
+            src.join(format!("onnx/{from}.onnx")),
+            onnx.join(format!("{f}.onnx")),
+        )
+        .unwrap();
     }
     let mut opts = LoadOptions::new(dir.path());
     opts.backend = Backend::Cpu;
-    let err = Engine::load(&opts).err().expect("loading must fail").to_string();
-    assert!(err.contains("vision_encoder.onnx") && err.contains("pixel_values") && err.contains("is missing"), "{err}");
+    let err = Engine::load(&opts)
+        .err()
+        .expect("loading must fail")
+        .to_string();
+    assert!(
+        err.contains("vision_encoder.onnx")
+            && err.contains("pixel_values")
+            && err.contains("is missing"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_tokenizer_from_another_model_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixtures().join("tiny-florence2");
-    for f in ["generation_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "generation_config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
     }
     let mut cfg = read_json(&src.join("config.json"));
@@ -255,14 +387,26 @@ fn a_tokenizer_from_another_model_is_rejected() {
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let mut opts = LoadOptions::new(dir.path());
     opts.backend = Backend::Cpu;
-    let err = Engine::load(&opts).err().expect("loading must fail").to_string();
-    assert!(err.contains("tokenizer.json") && err.contains("vocab_size 100"), "{err}");
+    let err = Engine::load(&opts)
+        .err()
+        .expect("loading must fail")
+        .to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("vocab_size 100"),
+        "{err}"
+    );
 }
 
 #[test]
 fn the_cpu_build_refuses_tensorrt_with_a_clear_message() {
     let mut opts = LoadOptions::new(fixtures().join("tiny-florence2"));
     opts.backend = Backend::TensorRt;
-    let err = Engine::load(&opts).err().expect("no TensorRT in the CPU build of ONNX Runtime").to_string();
-    assert!(err.contains("tensorrt is not available") && err.contains("TensorRT execution provider"), "{err}");
+    let err = Engine::load(&opts)
+        .err()
+        .expect("no TensorRT in the CPU build of ONNX Runtime")
+        .to_string();
+    assert!(
+        err.contains("tensorrt is not available") && err.contains("TensorRT execution provider"),
+        "{err}"
+    );
 }

@@ -109,5 +109,4 @@ mod tests {
         assert_eq!(region.to_string(), "[1, 2, 30, 40]");
         assert_eq!(TaskArgument::None.text(), None);
     }
-
 }

@@ -45,7 +45,9 @@ enum Msg {
     Frame(Frame),
     Event(CameraEvent),
     /// The model finished a batch.
-    BatchDone { jobs: usize },
+    BatchDone {
+        jobs: usize,
+    },
     Shutdown(&'static str),
 }
 
@@ -151,23 +153,25 @@ impl Daemon {
         forward(events_rx, tx.clone(), Msg::Event, "camera-events");
         let mut cams = BTreeMap::new();
         for camera in config.cameras.iter().filter(|c| c.enabled) {
-            let settings = cameras::camera_settings(camera).map_err(|reason| DaemonError::Camera {
-                camera: camera.id.clone(),
-                reason,
-            })?;
-            let handle = ingest::spawn_camera(&settings, frames_tx.clone(), events_tx.clone()).map_err(|e| {
-                DaemonError::Camera {
+            let settings =
+                cameras::camera_settings(camera).map_err(|reason| DaemonError::Camera {
+                    camera: camera.id.clone(),
+                    reason,
+                })?;
+            let handle = ingest::spawn_camera(&settings, frames_tx.clone(), events_tx.clone())
+                .map_err(|e| DaemonError::Camera {
                     camera: camera.id.clone(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             cams.insert(camera.id.clone(), handle);
         }
         signals(tx.clone())?;
 
         let now = Instant::now();
-        let scheduler = Scheduler::from_config(&config, now).map_err(|e| DaemonError::Schedule(e.to_string()))?;
-        let batcher = Batcher::from_config(&config.model).map_err(|e| DaemonError::Schedule(e.to_string()))?;
+        let scheduler = Scheduler::from_config(&config, now)
+            .map_err(|e| DaemonError::Schedule(e.to_string()))?;
+        let batcher = Batcher::from_config(&config.model)
+            .map_err(|e| DaemonError::Schedule(e.to_string()))?;
         let coordinator = Coordinator {
             scheduler,
             batcher,
@@ -215,19 +219,21 @@ struct ModelInfo {
 }
 
 fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Msg>, wrap: fn(T) -> Msg, name: &str) {
-    let _ = thread::Builder::new().name(format!("fwd-{name}")).spawn(move || {
-        for item in rx {
-            if tx.send(wrap(item)).is_err() {
-                break;
+    let _ = thread::Builder::new()
+        .name(format!("fwd-{name}"))
+        .spawn(move || {
+            for item in rx {
+                if tx.send(wrap(item)).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        });
 }
 
 fn signals(tx: Sender<Msg>) -> Result<(), DaemonError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| DaemonError::Signals(e.to_string()))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| DaemonError::Signals(e.to_string()))?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -268,7 +274,8 @@ impl Coordinator {
             if !self.model_busy {
                 deadline = min_opt(deadline, self.batcher.next_deadline());
             }
-            let wait = deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
+            let wait =
+                deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
             match rx.recv_timeout(wait) {
                 Ok(Msg::Frame(frame)) => {
                     let camera = frame.camera.clone();
@@ -305,7 +312,10 @@ impl Coordinator {
                 }
             }
         };
-        tracing::info!(reason, "Shutting down: stopping cameras, finishing the batch in flight.");
+        tracing::info!(
+            reason,
+            "Shutting down: stopping cameras, finishing the batch in flight."
+        );
         self.shutdown(rx)
     }
 
@@ -316,8 +326,10 @@ impl Coordinator {
             st.largest_batch = st.largest_batch.max(size);
             st.max_waiting = st.max_waiting.max(waiting);
             for (key, c) in self.batcher.all_counters() {
-                st.stale_skipped
-                    .insert((key.camera.to_string(), key.task.token().to_string()), c.stale_skipped);
+                st.stale_skipped.insert(
+                    (key.camera.to_string(), key.task.token().to_string()),
+                    c.stale_skipped,
+                );
             }
         }
     }
@@ -372,7 +384,9 @@ fn log_event(e: &CameraEvent) {
         ingest::CameraState::Failed => {
             tracing::error!(camera = %e.camera, attempt = e.attempt, reason, "Camera failed; no more reconnects.")
         }
-        _ => tracing::warn!(camera = %e.camera, from = ?e.from, to = ?e.to, attempt = e.attempt, retry_in_ms = ?e.retry_in_ms, reason, "Camera state changed."),
+        _ => {
+            tracing::warn!(camera = %e.camera, from = ?e.from, to = ?e.to, attempt = e.attempt, retry_in_ms = ?e.retry_in_ms, reason, "Camera state changed.")
+        }
     }
 }
 
@@ -453,7 +467,9 @@ fn inference_thread(
                         let out = AnalysisResult::new(&ctx.node, &info, job, r, *seq, dispatched);
                         sink.result(&out);
                         if let Ok(mut st) = ctx.stats.lock() {
-                            *st.results.entry((out.camera.clone(), out.task.clone())).or_insert(0) += 1;
+                            *st.results
+                                .entry((out.camera.clone(), out.task.clone()))
+                                .or_insert(0) += 1;
                         }
                     }
                 }

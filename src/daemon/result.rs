@@ -70,7 +70,8 @@ pub struct AnalysisResult {
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl AnalysisResult {
@@ -93,7 +94,12 @@ impl AnalysisResult {
             camera: job.key.camera.to_string(),
             task: r.task.clone(),
             task_name: job.key.task.topic_name(),
-            text_input: job.key.argument.text().map(str::to_string).or(r.text_input.clone()),
+            text_input: job
+                .key
+                .argument
+                .text()
+                .map(str::to_string)
+                .or(r.text_input.clone()),
             seq,
             frame: FrameMeta {
                 seq: f.seq,

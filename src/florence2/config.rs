@@ -104,14 +104,15 @@ impl<'a> Layers<'a> {
     fn usize_or(&self, key: &str, default: usize) -> Result<usize, ModelError> {
         match self.find(key) {
             None => Ok(default),
-            Some((v, path, prefix)) => v
-                .as_u64()
-                .map(|n| n as usize)
-                .ok_or_else(|| ModelError::Key {
-                    path: path.clone(),
-                    key: format!("{prefix}{key}"),
-                    problem: format!("is {v}; expected a non-negative integer"),
-                }),
+            Some((v, path, prefix)) => {
+                v.as_u64()
+                    .map(|n| n as usize)
+                    .ok_or_else(|| ModelError::Key {
+                        path: path.clone(),
+                        key: format!("{prefix}{key}"),
+                        problem: format!("is {v}; expected a non-negative integer"),
+                    })
+            }
         }
     }
 }
@@ -189,7 +190,9 @@ impl ModelConfig {
             return Err(ModelError::Key {
                 path: path.to_path_buf(),
                 key: "model_type".into(),
-                problem: format!("is {model_type:?}; expected \"florence2\" (a Florence-2 model directory)"),
+                problem: format!(
+                    "is {model_type:?}; expected \"florence2\" (a Florence-2 model directory)"
+                ),
             });
         }
         let vocab_size = text
@@ -198,9 +201,15 @@ impl ModelConfig {
             .and_then(Value::as_u64)
             .ok_or_else(|| ModelError::MissingKey {
                 key: "vocab_size".into(),
-                looked_in: format!("{0}:text_config.vocab_size or {0}:vocab_size", path.display()),
+                looked_in: format!(
+                    "{0}:text_config.vocab_size or {0}:vocab_size",
+                    path.display()
+                ),
             })? as usize;
-        let d_model = text.get("d_model").and_then(Value::as_u64).map(|d| d as usize);
+        let d_model = text
+            .get("d_model")
+            .and_then(Value::as_u64)
+            .map(|d| d as usize);
         Ok(Self {
             model_type,
             vocab_size,
@@ -244,11 +253,21 @@ mod tests {
     #[test]
     fn a_missing_token_id_names_every_place_looked() {
         let d = tempfile::tempdir().unwrap();
-        let g = write(d.path(), "generation_config.json", r#"{"bos_token_id":0,"eos_token_id":2,"pad_token_id":1}"#);
+        let g = write(
+            d.path(),
+            "generation_config.json",
+            r#"{"bos_token_id":0,"eos_token_id":2,"pad_token_id":1}"#,
+        );
         let c = write(d.path(), "config.json", r#"{"model_type":"florence2"}"#);
-        let e = GenerationConfig::from_files(&g, &c).unwrap_err().to_string();
+        let e = GenerationConfig::from_files(&g, &c)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("decoder_start_token_id"), "{e}");
-        assert!(e.contains("generation_config.json") && e.contains("text_config.decoder_start_token_id"), "{e}");
+        assert!(
+            e.contains("generation_config.json")
+                && e.contains("text_config.decoder_start_token_id"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -260,7 +279,9 @@ mod tests {
             r#"{"bos_token_id":"zero","eos_token_id":2,"pad_token_id":1,"decoder_start_token_id":2}"#,
         );
         let c = write(d.path(), "config.json", r#"{"model_type":"florence2"}"#);
-        let e = GenerationConfig::from_files(&g, &c).unwrap_err().to_string();
+        let e = GenerationConfig::from_files(&g, &c)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bos_token_id") && e.contains("\"zero\""), "{e}");
         let c2 = write(d.path(), "config2.json", r#"{"model_type":"bert"}"#);
         let e = ModelConfig::from_file(&c2).unwrap_err().to_string();

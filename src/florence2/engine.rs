@@ -38,7 +38,10 @@ impl TaskRequest {
             TaskInput::None => Ok(None),
             TaskInput::Text => match &self.text {
                 Some(t) if !t.trim().is_empty() => Ok(Some(t.clone())),
-                _ => Err(ModelError::Input(format!("task {} needs a text input (--text)", self.task))),
+                _ => Err(ModelError::Input(format!(
+                    "task {} needs a text input (--text)",
+                    self.task
+                ))),
             },
             TaskInput::Region => match (&self.region, &self.text) {
                 (Some(r), _) => region_tokens(*r, width, height).map(Some),
@@ -95,10 +98,11 @@ impl Engine {
     pub fn load(opts: &LoadOptions) -> Result<Self, ModelError> {
         let model = Florence2::load(opts)?;
         let pp_path = opts.dir.join("preprocessor_config.json");
-        let pp_config = ImageProcessorConfig::from_json_file(&pp_path).map_err(|e| ModelError::File {
-            path: pp_path.clone(),
-            problem: e.to_string(),
-        })?;
+        let pp_config =
+            ImageProcessorConfig::from_json_file(&pp_path).map_err(|e| ModelError::File {
+                path: pp_path.clone(),
+                problem: e.to_string(),
+            })?;
         if let Some((h, w)) = model.pixel_size {
             if (h as u32, w as u32) != pp_config.size {
                 return Err(ModelError::File {
@@ -153,9 +157,13 @@ impl Engine {
         }
         let preprocess_ms = t0.elapsed().as_secs_f64() * 1e3;
         let shape = [items.len(), 3, h as usize, w as usize];
-        let (seqs, model_timings) =
-            self.model
-                .generate(&self.pixels, shape, &prompts, decoding.strategy, decoding.max_new_tokens)?;
+        let (seqs, model_timings) = self.model.generate(
+            &self.pixels,
+            shape,
+            &prompts,
+            decoding.strategy,
+            decoding.max_new_tokens,
+        )?;
         let t1 = Instant::now();
         let mut out = Vec::with_capacity(items.len());
         for (((frame, req), seq), (prompt, input)) in items
@@ -170,8 +178,9 @@ impl Engine {
             };
             let parsed = postprocess::post_process(&raw_text, req.task.parse_kind(), size)
                 .map_err(|e| ModelError::Input(format!("post-processing {}: {e}", req.task)))?;
-            let inner = serde_json::to_value(&parsed)
-                .map_err(|e| ModelError::Input(format!("serializing the {} result: {e}", req.task)))?;
+            let inner = serde_json::to_value(&parsed).map_err(|e| {
+                ModelError::Input(format!("serializing the {} result: {e}", req.task))
+            })?;
             let mut result = serde_json::Map::new();
             result.insert(req.task.token().to_string(), inner);
             out.push(TaskResult {

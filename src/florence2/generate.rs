@@ -54,7 +54,10 @@ pub fn process_scores(cfg: &SearchConfig, ids: &[i64], scores: &mut [f32]) {
         let prefix = &ids[cur_len + 1 - n..];
         for window in ids.windows(n) {
             if window[..n - 1] == *prefix {
-                if let Some(s) = usize::try_from(window[n - 1]).ok().and_then(|t| scores.get_mut(t)) {
+                if let Some(s) = usize::try_from(window[n - 1])
+                    .ok()
+                    .and_then(|t| scores.get_mut(t))
+                {
                     *s = f32::NEG_INFINITY;
                 }
             }
@@ -252,7 +255,8 @@ pub fn beam_search<S: DecoderStep>(
 
         // Early-stop heuristic and loop condition.
         for b in 0..batch {
-            let best_len = if cfg.early_stopping == EarlyStopping::Never && cfg.length_penalty > 0.0 {
+            let best_len = if cfg.early_stopping == EarlyStopping::Never && cfg.length_penalty > 0.0
+            {
                 max_length - prompt_len
             } else {
                 cur_len - prompt_len
@@ -341,10 +345,14 @@ mod tests {
         fn new(vocab: usize, rows: usize, seed: u64) -> Self {
             let mut state = seed;
             let mut rnd = || {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((state >> 33) as f32 / (1u64 << 31) as f32) * 8.0 - 4.0
             };
-            let table = (0..vocab).map(|_| (0..vocab).map(|_| rnd()).collect()).collect();
+            let table = (0..vocab)
+                .map(|_| (0..vocab).map(|_| rnd()).collect())
+                .collect();
             Self {
                 vocab,
                 last: vec![0; rows],
@@ -467,7 +475,10 @@ mod tests {
 
     #[test]
     fn top_k_orders_largest_first_with_stable_ties() {
-        assert_eq!(top_k(&[1.0, 3.0, 3.0, 2.0, f32::NEG_INFINITY], 3), vec![1, 2, 3]);
+        assert_eq!(
+            top_k(&[1.0, 3.0, 3.0, 2.0, f32::NEG_INFINITY], 3),
+            vec![1, 2, 3]
+        );
         assert_eq!(top_k(&[1.0], 4), vec![0]);
     }
 }

@@ -19,8 +19,16 @@ use crate::runtime::{self, OrtRuntime, SessionOptions};
 pub struct Variant(String);
 
 impl Variant {
-    pub const ALLOWED: [&'static str; 8] =
-        ["fp32", "fp16", "q4", "q4f16", "int8", "uint8", "quantized", "bnb4"];
+    pub const ALLOWED: [&'static str; 8] = [
+        "fp32",
+        "fp16",
+        "q4",
+        "q4f16",
+        "int8",
+        "uint8",
+        "quantized",
+        "bnb4",
+    ];
 
     pub fn parse(s: &str) -> Result<Self, ModelError> {
         let s = s.trim().to_ascii_lowercase();
@@ -70,7 +78,11 @@ pub struct GraphFiles {
 }
 
 impl GraphFiles {
-    pub fn resolve(dir: &Path, variant: &Variant, layout: DecoderLayout) -> Result<Self, ModelError> {
+    pub fn resolve(
+        dir: &Path,
+        variant: &Variant,
+        layout: DecoderLayout,
+    ) -> Result<Self, ModelError> {
         let onnx = dir.join("onnx");
         let sfx = variant.suffix();
         let pick = |stem: &str| -> Result<PathBuf, ModelError> {
@@ -147,7 +159,11 @@ fn spec_of(name: &str, vt: &ValueType) -> Option<TensorSpec> {
 }
 
 impl Graph {
-    pub fn open(rt: &OrtRuntime, path: &Path, options: &SessionOptions) -> Result<Self, ModelError> {
+    pub fn open(
+        rt: &OrtRuntime,
+        path: &Path,
+        options: &SessionOptions,
+    ) -> Result<Self, ModelError> {
         let session = runtime::open_session(rt, path, options)?;
         Ok(Self {
             session,
@@ -172,11 +188,19 @@ impl Graph {
     }
 
     pub fn input_names(&self) -> Vec<String> {
-        self.session.inputs().iter().map(|o| o.name().to_string()).collect()
+        self.session
+            .inputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect()
     }
 
     pub fn output_names(&self) -> Vec<String> {
-        self.session.outputs().iter().map(|o| o.name().to_string()).collect()
+        self.session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect()
     }
 
     fn contract(&self, what: &str, name: &str, problem: String) -> ModelError {
@@ -187,33 +211,65 @@ impl Graph {
         }
     }
 
-    fn check(&self, spec: Option<TensorSpec>, what: &str, name: &str, rank: usize, allowed: &[TensorElementType]) -> Result<TensorSpec, ModelError> {
-        let names = if what == "input" { self.input_names() } else { self.output_names() };
+    fn check(
+        &self,
+        spec: Option<TensorSpec>,
+        what: &str,
+        name: &str,
+        rank: usize,
+        allowed: &[TensorElementType],
+    ) -> Result<TensorSpec, ModelError> {
+        let names = if what == "input" {
+            self.input_names()
+        } else {
+            self.output_names()
+        };
         let spec = spec.ok_or_else(|| {
-            self.contract(what, name, format!("is missing; the graph declares {}", names.join(", ")))
+            self.contract(
+                what,
+                name,
+                format!("is missing; the graph declares {}", names.join(", ")),
+            )
         })?;
         if !allowed.contains(&spec.ty) {
             return Err(self.contract(
                 what,
                 name,
-                format!("has element type {:?}; expected one of {:?}", spec.ty, allowed),
+                format!(
+                    "has element type {:?}; expected one of {:?}",
+                    spec.ty, allowed
+                ),
             ));
         }
         if spec.dims.len() != rank {
             return Err(self.contract(
                 what,
                 name,
-                format!("has rank {} ({:?}); expected rank {rank}", spec.dims.len(), spec.dims),
+                format!(
+                    "has rank {} ({:?}); expected rank {rank}",
+                    spec.dims.len(),
+                    spec.dims
+                ),
             ));
         }
         Ok(spec)
     }
 
-    pub fn require_input(&self, name: &str, rank: usize, allowed: &[TensorElementType]) -> Result<TensorSpec, ModelError> {
+    pub fn require_input(
+        &self,
+        name: &str,
+        rank: usize,
+        allowed: &[TensorElementType],
+    ) -> Result<TensorSpec, ModelError> {
         self.check(self.input(name), "input", name, rank, allowed)
     }
 
-    pub fn require_output(&self, name: &str, rank: usize, allowed: &[TensorElementType]) -> Result<TensorSpec, ModelError> {
+    pub fn require_output(
+        &self,
+        name: &str,
+        rank: usize,
+        allowed: &[TensorElementType],
+    ) -> Result<TensorSpec, ModelError> {
         self.check(self.output(name), "output", name, rank, allowed)
     }
 

@@ -112,7 +112,8 @@ impl Florence2 {
             });
         }
         let config = ModelConfig::from_file(&config_path)?;
-        let generation = GenerationConfig::from_files(&dir.join("generation_config.json"), &config_path)?;
+        let generation =
+            GenerationConfig::from_files(&dir.join("generation_config.json"), &config_path)?;
         let tokenizer = FlorenceTokenizer::from_dir(dir)?;
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(ModelError::File {
@@ -167,7 +168,10 @@ impl Florence2 {
             return Err(ModelError::Contract {
                 path: decoder.path.clone(),
                 tensor: "output \"logits\"".into(),
-                problem: format!("has vocabulary width {vocab_size} but config.json says vocab_size {}", config.vocab_size),
+                problem: format!(
+                    "has vocabulary width {vocab_size} but config.json says vocab_size {}",
+                    config.vocab_size
+                ),
             });
         }
         if opts.layout == DecoderLayout::Merged {
@@ -179,13 +183,28 @@ impl Florence2 {
         with_past.require_output("logits", 3, graphs::FLOATS)?;
 
         let mut kv = Vec::new();
-        while decoder.output(&format!("present.{}.decoder.key", kv.len())).is_some() {
+        while decoder
+            .output(&format!("present.{}.decoder.key", kv.len()))
+            .is_some()
+        {
             let i = kv.len();
             let layer = KvLayer {
-                past_decoder: [format!("past_key_values.{i}.decoder.key"), format!("past_key_values.{i}.decoder.value")],
-                past_encoder: [format!("past_key_values.{i}.encoder.key"), format!("past_key_values.{i}.encoder.value")],
-                present_decoder: [format!("present.{i}.decoder.key"), format!("present.{i}.decoder.value")],
-                present_encoder: [format!("present.{i}.encoder.key"), format!("present.{i}.encoder.value")],
+                past_decoder: [
+                    format!("past_key_values.{i}.decoder.key"),
+                    format!("past_key_values.{i}.decoder.value"),
+                ],
+                past_encoder: [
+                    format!("past_key_values.{i}.encoder.key"),
+                    format!("past_key_values.{i}.encoder.value"),
+                ],
+                present_decoder: [
+                    format!("present.{i}.decoder.key"),
+                    format!("present.{i}.decoder.value"),
+                ],
+                present_encoder: [
+                    format!("present.{i}.encoder.key"),
+                    format!("present.{i}.encoder.value"),
+                ],
             };
             for name in layer.present_decoder.iter().chain(&layer.present_encoder) {
                 decoder.require_float_output(name, 4)?;
@@ -201,11 +220,18 @@ impl Florence2 {
             return Err(ModelError::Contract {
                 path: decoder.path.clone(),
                 tensor: "outputs \"present.0.decoder.key\" …".into(),
-                problem: format!("are missing; the graph declares {}", decoder.output_names().join(", ")),
+                problem: format!(
+                    "are missing; the graph declares {}",
+                    decoder.output_names().join(", ")
+                ),
             });
         }
         let past0 = with_past.require_input(&kv[0].past_decoder[0], 4, graphs::FLOATS)?;
-        let kv_type = if past0.ty == TensorElementType::Float16 { FloatType::F16 } else { FloatType::F32 };
+        let kv_type = if past0.ty == TensorElementType::Float16 {
+            FloatType::F16
+        } else {
+            FloatType::F32
+        };
         let (kv_heads, kv_head_dim) = (past0.dims[1], past0.dims[3]);
         if opts.layout == DecoderLayout::Merged && (kv_heads <= 0 || kv_head_dim <= 0) {
             return Err(ModelError::Contract {
@@ -266,7 +292,11 @@ impl Florence2 {
 
     /// Vision encoder: pixel values `[batch, 3, H, W]` → image features
     /// `[batch, tokens, d]`.
-    pub fn encode_image(&mut self, pixel_values: &[f32], shape: [usize; 4]) -> Result<DynValue, ModelError> {
+    pub fn encode_image(
+        &mut self,
+        pixel_values: &[f32],
+        shape: [usize; 4],
+    ) -> Result<DynValue, ModelError> {
         let expected: usize = shape.iter().product();
         if pixel_values.len() != expected {
             return Err(ModelError::Input(format!(
@@ -276,36 +306,54 @@ impl Florence2 {
             )));
         }
         let g = &mut self.vision;
-        let pv = graphs::float_tensor(self.pixel_type, shape.iter().map(|&d| d as i64).collect(), pixel_values)
-            .map_err(|e| g.run_error(e))?;
+        let pv = graphs::float_tensor(
+            self.pixel_type,
+            shape.iter().map(|&d| d as i64).collect(),
+            pixel_values,
+        )
+        .map_err(|e| g.run_error(e))?;
         let t = Instant::now();
         let out = g.session.run(ort::inputs! {"pixel_values" => pv});
         self.session_time += t.elapsed();
-        let mut out = out
-            .map_err(|e| ModelError::Run { path: g.path.clone(), reason: e.to_string() })?;
-        out.remove("image_features")
-            .ok_or_else(|| ModelError::Run { path: g.path.clone(), reason: "no output image_features".into() })
+        let mut out = out.map_err(|e| ModelError::Run {
+            path: g.path.clone(),
+            reason: e.to_string(),
+        })?;
+        out.remove("image_features").ok_or_else(|| ModelError::Run {
+            path: g.path.clone(),
+            reason: "no output image_features".into(),
+        })
     }
 
     fn embed_ids(&mut self, ids: Vec<i64>, rows: usize) -> Result<DynValue, ModelError> {
         let cols = ids.len() / rows.max(1);
         let g = &mut self.embed;
-        let t = graphs::i64_tensor(vec![rows as i64, cols as i64], ids).map_err(|e| g.run_error(e))?;
+        let t =
+            graphs::i64_tensor(vec![rows as i64, cols as i64], ids).map_err(|e| g.run_error(e))?;
         let start = Instant::now();
         let out = g.session.run(ort::inputs! {"input_ids" => t});
         self.session_time += start.elapsed();
-        let mut out = out
-            .map_err(|e| ModelError::Run { path: g.path.clone(), reason: e.to_string() })?;
-        out.remove("inputs_embeds")
-            .ok_or_else(|| ModelError::Run { path: g.path.clone(), reason: "no output inputs_embeds".into() })
+        let mut out = out.map_err(|e| ModelError::Run {
+            path: g.path.clone(),
+            reason: e.to_string(),
+        })?;
+        out.remove("inputs_embeds").ok_or_else(|| ModelError::Run {
+            path: g.path.clone(),
+            reason: "no output inputs_embeds".into(),
+        })
     }
 
     /// Encoder: concat(image features, embed(prompt ids)) with the mask of
     /// ones for the image tokens plus the prompt mask. Prompts of different
     /// lengths are right-padded with the pad token and masked.
     /// Returns the encoder's last hidden state and the attention mask.
-    pub fn encode(&mut self, image_features: &DynValue, prompts: &[Vec<i64>]) -> Result<(DynValue, Vec<i64>, usize), ModelError> {
-        let (fshape, feats) = graphs::read_f32(image_features).map_err(|e| self.vision.run_error(e))?;
+    pub fn encode(
+        &mut self,
+        image_features: &DynValue,
+        prompts: &[Vec<i64>],
+    ) -> Result<(DynValue, Vec<i64>, usize), ModelError> {
+        let (fshape, feats) =
+            graphs::read_f32(image_features).map_err(|e| self.vision.run_error(e))?;
         let batch = prompts.len();
         if fshape.len() != 3 || fshape[0] as usize != batch {
             return Err(ModelError::Input(format!(
@@ -330,7 +378,9 @@ impl Florence2 {
             return Err(ModelError::Contract {
                 path: self.embed.path.clone(),
                 tensor: "output \"inputs_embeds\"".into(),
-                problem: format!("has shape {tshape:?}; its width must equal the image features' {d}"),
+                problem: format!(
+                    "has shape {tshape:?}; its width must equal the image features' {d}"
+                ),
             });
         }
         let s = n_img + t;
@@ -340,17 +390,29 @@ impl Florence2 {
             embeds.extend_from_slice(&temb[b * t * d..(b + 1) * t * d]);
         }
         let g = &mut self.encoder;
-        let emb = graphs::float_tensor(self.embeds_in_type[0], vec![batch as i64, s as i64, d as i64], &embeds)
+        let emb = graphs::float_tensor(
+            self.embeds_in_type[0],
+            vec![batch as i64, s as i64, d as i64],
+            &embeds,
+        )
+        .map_err(|e| g.run_error(e))?;
+        let m = graphs::i64_tensor(vec![batch as i64, s as i64], mask.clone())
             .map_err(|e| g.run_error(e))?;
-        let m = graphs::i64_tensor(vec![batch as i64, s as i64], mask.clone()).map_err(|e| g.run_error(e))?;
         let start = Instant::now();
-        let out = g.session.run(ort::inputs! {"attention_mask" => m, "inputs_embeds" => emb});
+        let out = g
+            .session
+            .run(ort::inputs! {"attention_mask" => m, "inputs_embeds" => emb});
         self.session_time += start.elapsed();
-        let mut out = out
-            .map_err(|e| ModelError::Run { path: g.path.clone(), reason: e.to_string() })?;
+        let mut out = out.map_err(|e| ModelError::Run {
+            path: g.path.clone(),
+            reason: e.to_string(),
+        })?;
         let hidden = out
             .remove("last_hidden_state")
-            .ok_or_else(|| ModelError::Run { path: g.path.clone(), reason: "no output last_hidden_state".into() })?;
+            .ok_or_else(|| ModelError::Run {
+                path: g.path.clone(),
+                reason: "no output last_hidden_state".into(),
+            })?;
         Ok((hidden, mask, s))
     }
 
@@ -373,7 +435,9 @@ impl Florence2 {
             )));
         }
         if max_new_tokens == 0 {
-            return Err(ModelError::Input("max_new_tokens must be at least 1".into()));
+            return Err(ModelError::Input(
+                "max_new_tokens must be at least 1".into(),
+            ));
         }
         let mut timings = StageTimings::default();
         self.session_time = Duration::ZERO;
@@ -392,9 +456,14 @@ impl Florence2 {
         // Beam search runs every beam as its own row (the reference expands
         // the encoder outputs per beam).
         let (hidden, mask) = if beams > 1 {
-            let rows: Vec<usize> = (0..batch).flat_map(|b| std::iter::repeat_n(b, beams)).collect();
+            let rows: Vec<usize> = (0..batch)
+                .flat_map(|b| std::iter::repeat_n(b, beams))
+                .collect();
             let h = graphs::gather_rows(&hidden, &rows).map_err(|e| self.encoder.run_error(e))?;
-            let m: Vec<i64> = rows.iter().flat_map(|&b| mask[b * s..(b + 1) * s].iter().copied()).collect();
+            let m: Vec<i64> = rows
+                .iter()
+                .flat_map(|&b| mask[b * s..(b + 1) * s].iter().copied())
+                .collect();
             (h, m)
         } else {
             (hidden, mask)
@@ -404,7 +473,8 @@ impl Florence2 {
         let mut step = OrtStep {
             model: self,
             hidden,
-            mask: graphs::i64_tensor(vec![rows as i64, s as i64], mask).map_err(|e| ModelError::Input(e.to_string()))?,
+            mask: graphs::i64_tensor(vec![rows as i64, s as i64], mask)
+                .map_err(|e| ModelError::Input(e.to_string()))?,
             rows,
             decoder_kv: None,
             encoder_kv: Vec::new(),
@@ -440,7 +510,11 @@ impl OrtStep<'_> {
         // Convert only if the embedding graph and the decoder disagree on
         // the element type (e.g. an FP32 embed_tokens with FP16 decoders).
         let want = self.model.embeds_in_type[1];
-        let have = if e.dtype().tensor_type() == Some(TensorElementType::Float16) { FloatType::F16 } else { FloatType::F32 };
+        let have = if e.dtype().tensor_type() == Some(TensorElementType::Float16) {
+            FloatType::F16
+        } else {
+            FloatType::F32
+        };
         if want == have {
             return Ok(e);
         }
@@ -449,8 +523,14 @@ impl OrtStep<'_> {
     }
 
     fn empty_kv(&self) -> Result<DynValue, ModelError> {
-        let shape = vec![self.rows as i64, self.model.kv_heads, 0, self.model.kv_head_dim];
-        graphs::float_tensor(self.model.kv_type, shape, &[]).map_err(|e| self.model.decoder.run_error(e))
+        let shape = vec![
+            self.rows as i64,
+            self.model.kv_heads,
+            0,
+            self.model.kv_head_dim,
+        ];
+        graphs::float_tensor(self.model.kv_type, shape, &[])
+            .map_err(|e| self.model.decoder.run_error(e))
     }
 }
 
@@ -463,7 +543,11 @@ impl DecoderStep for OrtStep<'_> {
 
     fn step(&mut self, tokens: &[i64], reorder: Option<&[usize]>) -> Result<Vec<f32>, ModelError> {
         if tokens.len() != self.rows {
-            return Err(ModelError::Input(format!("{} tokens for {} decoder rows", tokens.len(), self.rows)));
+            return Err(ModelError::Input(format!(
+                "{} tokens for {} decoder rows",
+                tokens.len(),
+                self.rows
+            )));
         }
         let embeds = self.embeds(tokens)?;
         if let (Some(order), Some(kv)) = (reorder, self.decoder_kv.as_mut()) {
@@ -482,15 +566,26 @@ impl DecoderStep for OrtStep<'_> {
         let merged = self.model.layout == DecoderLayout::Merged;
         let graph_is_with_past = !first && !merged;
         let use_cache = if merged {
-            Some(Tensor::from_array((vec![1i64], vec![!first])).map_err(|e| self.model.decoder.run_error(e))?.into_dyn())
+            Some(
+                Tensor::from_array((vec![1i64], vec![!first]))
+                    .map_err(|e| self.model.decoder.run_error(e))?
+                    .into_dyn(),
+            )
         } else {
             None
         };
-        let empty = if merged && first { Some(self.empty_kv()?) } else { None };
+        let empty = if merged && first {
+            Some(self.empty_kv()?)
+        } else {
+            None
+        };
 
         let model = &mut *self.model;
         let graph: &mut Graph = if graph_is_with_past {
-            model.decoder_with_past.as_mut().ok_or_else(|| ModelError::Input("split layout without decoder_with_past".into()))?
+            model
+                .decoder_with_past
+                .as_mut()
+                .ok_or_else(|| ModelError::Input("split layout without decoder_with_past".into()))?
         } else {
             &mut model.decoder
         };
@@ -512,7 +607,10 @@ impl DecoderStep for OrtStep<'_> {
                     match (&self.decoder_kv, &empty) {
                         (Some(kv), _) => {
                             inputs.push((layer.past_decoder[j].clone(), (&kv[i][j]).into()));
-                            inputs.push((layer.past_encoder[j].clone(), (&self.encoder_kv[i][j]).into()));
+                            inputs.push((
+                                layer.past_encoder[j].clone(),
+                                (&self.encoder_kv[i][j]).into(),
+                            ));
                         }
                         (None, Some(e)) => {
                             inputs.push((layer.past_decoder[j].clone(), e.into()));
@@ -524,27 +622,39 @@ impl DecoderStep for OrtStep<'_> {
             }
         }
         let path = graph.path.clone();
-        let run_err = |e: ort::Error| ModelError::Run { path: path.clone(), reason: e.to_string() };
+        let run_err = |e: ort::Error| ModelError::Run {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
         let start = Instant::now();
         let out = graph.session.run(inputs);
         let elapsed = start.elapsed();
         let mut out = out.map_err(run_err)?;
-        let logits = out
-            .remove("logits")
-            .ok_or_else(|| ModelError::Run { path: path.clone(), reason: "no output logits".into() })?;
+        let logits = out.remove("logits").ok_or_else(|| ModelError::Run {
+            path: path.clone(),
+            reason: "no output logits".into(),
+        })?;
         let mut new_dec = Vec::with_capacity(model.kv.len());
         let mut new_enc = Vec::new();
         for layer in &model.kv {
             let take = |out: &mut ort::session::SessionOutputs<'_>, name: &str| {
-                out.remove(name)
-                    .ok_or_else(|| ModelError::Run { path: path.clone(), reason: format!("no output {name}") })
+                out.remove(name).ok_or_else(|| ModelError::Run {
+                    path: path.clone(),
+                    reason: format!("no output {name}"),
+                })
             };
-            new_dec.push([take(&mut out, &layer.present_decoder[0])?, take(&mut out, &layer.present_decoder[1])?]);
+            new_dec.push([
+                take(&mut out, &layer.present_decoder[0])?,
+                take(&mut out, &layer.present_decoder[1])?,
+            ]);
             if first {
                 // The cross-attention cache is computed once; later steps'
                 // present.*.encoder.* (empty constants in the merged graph)
                 // are never fed back.
-                new_enc.push([take(&mut out, &layer.present_encoder[0])?, take(&mut out, &layer.present_encoder[1])?]);
+                new_enc.push([
+                    take(&mut out, &layer.present_encoder[0])?,
+                    take(&mut out, &layer.present_encoder[1])?,
+                ]);
             }
         }
         drop(out);
@@ -558,7 +668,13 @@ impl DecoderStep for OrtStep<'_> {
         let (shape, data) = graphs::read_f32(&logits).map_err(run_err)?;
         let (rows, t, v) = (shape[0] as usize, shape[1] as usize, shape[2] as usize);
         if rows != self.rows || v != model.vocab_size || t == 0 {
-            return Err(ModelError::Run { path, reason: format!("logits of shape {shape:?}; expected [{}, t, {}]", self.rows, model.vocab_size) });
+            return Err(ModelError::Run {
+                path,
+                reason: format!(
+                    "logits of shape {shape:?}; expected [{}, t, {}]",
+                    self.rows, model.vocab_size
+                ),
+            });
         }
         let mut last = Vec::with_capacity(rows * v);
         for r in 0..rows {

@@ -158,7 +158,11 @@ impl Task {
     }
 
     fn allowed_list() -> String {
-        Task::ALL.iter().map(|t| t.token()).collect::<Vec<_>>().join(", ")
+        Task::ALL
+            .iter()
+            .map(|t| t.token())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

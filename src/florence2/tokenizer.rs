@@ -36,7 +36,9 @@ impl FlorenceTokenizer {
             let token = format!("<loc_{i}>");
             let id = inner.token_to_id(&token).ok_or_else(|| ModelError::File {
                 path: path.clone(),
-                problem: format!("has no token {token}; Florence-2 tokenizers define <loc_0> … <loc_999>"),
+                problem: format!(
+                    "has no token {token}; Florence-2 tokenizers define <loc_0> … <loc_999>"
+                ),
             })?;
             location_ids.push(i64::from(id));
         }
@@ -78,7 +80,10 @@ impl FlorenceTokenizer {
     pub fn decode_with_special_tokens(&self, ids: &[i64]) -> Result<String, ModelError> {
         let ids: Vec<u32> = ids
             .iter()
-            .map(|&i| u32::try_from(i).map_err(|_| ModelError::Tokenizer(format!("token id {i} out of range"))))
+            .map(|&i| {
+                u32::try_from(i)
+                    .map_err(|_| ModelError::Tokenizer(format!("token id {i} out of range")))
+            })
             .collect::<Result<_, _>>()?;
         let text = self
             .inner
@@ -152,11 +157,7 @@ pub fn quantize(value: f64, size: u32) -> usize {
 
 /// A region given in pixels, written as the four location tokens the region
 /// tasks take as input.
-pub fn region_tokens(
-    box_xyxy: [f64; 4],
-    width: u32,
-    height: u32,
-) -> Result<String, ModelError> {
+pub fn region_tokens(box_xyxy: [f64; 4], width: u32, height: u32) -> Result<String, ModelError> {
     let [x1, y1, x2, y2] = box_xyxy;
     if box_xyxy.iter().any(|v| !v.is_finite()) || x2 < x1 || y2 < y1 {
         return Err(ModelError::Region(format!(
@@ -199,12 +200,17 @@ mod tests {
             "<loc_15><loc_41><loc_500><loc_500>"
         );
         assert!(region_tokens([30.0, 0.0, 10.0, 5.0], 640, 480).is_err());
-        let e = region_tokens([0.0, 0.0, 700.0, 5.0], 640, 480).unwrap_err().to_string();
+        let e = region_tokens([0.0, 0.0, 700.0, 5.0], 640, 480)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("outside the 640x480"), "{e}");
     }
 
     #[test]
     fn clean_up_matches_transformers() {
-        assert_eq!(clean_up_tokenization("a car . it is n't red , ok ?"), "a car. it isn't red, ok?");
+        assert_eq!(
+            clean_up_tokenization("a car . it is n't red , ok ?"),
+            "a car. it isn't red, ok?"
+        );
     }
 }

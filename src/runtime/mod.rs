@@ -163,7 +163,10 @@ pub fn library_candidates(
 ) -> Vec<(PathBuf, &'static str)> {
     let mut out = Vec::new();
     if let Some(p) = explicit {
-        out.push((p.to_path_buf(), "the configuration (--ort-lib / model.ort_library)"));
+        out.push((
+            p.to_path_buf(),
+            "the configuration (--ort-lib / model.ort_library)",
+        ));
     }
     if let Some(v) = env_value.filter(|v| !v.is_empty()) {
         out.push((PathBuf::from(v), ORT_DYLIB_ENV));
@@ -172,12 +175,22 @@ pub fn library_candidates(
     // Project-local install made by tools/setup.sh: next to the binary
     // (target/release/../../.local) and in the working directory.
     if let Some(dir) = exe_dir {
-        for up in [dir.join(".local"), dir.join("../../.local"), dir.join("../lib/florence-edge")] {
-            out.push((up.join("onnxruntime/lib").join(file), "project-local install"));
+        for up in [
+            dir.join(".local"),
+            dir.join("../../.local"),
+            dir.join("../lib/florence-edge"),
+        ] {
+            out.push((
+                up.join("onnxruntime/lib").join(file),
+                "project-local install",
+            ));
         }
     }
     if let Some(dir) = cwd {
-        out.push((dir.join(".local/onnxruntime/lib").join(file), "project-local install"));
+        out.push((
+            dir.join(".local/onnxruntime/lib").join(file),
+            "project-local install",
+        ));
     }
     for dir in [
         "/var/lib/florence-edge/onnxruntime/lib",
@@ -221,7 +234,12 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> 
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf));
     let cwd = env::current_dir().ok();
-    let candidates = library_candidates(explicit, env_value.as_deref(), exe_dir.as_deref(), cwd.as_deref());
+    let candidates = library_candidates(
+        explicit,
+        env_value.as_deref(),
+        exe_dir.as_deref(),
+        cwd.as_deref(),
+    );
     for (i, (path, source_of_path)) in candidates.iter().enumerate() {
         if let Some(found) = resolve_candidate(path) {
             return Ok(found);
@@ -364,10 +382,14 @@ pub fn open_session(
                 .map_err(|e| err(e.to_string()))?;
         }
         Backend::Auto => {
-            return Err(err("internal error: backend must be resolved before opening sessions".into()));
+            return Err(err(
+                "internal error: backend must be resolved before opening sessions".into(),
+            ));
         }
     }
-    builder.commit_from_file(path).map_err(|e| err(e.to_string()))
+    builder
+        .commit_from_file(path)
+        .map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]
@@ -395,7 +417,10 @@ mod tests {
 
     #[test]
     fn auto_prefers_tensorrt_then_cuda_then_cpu_and_says_why() {
-        assert_eq!(choose_backend(Backend::Auto, GPU).unwrap().backend, Backend::TensorRt);
+        assert_eq!(
+            choose_backend(Backend::Auto, GPU).unwrap().backend,
+            Backend::TensorRt
+        );
         let cuda_only = ProviderAvailability {
             tensorrt: false,
             cuda: true,
@@ -406,7 +431,10 @@ mod tests {
         let c = choose_backend(Backend::Auto, CPU_ONLY).unwrap();
         assert_eq!(c.backend, Backend::Cpu);
         assert!(c.reason.contains("neither"));
-        assert_eq!(choose_backend(Backend::Cpu, GPU).unwrap().backend, Backend::Cpu);
+        assert_eq!(
+            choose_backend(Backend::Cpu, GPU).unwrap().backend,
+            Backend::Cpu
+        );
     }
 
     #[test]
@@ -414,7 +442,10 @@ mod tests {
         assert_eq!("TensorRT".parse::<Backend>().unwrap(), Backend::TensorRt);
         assert_eq!("cpu".parse::<Backend>().unwrap(), Backend::Cpu);
         let e = "vulkan".parse::<Backend>().unwrap_err().to_string();
-        assert!(e.contains("vulkan") && e.contains("auto, tensorrt, cuda, cpu"), "{e}");
+        assert!(
+            e.contains("vulkan") && e.contains("auto, tensorrt, cuda, cpu"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -428,8 +459,14 @@ mod tests {
         assert_eq!(c[0].0, PathBuf::from("/x/lib.so"));
         assert_eq!(c[1].0, PathBuf::from("/env/lib.so"));
         assert!(c[2].0.starts_with("/opt/fe/bin/.local"));
-        let local = c.iter().position(|(p, _)| p.starts_with("/work/.local")).unwrap();
-        let system = c.iter().position(|(p, _)| p.starts_with("/usr/lib")).unwrap();
+        let local = c
+            .iter()
+            .position(|(p, _)| p.starts_with("/work/.local"))
+            .unwrap();
+        let system = c
+            .iter()
+            .position(|(p, _)| p.starts_with("/usr/lib"))
+            .unwrap();
         assert!(local < system);
     }
 
@@ -437,7 +474,10 @@ mod tests {
     fn a_missing_explicit_library_is_named_in_the_error() {
         let e = locate_library(Some(Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("/nonexistent/libonnxruntime.so") && msg.contains("does not exist"), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/libonnxruntime.so") && msg.contains("does not exist"),
+            "{msg}"
+        );
     }
 
     #[test]

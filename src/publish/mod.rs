@@ -25,6 +25,7 @@ pub mod connection;
 pub mod payload;
 pub mod settings;
 mod shell;
+pub mod snapshot;
 pub mod spool;
 pub mod stats;
 pub mod topic;
@@ -42,6 +43,7 @@ pub use payload::{
     RESULT_SCHEMA_VERSION, STATUS_SCHEMA_VERSION,
 };
 pub use settings::{MqttSettings, PublisherConfig, QualityOfService, SettingsProblem};
+pub use snapshot::render_snapshot;
 pub use spool::{Spool, SpoolError, SpooledMessage};
 pub use stats::{PublisherStats, PublisherStatsSnapshot};
 pub use topic::{TopicError, Topics};
@@ -71,6 +73,9 @@ pub enum PublishError {
     /// A payload could not be serialized (a non-finite float in the result).
     #[error("cannot serialize the {what} payload as JSON: {reason}")]
     Serialize { what: &'static str, reason: String },
+    /// A snapshot could not be encoded as JPEG.
+    #[error("cannot encode the snapshot as JPEG: {reason}")]
+    Snapshot { reason: String },
     /// The publisher thread could not be started.
     #[error("cannot start the MQTT publisher thread: {0}")]
     Thread(String),

@@ -88,6 +88,7 @@ def bench_torch(model, proc, image, max_new_tokens, repeat, attn):
         ms, out = timed(gen, repeat)
         res["generate_ms"] = ms
         res["generated_tokens"] = int(out.shape[1] - 1)
+        res["token_ids"] = out[0].tolist()
     return res
 
 
@@ -123,8 +124,9 @@ def bench_onnx(model_dir, image, max_new_tokens, repeat, threads, tok):
         h = m.encoder.run(["last_hidden_state"], {"attention_mask": mk_, "inputs_embeds": x})[0]
         return m.greedy(h, mk_, max_new_tokens, merged=False)
 
-    ms, _ = timed(whole, repeat)
+    ms, seqs = timed(whole, repeat)
     res["whole_pipeline_ms"] = ms
+    res["token_ids"] = seqs[0]
     res["onnxruntime"] = __import__("onnxruntime").__version__
     return res
 
@@ -163,6 +165,11 @@ def main(argv=None) -> int:
     for attn in ("eager", "sdpa"):
         report[f"torch_{attn}"] = bench_torch(model, proc, image, args.max_new_tokens, args.repeat, attn)
     report["onnxruntime_fp32"] = bench_onnx(args.model, image, args.max_new_tokens, args.repeat, args.threads, tok)
+    # Same greedy tokens from both? (transformers' generate applies the
+    # generation config's no_repeat_ngram / forced BOS/EOS, as the ONNX loop does.)
+    ref = report["torch_sdpa"].pop("token_ids")
+    report["torch_eager"].pop("token_ids")
+    report["onnxruntime_fp32"]["tokens_equal_torch"] = report["onnxruntime_fp32"].pop("token_ids") == ref
     print(json.dumps(report, indent=1))
     return 0
 

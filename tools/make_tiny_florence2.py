@@ -3,7 +3,7 @@
 
 The model is transformers' native Florence-2 (``Florence2ForConditionalGeneration``)
 with random weights drawn from a fixed seed, so the same command always writes the
-same files. ``--size tiny`` gives a model of a few hundred kB that keeps every
+same files. ``--size tiny`` gives a 243k-parameter model (a few MB of graphs) that keeps every
 contract dimension of the real one (768x768 input, 577 image tokens, the real
 special-token order, the real tensor names); ``--size base`` gives the real
 Florence-2-base shapes for benchmarks.

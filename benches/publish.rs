@@ -2,7 +2,7 @@
 //! CPU per message of the `fe-publish` thread, for typical `<OD>` results.
 //!
 //! `cargo bench --bench publish` (needs `mosquitto` on the PATH). Cases:
-//! * live QoS 0 / QoS 1: the broker is up, results go straight out;
+//! * live QoS 0 / 1 / 2: the broker is up, results go straight out;
 //! * spool: the broker is down, results go to the on-disk spool;
 //! * drain: the broker comes back and the spool is delivered (QoS 1).
 //!
@@ -103,7 +103,7 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     let mut broker = Mosquitto::start(BrokerOptions::default());
 
-    for qos in [0u8, 1] {
+    for qos in [0u8, 1, 2] {
         let spool = tempfile::tempdir().expect("spool");
         let publisher = Publisher::start(&settings(&broker.url(), spool.path(), qos), "edge-bench")
             .expect("start");

@@ -256,3 +256,40 @@ fn last_will_reads_offline_after_the_process_is_killed() {
     let got = late.wait_for(WAIT, "retained offline", |m| !m.is_empty());
     assert_eq!((got[0].text().as_str(), got[0].retain), ("offline", true));
 }
+
+#[test]
+fn every_qos_level_delivers_every_result_in_order() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    for qos in [0u8, 1, 2] {
+        let camera = format!("cam-qos{qos}");
+        let sub = Subscriber::start(
+            broker.port(),
+            &format!("fe-test/{camera}/od"),
+            SubscriberOptions::default(),
+        );
+        let spool = tempfile::tempdir().expect("spool dir");
+        let settings = florence_edge::publish::MqttSettings {
+            qos,
+            ..mosquitto::test_settings(&broker.url(), spool.path())
+        };
+        let publisher = Publisher::start(&settings, "edge-qos").expect("start");
+        for sequence in 0..200 {
+            publisher
+                .try_publish_result(mosquitto::od_result("edge-qos", &camera, sequence, 1))
+                .expect("queued");
+        }
+        let got = sub.wait_for(WAIT, &format!("200 results at QoS {qos}"), |m| {
+            m.len() >= 200
+        });
+        let sequences: Vec<u64> = got
+            .iter()
+            .map(|r| r.json()["sequence"].as_u64().expect("sequence"))
+            .collect();
+        assert_eq!(sequences, (0..200).collect::<Vec<u64>>(), "QoS {qos}");
+        let report = publisher.shutdown(Duration::from_secs(5));
+        assert!(
+            report.offline_published && report.left_in_spool == 0 && !report.timed_out,
+            "QoS {qos}: {report:?}"
+        );
+    }
+}

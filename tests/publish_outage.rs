@@ -218,3 +218,53 @@ fn results_spooled_before_a_kill_arrive_after_the_restart() {
         l == "stats published=50 spool=0"
     });
 }
+
+#[test]
+fn a_full_spool_drops_the_oldest_and_counts_them() {
+    let mut broker = Mosquitto::start(BrokerOptions {
+        persistence: true,
+        ..BrokerOptions::default()
+    });
+    let sub = Subscriber::start(
+        broker.port(),
+        "fe-test/cam/od",
+        SubscriberOptions {
+            persistent_client_id: Some("overflow-recorder".into()),
+            ..SubscriberOptions::default()
+        },
+    );
+    broker.stop();
+    let spool = tempfile::tempdir().expect("spool dir");
+    let mut settings = mosquitto::test_settings(&broker.url(), spool.path());
+    settings.spool.max_messages = 5;
+    let publisher = Publisher::start(&settings, "edge-overflow").expect("start");
+    for sequence in 0..8 {
+        publisher
+            .try_publish_result(mosquitto::od_result("edge-overflow", "cam", sequence, 1))
+            .expect("queued");
+    }
+    let stats = publisher.stats();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.snapshot().results_spooled < 8 {
+        assert!(Instant::now() < deadline, "{:?}", stats.snapshot());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let full = stats.snapshot();
+    assert_eq!(
+        (full.spool_messages, full.spool_overflow_drops),
+        (5, 3),
+        "{full:?}"
+    );
+    assert!(stats.spool_oldest_age_secs() >= 0.0);
+
+    broker.restart();
+    let expected: BTreeMap<String, u64> = [("cam".to_owned(), 5)].into();
+    let messages = sub.wait_for(Duration::from_secs(20), "the 5 newest", |m| {
+        complete(m, &expected)
+    });
+    let (order, _) = first_arrivals(&messages);
+    assert_eq!(order["cam"], [3, 4, 5, 6, 7], "oldest dropped first");
+    let report = publisher.shutdown(Duration::from_secs(5));
+    assert_eq!(report.left_in_spool, 0);
+    assert_eq!(stats.snapshot().spool_overflow_drops, 3);
+}

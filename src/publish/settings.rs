@@ -200,7 +200,9 @@ pub struct MqttSettings {
     pub connect_timeout: String,
     /// Results queued between the inference side and the publisher thread.
     pub queue_capacity: usize,
-    /// Publishes awaiting acknowledgement at once.
+    /// Publishes awaiting acknowledgement at once. The default, 20, is
+    /// mosquitto's own `max_inflight_messages`: with QoS 2 mosquitto drops a
+    /// client that has more unreleased messages in flight than that.
     pub max_inflight: u16,
     pub snapshot: SnapshotSettings,
 }
@@ -222,7 +224,7 @@ impl Default for MqttSettings {
             reconnect: ReconnectSettings::default(),
             connect_timeout: "5s".into(),
             queue_capacity: 1024,
-            max_inflight: 100,
+            max_inflight: 20,
             snapshot: SnapshotSettings::default(),
         }
     }

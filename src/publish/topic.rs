@@ -17,6 +17,8 @@ pub enum TopicError {
     },
     #[error("task {0:?} is not a task token; allowed: <UPPER_SNAKE_CASE> such as <OD> or <OCR_WITH_REGION>")]
     InvalidTask(String),
+    #[error("camera id {0:?} is also the node id; they share `{{prefix}}/{{id}}/status`, so rename the camera")]
+    CameraIsNode(String),
     #[error("topic prefix {value:?} is not allowed: {reason}")]
     InvalidPrefix { value: String, reason: &'static str },
 }
@@ -113,15 +115,23 @@ impl Topics {
         format!("{}/{}/status", self.prefix, self.node)
     }
 
+    fn check_camera(&self, camera: &str) -> Result<(), TopicError> {
+        check_level("camera id", camera)?;
+        if camera == self.node {
+            return Err(TopicError::CameraIsNode(camera.to_owned()));
+        }
+        Ok(())
+    }
+
     /// `{prefix}/{camera}/status`
     pub fn camera_status(&self, camera: &str) -> Result<String, TopicError> {
-        check_level("camera id", camera)?;
+        self.check_camera(camera)?;
         Ok(format!("{}/{camera}/status", self.prefix))
     }
 
     /// `{prefix}/{camera}/{task}`
     pub fn result(&self, camera: &str, task: &str) -> Result<String, TopicError> {
-        check_level("camera id", camera)?;
+        self.check_camera(camera)?;
         let task = task_level(task)?;
         Ok(format!("{}/{camera}/{task}", self.prefix))
     }
@@ -195,7 +205,7 @@ mod tests {
     #[test]
     fn bad_names_are_rejected_with_a_reason() {
         let topics = Topics::new("fe", "n").expect("valid");
-        for camera in ["", "a/b", "a+", "#", "status", "a\0b"] {
+        for camera in ["", "a/b", "a+", "#", "status", "a\0b", "n"] {
             assert!(topics.result(camera, "<OD>").is_err(), "{camera:?}");
         }
         for task in ["OD", "<od>", "<>", "<O D>", "<OD", "<OD>/x"] {

@@ -9,9 +9,12 @@ pub mod config;
 #[cfg(feature = "gstreamer")]
 pub mod daemon;
 pub mod florence2;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 #[cfg(feature = "gstreamer")]
 pub mod ingest;
 pub mod postprocess;
 pub mod preprocess;
+pub mod publish;
 pub mod runtime;
 pub mod schedule;

@@ -358,7 +358,8 @@ fn run(command: Command) -> Result<()> {
 
 #[cfg(feature = "gstreamer")]
 fn run_daemon(config_path: &std::path::Path, stdout: bool) -> Result<()> {
-    use florence_edge::daemon::{Daemon, ResultSink, StdoutSink};
+    use florence_edge::daemon::result::FanOut;
+    use florence_edge::daemon::{Daemon, MqttSink, ResultSink, StdoutSink};
     let config = florence_edge::config::load(config_path).map_err(|errors| {
         anyhow::anyhow!(
             "invalid configuration:\n{}",
@@ -369,11 +370,13 @@ fn run_daemon(config_path: &std::path::Path, stdout: bool) -> Result<()> {
                 .join("\n")
         )
     })?;
-    let sink: Box<dyn ResultSink> = if stdout {
-        Box::new(StdoutSink)
-    } else {
-        Box::new(florence_edge::daemon::result::FanOut(Vec::new()))
-    };
+    let mqtt = MqttSink::start(&config.mqtt, &config.node.id)
+        .map_err(|e| anyhow::anyhow!("MQTT publisher: {e}"))?;
+    let mut sinks: Vec<Box<dyn ResultSink>> = vec![Box::new(mqtt)];
+    if stdout {
+        sinks.push(Box::new(StdoutSink));
+    }
+    let sink: Box<dyn ResultSink> = Box::new(FanOut(sinks));
     let daemon = Daemon::start(config, sink)?;
     daemon.wait()?;
     Ok(())

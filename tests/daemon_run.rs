@@ -10,11 +10,12 @@ use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use florence_edge::daemon::{AnalysisResult, Daemon, ResultSink};
+use florence_edge::daemon::{Daemon, ResultSink};
 use florence_edge::florence2::engine::{Engine, TaskRequest};
 use florence_edge::florence2::Task;
 use florence_edge::ingest::{self, CameraSettings};
 use florence_edge::preprocess::RgbFrame;
+use florence_edge::publish::ResultPayload as AnalysisResult;
 use rtsp::{Encoding, RtspTestServer, StreamSpec};
 
 #[derive(Clone, Default)]

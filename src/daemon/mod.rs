@@ -24,7 +24,15 @@ use crate::preprocess::RgbFrame;
 use crate::runtime::Backend;
 use crate::schedule::{Batcher, Job, Scheduler};
 
-pub use result::{AnalysisResult, ResultSink, StdoutSink};
+pub use result::{MqttSink, ResultSink, StdoutSink};
+
+/// The sink is shared by the inference thread (results) and the
+/// coordinator (camera statuses); calls never block.
+pub type SharedSink = Arc<Mutex<Box<dyn ResultSink>>>;
+
+/// How often every camera's status is published even without a change
+/// (rates move).
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -123,6 +131,10 @@ impl Daemon {
     /// Returns once the model is loaded and the cameras are started.
     pub fn start(config: Config, sink: Box<dyn ResultSink>) -> Result<Daemon, DaemonError> {
         let (tx, rx) = mpsc::channel::<Msg>();
+        // Signals first: a SIGTERM during the (slow) model load is honoured
+        // as soon as the coordinator runs.
+        signals(tx.clone())?;
+        let sink: SharedSink = Arc::new(Mutex::new(sink));
 
         // The model lives on its own thread; it reports whether it loaded.
         let opts = load_options(&config)?;
@@ -137,7 +149,10 @@ impl Daemon {
         };
         let inference = thread::Builder::new()
             .name("inference".into())
-            .spawn(move || inference_thread(opts, inference_ctx, batch_rx, ready_tx, sink))
+            .spawn({
+                let sink = sink.clone();
+                move || inference_thread(opts, inference_ctx, batch_rx, ready_tx, sink)
+            })
             .map_err(|e| DaemonError::Model(format!("cannot start the inference thread: {e}")))?;
         let info = ready_rx
             .recv()
@@ -165,7 +180,6 @@ impl Daemon {
                 })?;
             cams.insert(camera.id.clone(), handle);
         }
-        signals(tx.clone())?;
 
         let now = Instant::now();
         let scheduler = Scheduler::from_config(&config, now)
@@ -181,6 +195,9 @@ impl Daemon {
             inference: Some(inference),
             model_busy: false,
             stats: stats.clone(),
+            sink,
+            node: config.node.id.clone(),
+            last_status: Instant::now() - STATUS_INTERVAL,
         };
         let handle = thread::Builder::new()
             .name("coordinator".into())
@@ -264,9 +281,19 @@ struct Coordinator {
     inference: Option<JoinHandle<()>>,
     model_busy: bool,
     stats: Arc<Mutex<DaemonStats>>,
+    sink: SharedSink,
+    node: String,
+    last_status: Instant,
 }
 
 impl Coordinator {
+    fn publish_status(&self, status: &CameraStatus) {
+        let payload = result::status_payload(&self.node, status);
+        if let Ok(mut sink) = self.sink.lock() {
+            sink.camera_status(&payload);
+        }
+    }
+
     fn run(mut self, rx: Receiver<Msg>) -> Result<(), DaemonError> {
         let reason = loop {
             let now = Instant::now();
@@ -285,7 +312,10 @@ impl Coordinator {
                         tracing::debug!(camera = %camera, error = %e, "Frame of an unscheduled camera ignored.");
                     }
                 }
-                Ok(Msg::Event(event)) => log_event(&event),
+                Ok(Msg::Event(event)) => {
+                    log_event(&event);
+                    self.publish_status(&event.status);
+                }
                 Ok(Msg::BatchDone { jobs }) => {
                     tracing::debug!(jobs, "Batch finished.");
                     self.model_busy = false;
@@ -295,6 +325,12 @@ impl Coordinator {
                 Err(RecvTimeoutError::Disconnected) => break "all senders gone",
             }
             let now = Instant::now();
+            if now.duration_since(self.last_status) >= STATUS_INTERVAL {
+                self.last_status = now;
+                for cam in self.cameras.values() {
+                    self.publish_status(&cam.status());
+                }
+            }
             for job in self.scheduler.poll(now) {
                 // The scheduler only emits a job once its camera has a frame.
                 if let Some(frame) = self.latest.get(&job.key.camera) {
@@ -362,6 +398,11 @@ impl Coordinator {
                 let _ = h.join();
             }
         }
+        // Results of the last batch are queued by now; deliver them (or
+        // spool them) and say offline.
+        if let Ok(mut sink) = self.sink.lock() {
+            sink.close();
+        }
         tracing::info!("Stopped.");
         Ok(())
     }
@@ -402,7 +443,7 @@ fn inference_thread(
     ctx: InferenceContext,
     batches: Receiver<Vec<FrameJob>>,
     ready: Sender<Result<ModelInfo, String>>,
-    mut sink: Box<dyn ResultSink>,
+    sink: SharedSink,
 ) {
     let mut engine = match Engine::load(&opts) {
         Ok(e) => e,
@@ -416,17 +457,17 @@ fn inference_thread(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| opts.dir.display().to_string());
-    let info = result::ModelMeta {
+    let info = crate::publish::ModelInfo {
         id: model_id.clone(),
-        variant: engine.model.variant.name().to_string(),
-        backend: engine.model.backend.backend.to_string(),
+        precision: engine.model.variant.name().to_string(),
+        backend: format!("onnxruntime-{}", engine.model.backend.backend),
     };
     let _ = ready.send(Ok(ModelInfo {
         model_id,
         backend: info.backend.clone(),
-        variant: info.variant.clone(),
+        variant: info.precision.clone(),
     }));
-    let mut result_seq: HashMap<Arc<str>, u64> = HashMap::new();
+    let mut result_seq: HashMap<(Arc<str>, crate::florence2::Task), u64> = HashMap::new();
     for batch in batches {
         let dispatched = Instant::now();
         let n = batch.len();
@@ -462,10 +503,15 @@ fn inference_thread(
                 Ok(results) => {
                     items_ok = true;
                     for (job, r) in jobs.iter().zip(results) {
-                        let seq = result_seq.entry(job.key.camera.clone()).or_insert(0);
+                        let seq = result_seq
+                            .entry((job.key.camera.clone(), job.key.task))
+                            .or_insert(0);
                         *seq += 1;
-                        let out = AnalysisResult::new(&ctx.node, &info, job, r, *seq, dispatched);
-                        sink.result(&out);
+                        let out =
+                            result::result_payload(&ctx.node, &info, job, r, *seq, dispatched);
+                        if let Ok(mut sink) = sink.lock() {
+                            sink.result(&out);
+                        }
                         if let Ok(mut st) = ctx.stats.lock() {
                             *st.results
                                 .entry((out.camera.clone(), out.task.clone()))
@@ -486,7 +532,6 @@ fn inference_thread(
             break;
         }
     }
-    sink.close();
 }
 
 /// Status of a camera for publishing.

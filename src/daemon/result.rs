@@ -1,134 +1,91 @@
-//! One analysed frame and task, as the daemon hands it on, and where it goes.
+//! Results and camera statuses as the daemon hands them on (the publisher's
+//! wire types, whose JSON Schemas are in docs/schema/), and where they go.
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-
+use crate::config::{MqttConfig, PasswordSource};
 use crate::florence2::engine::TaskResult;
-use crate::ingest::Frame;
+use crate::ingest::{CameraState as IngestState, CameraStatus, Frame};
+use crate::publish::{
+    self, CameraState, CameraStatusPayload, MqttSettings, PublishError, Publisher, ResultPayload,
+    RESULT_SCHEMA_VERSION, STATUS_SCHEMA_VERSION,
+};
 use crate::schedule::Job;
 
-/// Version of the result payload's shape.
-pub const SCHEMA_VERSION: u32 = 1;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelMeta {
-    /// The model directory's name, e.g. `Florence-2-base-ft`.
-    pub id: String,
-    pub variant: String,
-    pub backend: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct FrameMeta {
-    /// Per-camera frame sequence number from ingest.
-    pub seq: u64,
-    /// Stream time in milliseconds, when the stream has one.
-    pub pts_ms: Option<f64>,
-    /// Wall-clock capture time, milliseconds since the Unix epoch.
-    pub captured_at_ms: u64,
-    pub width: u32,
-    pub height: u32,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Latencies {
-    /// From the task being due to the batch reaching the model.
-    pub queue_ms: f64,
-    pub preprocess_ms: f64,
-    pub vision_ms: f64,
-    pub encoder_ms: f64,
-    pub decode_ms: f64,
-    pub postprocess_ms: f64,
-    /// From capture to this result.
-    pub capture_to_result_ms: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AnalysisResult {
-    pub schema_version: u32,
-    pub node: String,
-    pub camera: String,
-    /// Task token, e.g. `<OD>`.
-    pub task: String,
-    /// Lower snake case, as in the MQTT topic, e.g. `od`.
-    pub task_name: String,
-    pub text_input: Option<String>,
-    /// Per camera, counts results from 1; a gap means a result was lost.
-    pub seq: u64,
-    pub frame: FrameMeta,
-    /// Milliseconds since the Unix epoch when the result was made.
-    pub produced_at_ms: u64,
-    pub model: ModelMeta,
-    pub batch_size: usize,
-    pub latency_ms: Latencies,
-    /// Hugging Face's shape under the task token, plus normalized
-    /// coordinates.
-    pub result: serde_json::Value,
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
+pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl AnalysisResult {
-    pub fn new(
-        node: &str,
-        model: &ModelMeta,
-        job: &Job<Arc<Frame>>,
-        r: TaskResult,
-        seq: u64,
-        dispatched: Instant,
-    ) -> Self {
-        let f = &job.frame;
-        let now = SystemTime::now();
-        let capture_to_result_ms = now
-            .duration_since(f.captured_at)
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3);
-        AnalysisResult {
-            schema_version: SCHEMA_VERSION,
-            node: node.to_string(),
-            camera: job.key.camera.to_string(),
-            task: r.task.clone(),
-            task_name: job.key.task.topic_name(),
-            text_input: job
-                .key
-                .argument
-                .text()
-                .map(str::to_string)
-                .or(r.text_input.clone()),
-            seq,
-            frame: FrameMeta {
-                seq: f.seq,
-                pts_ms: f.pts.map(|p| p.as_secs_f64() * 1e3),
-                captured_at_ms: unix_ms(f.captured_at),
-                width: f.width,
-                height: f.height,
-            },
-            produced_at_ms: unix_ms(now),
-            model: model.clone(),
-            batch_size: r.batch_size,
-            latency_ms: Latencies {
-                queue_ms: dispatched.saturating_duration_since(job.due).as_secs_f64() * 1e3,
-                preprocess_ms: r.timings.preprocess_ms,
-                vision_ms: r.timings.model.vision_ms,
-                encoder_ms: r.timings.model.encoder_ms,
-                decode_ms: r.timings.model.decode_ms,
-                postprocess_ms: r.timings.postprocess_ms,
-                capture_to_result_ms,
-            },
-            result: r.result,
-        }
+/// The published result for one job. `sequence` counts this camera and
+/// task's results from 1, so a subscriber of one topic sees a gap when a
+/// result is lost.
+pub fn result_payload(
+    node: &str,
+    model: &publish::ModelInfo,
+    job: &Job<Arc<Frame>>,
+    r: TaskResult,
+    sequence: u64,
+    dispatched: Instant,
+) -> ResultPayload {
+    let f = &job.frame;
+    ResultPayload {
+        schema_version: RESULT_SCHEMA_VERSION,
+        node: node.to_string(),
+        camera: job.key.camera.to_string(),
+        task: r.task.clone(),
+        text_input: r.text_input.clone(),
+        sequence,
+        frame: publish::FrameInfo {
+            captured_unix_ms: unix_ms(f.captured_at),
+            pts_ns: f.pts.map(|p| p.as_nanos() as u64),
+            width: f.width,
+            height: f.height,
+        },
+        model: model.clone(),
+        batch_size: r.batch_size as u32,
+        latency_ms: publish::StageLatencies {
+            queue_ms: dispatched.saturating_duration_since(job.due).as_secs_f64() * 1e3,
+            preprocess_ms: r.timings.preprocess_ms,
+            vision_ms: r.timings.model.vision_ms,
+            encoder_ms: r.timings.model.encoder_ms,
+            decode_ms: r.timings.model.decode_ms,
+            postprocess_ms: r.timings.postprocess_ms,
+        },
+        result: r.result,
     }
 }
 
-/// Where results go. Called on the inference thread: implementations must
-/// not block (queue and count instead).
+/// The published status of a camera.
+pub fn status_payload(node: &str, s: &CameraStatus) -> CameraStatusPayload {
+    CameraStatusPayload {
+        schema_version: STATUS_SCHEMA_VERSION,
+        node: node.to_string(),
+        camera: s.camera.clone(),
+        state: match s.state {
+            IngestState::Starting => CameraState::Starting,
+            IngestState::Streaming => CameraState::Streaming,
+            IngestState::Stalled => CameraState::Stalled,
+            IngestState::Reconnecting => CameraState::Reconnecting,
+            IngestState::Failed => CameraState::Failed,
+        },
+        fps_in: s.fps_in,
+        fps_out: s.fps_out,
+        frames_in: s.frames_in,
+        frames_dropped: s.frames_dropped,
+        reconnects: s.reconnects,
+        last_error: s.last_error.clone(),
+        updated_unix_ms: unix_ms(SystemTime::now()),
+    }
+}
+
+/// Where results and statuses go. Called from the daemon's threads:
+/// implementations must not block (queue and count instead).
 pub trait ResultSink: Send {
-    fn result(&mut self, result: &AnalysisResult);
+    fn result(&mut self, result: &ResultPayload);
+    fn camera_status(&mut self, _status: &CameraStatusPayload) {}
     /// Flush what is queued; called once at shutdown.
     fn close(&mut self) {}
 }
@@ -137,7 +94,7 @@ pub trait ResultSink: Send {
 pub struct StdoutSink;
 
 impl ResultSink for StdoutSink {
-    fn result(&mut self, result: &AnalysisResult) {
+    fn result(&mut self, result: &ResultPayload) {
         match serde_json::to_string(result) {
             Ok(line) => {
                 let mut out = std::io::stdout().lock();
@@ -154,14 +111,120 @@ impl ResultSink for StdoutSink {
 pub struct FanOut(pub Vec<Box<dyn ResultSink>>);
 
 impl ResultSink for FanOut {
-    fn result(&mut self, result: &AnalysisResult) {
+    fn result(&mut self, result: &ResultPayload) {
         for s in &mut self.0 {
             s.result(result);
+        }
+    }
+    fn camera_status(&mut self, status: &CameraStatusPayload) {
+        for s in &mut self.0 {
+            s.camera_status(status);
         }
     }
     fn close(&mut self) {
         for s in &mut self.0 {
             s.close();
+        }
+    }
+}
+
+/// How long shutdown gives the publisher to deliver what is queued before
+/// the rest stays in the spool.
+pub const PUBLISH_DRAIN: Duration = Duration::from_secs(5);
+
+/// Results and statuses to MQTT (src/publish). A full queue is counted by
+/// the publisher and logged here; nothing blocks.
+pub struct MqttSink {
+    publisher: Option<Publisher>,
+}
+
+impl MqttSink {
+    pub fn start(config: &MqttConfig, node: &str) -> Result<Self, String> {
+        let settings = mqtt_settings(config)?;
+        let publisher = Publisher::start(&settings, node).map_err(|e| e.to_string())?;
+        Ok(MqttSink {
+            publisher: Some(publisher),
+        })
+    }
+
+    pub fn stats(&self) -> Option<Arc<publish::PublisherStats>> {
+        self.publisher.as_ref().map(Publisher::stats)
+    }
+}
+
+/// The publisher's settings from the `[mqtt]` section.
+pub fn mqtt_settings(c: &MqttConfig) -> Result<MqttSettings, String> {
+    let mut s = MqttSettings {
+        url: c.url.clone(),
+        client_id: Some(c.client_id.clone()),
+        username: c.username.clone(),
+        keep_alive: humantime::format_duration(c.keep_alive).to_string(),
+        qos: c.qos,
+        topic_prefix: c.topic_prefix.clone(),
+        ..MqttSettings::default()
+    };
+    match &c.password {
+        None => {}
+        Some(PasswordSource::File(p)) => s.password_file = Some(p.clone()),
+        Some(inline @ PasswordSource::Inline(_)) => {
+            s.password = Some(
+                inline
+                    .read()
+                    .map_err(|e| format!("mqtt.password: {e}"))?
+                    .expose()
+                    .to_string(),
+            )
+        }
+    }
+    if let Some(tls) = &c.tls {
+        s.tls.ca_file = tls.ca_file.clone();
+        if let Some((cert, key)) = &tls.client_auth {
+            s.tls.client_cert_file = Some(cert.clone());
+            s.tls.client_key_file = Some(key.clone());
+        }
+    }
+    s.spool.dir = Some(
+        c.spool
+            .dir
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from("/var/lib/florence-edge/spool")),
+    );
+    s.spool.max_messages = c.spool.max_messages;
+    s.snapshot.enabled = c.snapshots.enabled;
+    s.snapshot.min_interval = humantime::format_duration(c.snapshots.min_interval).to_string();
+    Ok(s)
+}
+
+impl ResultSink for MqttSink {
+    fn result(&mut self, result: &ResultPayload) {
+        let Some(p) = &self.publisher else { return };
+        match p.try_publish_result(result.clone()) {
+            Ok(()) => {}
+            Err(PublishError::QueueFull { payload, capacity }) => tracing::error!(
+                camera = %payload.camera,
+                task = %payload.task,
+                sequence = payload.sequence,
+                capacity,
+                "MQTT queue full; result dropped (counted in queue-full drops)."
+            ),
+            Err(e) => {
+                tracing::error!(camera = %result.camera, task = %result.task, error = %e, "Result not published.")
+            }
+        }
+    }
+
+    fn camera_status(&mut self, status: &CameraStatusPayload) {
+        if let Some(p) = &self.publisher {
+            if let Err(e) = p.publish_camera_status(&status.camera, status) {
+                tracing::warn!(camera = %status.camera, error = %e, "Camera status not published.");
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(p) = self.publisher.take() {
+            let report = p.shutdown(PUBLISH_DRAIN);
+            tracing::info!(report = ?report, "MQTT publisher stopped.");
         }
     }
 }

@@ -72,9 +72,9 @@ pub struct ResultPayload {
     /// Text input of tasks that take one (phrase grounding, open-vocabulary
     /// detection, region tasks); null otherwise.
     pub text_input: Option<String>,
-    /// Per-camera sequence number of analysed frames, counting up by one per
-    /// frame, so consumers can see gaps. A frame analysed by several tasks
-    /// carries the same number on each task's topic.
+    /// Sequence number of this camera and task's results, counting up by one
+    /// from 1 on each `{prefix}/{camera}/{task}` topic, so a subscriber sees a
+    /// gap when a result is lost. It restarts at 1 when florence-edge starts.
     pub sequence: u64,
     pub frame: FrameInfo,
     pub model: ModelInfo,

@@ -73,7 +73,7 @@ struct ModelArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Intra-op threads per ONNX Runtime session (0: ONNX Runtime decides).
+    /// Intra-op threads per ONNX Runtime session (0: one per available core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Path of libonnxruntime.so (else $ORT_DYLIB_PATH, .local/onnxruntime/lib, system locations).

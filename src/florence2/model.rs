@@ -23,7 +23,7 @@ pub struct LoadOptions {
     pub layout: DecoderLayout,
     pub backend: Backend,
     pub ort_library: Option<PathBuf>,
-    /// Intra-op threads per session; 0 lets ONNX Runtime decide.
+    /// Intra-op threads per session; 0 means one per available core.
     pub intra_threads: usize,
     pub engine_cache_dir: Option<PathBuf>,
 }

@@ -312,7 +312,7 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static OrtRuntime, RuntimeError
         .ok_or_else(|| RuntimeError::Environment("runtime initialisation raced".into()))
 }
 
-/// How sessions are built. Threads: 0 lets ONNX Runtime decide.
+/// How sessions are built. Threads: 0 means one per available core.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
     pub backend: Backend,
@@ -350,11 +350,16 @@ pub fn open_session(
     builder = builder
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| err(e.to_string()))?;
-    if options.intra_threads > 0 {
-        builder = builder
-            .with_intra_threads(options.intra_threads)
-            .map_err(|e| err(e.to_string()))?;
-    }
+    // ONNX Runtime's own default measured slower here (2-core box: vision
+    // encoder 2.55 s vs 2.33 s with one thread per core), so 0 means one
+    // intra-op thread per available core.
+    let threads = match options.intra_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    builder = builder
+        .with_intra_threads(threads)
+        .map_err(|e| err(e.to_string()))?;
     match options.backend {
         Backend::Cpu => {}
         Backend::Cuda => {

@@ -166,17 +166,17 @@ tasks = [
     );
     assert_eq!(stats.failed_jobs, 0);
 
-    // Per camera, result sequence numbers count 1, 2, 3 … without gaps.
-    for camera in ["bars", "ball", "rtsp"] {
+    // Per camera and task, result sequence numbers count 1, 2, 3 … without gaps.
+    for (camera, task) in got.keys() {
         let seqs: Vec<u64> = results
             .iter()
-            .filter(|r| r.camera == camera)
-            .map(|r| r.seq)
+            .filter(|r| &r.camera == camera && &r.task == task)
+            .map(|r| r.sequence)
             .collect();
         assert_eq!(
             seqs,
             (1..=seqs.len() as u64).collect::<Vec<_>>(),
-            "{camera}"
+            "{camera} {task}"
         );
     }
     let region = results

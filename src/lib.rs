@@ -18,3 +18,4 @@ pub mod preprocess;
 pub mod publish;
 pub mod runtime;
 pub mod schedule;
+pub mod service;

@@ -28,8 +28,65 @@ struct Cli {
         default_value = "info,ort=warn"
     )]
     log: String,
+    /// Log format: `auto` (text; without our own timestamps and colours when
+    /// stderr goes to the systemd journal, which adds its own), `text` or
+    /// `json` (one object per line with the fields).
+    #[arg(
+        long,
+        global = true,
+        env = "FLORENCE_EDGE_LOG_FORMAT",
+        value_enum,
+        default_value = "auto"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+/// Whether stderr is the systemd journal: `JOURNAL_STREAM` names its
+/// device and inode (systemd.exec(5)); a child whose stderr was redirected
+/// elsewhere inherits the variable but not the stream.
+fn stderr_is_journal() -> bool {
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills the stat buffer we own for fd 2.
+    if unsafe { libc::fstat(2, st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat returned 0, so it initialised the buffer.
+    let st = unsafe { st.assume_init() };
+    st.st_dev as u64 == dev && st.st_ino as u64 == ino
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Auto if stderr_is_journal() => builder.without_time().with_ansi(false).init(),
+        LogFormat::Auto | LogFormat::Text => builder.init(),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -203,12 +260,7 @@ fn parse_region(s: &str) -> Result<[f64; 4], String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli.log, cli.log_format);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -359,7 +411,7 @@ fn run(command: Command) -> Result<()> {
 #[cfg(feature = "gstreamer")]
 fn run_daemon(config_path: &std::path::Path, stdout: bool) -> Result<()> {
     use florence_edge::daemon::result::FanOut;
-    use florence_edge::daemon::{Daemon, MqttSink, ResultSink, StdoutSink};
+    use florence_edge::daemon::{Daemon, DaemonOptions, MqttSink, ResultSink, StdoutSink};
     let config = florence_edge::config::load(config_path).map_err(|errors| {
         anyhow::anyhow!(
             "invalid configuration:\n{}",
@@ -377,7 +429,13 @@ fn run_daemon(config_path: &std::path::Path, stdout: bool) -> Result<()> {
         sinks.push(Box::new(StdoutSink));
     }
     let sink: Box<dyn ResultSink> = Box::new(FanOut(sinks));
-    let daemon = Daemon::start(config, sink)?;
+    let options = DaemonOptions {
+        config_path: Some(config_path.to_path_buf()),
+        notifier: std::sync::Arc::new(florence_edge::service::Notifier::from_env()),
+        // Fault injection for the watchdog tests (tests/service_daemon.rs).
+        wedge_inference: std::env::var_os("FLORENCE_EDGE_FAULT_WEDGE_INFERENCE").is_some(),
+    };
+    let daemon = Daemon::start_with(config, sink, options)?;
     daemon.wait()?;
     Ok(())
 }

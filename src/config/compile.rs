@@ -20,6 +20,10 @@ use super::{
     StreamConfig, TaskConfig, Transport, ENV_PREFIX,
 };
 
+/// `model.batch_timeout` when unset: generous for a CPU running the large
+/// model with beam search; a GPU batch takes a fraction of a second.
+pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Identifiers that end up in MQTT topics and metric labels.
 const ID_ALLOWED: &str = "1 to 64 characters of A-Z a-z 0-9 _ -";
 
@@ -239,6 +243,9 @@ fn model(mut f: Fields, errors: &mut Errors) -> Option<ModelConfig> {
     let max_batch = f.or("max_batch", 8, errors, |v| uint_in(v, 1, 64));
     let max_wait_ms = f.or("max_wait_ms", 40, errors, |v| uint_in(v, 0, 10_000));
     let threads = f.or("threads", 0, errors, |v| uint_in(v, 0, 1024));
+    let batch_timeout = f.or("batch_timeout", DEFAULT_BATCH_TIMEOUT, errors, |v| {
+        duration_at_least(v, Duration::from_secs(1))
+    });
     let ort_library = f.opt("ort_library", errors, path_value);
     let decoding = f.table("decoding", errors).map(|d| decoding(d, errors));
     f.finish(errors);
@@ -279,6 +286,7 @@ fn model(mut f: Fields, errors: &mut Errors) -> Option<ModelConfig> {
         max_batch: usize::try_from(max_batch).ok()?,
         max_wait: Duration::from_millis(max_wait_ms),
         threads: usize::try_from(threads).ok()?,
+        batch_timeout,
         ort_library,
         decoding: decoding??,
     })

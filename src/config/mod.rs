@@ -247,6 +247,9 @@ pub struct ModelConfig {
     pub max_wait: Duration,
     /// Intra-op threads for ONNX Runtime on the CPU; 0 lets it decide.
     pub threads: usize,
+    /// A batch running longer than this means the inference is wedged:
+    /// `/healthz` fails and the systemd watchdog is no longer fed.
+    pub batch_timeout: Duration,
     /// `libonnxruntime.so` to load instead of the one found by the loader.
     pub ort_library: Option<PathBuf>,
     pub decoding: DecodingConfig,

@@ -52,3 +52,19 @@ pub fn camera_settings(camera: &CameraConfig) -> Result<CameraSettings, String> 
     out.keyframe_skipping = s.keyframe_skipping;
     Ok(out)
 }
+
+/// The camera's tasks as operators read them, e.g. `<OD> every 500ms`.
+pub fn task_summaries(camera: &CameraConfig) -> Vec<String> {
+    camera
+        .tasks
+        .iter()
+        .map(|t| {
+            let mut s = t.task.token().to_string();
+            if let Some(text) = t.argument.text() {
+                s.push_str(&format!(" {text:?}"));
+            }
+            s.push_str(&format!(" every {}", humantime::format_duration(t.every)));
+            s
+        })
+        .collect()
+}

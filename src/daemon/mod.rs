@@ -8,21 +8,24 @@
 //! Inference never runs on an async runtime's workers.
 
 pub mod cameras;
+pub mod reload;
 pub mod result;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{Config, DecodingStrategy};
+use crate::config::{CameraConfig, Config, DecodingStrategy};
 use crate::florence2::engine::{Decoding, Engine, TaskRequest};
 use crate::florence2::{DecoderLayout, LoadOptions, Strategy, Variant};
-use crate::ingest::{self, CameraEvent, CameraHandle, CameraStatus, Frame};
+use crate::ingest::{self, CameraEvent, CameraHandle, CameraStatus, Frame, StatusReader};
 use crate::preprocess::RgbFrame;
 use crate::runtime::Backend;
-use crate::schedule::{Batcher, Job, Scheduler};
+use crate::schedule::{Batcher, Job, Scheduler, TaskSchedule};
+use crate::service::{Liveness, Notifier, Watchdog};
 
 pub use result::{MqttSink, ResultSink, StdoutSink};
 
@@ -56,8 +59,48 @@ enum Msg {
     BatchDone {
         jobs: usize,
     },
+    /// SIGHUP: re-read the configuration file.
+    Reload,
     Shutdown(&'static str),
 }
+
+/// How the daemon is run, beyond its configuration.
+pub struct DaemonOptions {
+    /// The file SIGHUP re-reads. `None` (a configuration built in memory):
+    /// SIGHUP is logged and ignored.
+    pub config_path: Option<PathBuf>,
+    /// systemd's notification socket (a no-op outside systemd).
+    pub notifier: Arc<Notifier>,
+    /// Fault injection for tests of the watchdog: the inference thread
+    /// wedges (sleeps forever) on its first batch. Never set in service.
+    pub wedge_inference: bool,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            config_path: None,
+            notifier: Arc::new(Notifier::disabled()),
+            wedge_inference: false,
+        }
+    }
+}
+
+/// A camera as the daemon runs it, for `/api/cameras` and the metrics.
+#[derive(Clone)]
+pub struct CameraEntry {
+    pub reader: StatusReader,
+    /// When this camera's current pipeline was started (by the start or
+    /// by a reload that restarted it).
+    pub started_unix_ms: u64,
+    /// Restarts by reloads since the daemon started.
+    pub restarts: u64,
+    /// Task tokens with their periods, e.g. `<OD> every 500ms`.
+    pub tasks: Vec<String>,
+}
+
+/// The running cameras by id, readable from other threads.
+pub type CameraRegistry = Arc<Mutex<BTreeMap<String, CameraEntry>>>;
 
 type FrameJob = Job<Arc<Frame>>;
 
@@ -78,6 +121,12 @@ pub struct DaemonStats {
     pub results: BTreeMap<(String, String), u64>,
     /// Jobs that produced no result (refused input, failed batch).
     pub failed_jobs: u64,
+    /// Reloads applied, and reloads rejected (invalid file: the running
+    /// configuration stayed).
+    pub reloads: u64,
+    pub reloads_rejected: u64,
+    /// Jobs dropped because their camera was removed or restarted.
+    pub dropped_by_reload: u64,
 }
 
 /// How long a shutdown waits for the batch in flight.
@@ -123,6 +172,10 @@ pub fn decoding(config: &Config) -> Decoding {
 pub struct Daemon {
     tx: Sender<Msg>,
     stats: Arc<Mutex<DaemonStats>>,
+    liveness: Arc<Liveness>,
+    cameras: CameraRegistry,
+    signals: signal_hook::iterator::Handle,
+    _watchdog: Option<Watchdog>,
     coordinator: Option<JoinHandle<Result<(), DaemonError>>>,
 }
 
@@ -130,10 +183,26 @@ impl Daemon {
     /// Loads the model, starts every enabled camera and the coordinator.
     /// Returns once the model is loaded and the cameras are started.
     pub fn start(config: Config, sink: Box<dyn ResultSink>) -> Result<Daemon, DaemonError> {
+        Daemon::start_with(config, sink, DaemonOptions::default())
+    }
+
+    /// [`Daemon::start`] with a configuration file to reload on SIGHUP and
+    /// systemd notifications.
+    pub fn start_with(
+        config: Config,
+        sink: Box<dyn ResultSink>,
+        options: DaemonOptions,
+    ) -> Result<Daemon, DaemonError> {
         let (tx, rx) = mpsc::channel::<Msg>();
         // Signals first: a SIGTERM during the (slow) model load is honoured
         // as soon as the coordinator runs.
-        signals(tx.clone())?;
+        let signals = signals(tx.clone())?;
+        let notifier = options.notifier.clone();
+        notifier.status("Loading the model.");
+        let liveness = Liveness::new(config.model.batch_timeout);
+        // The watchdog runs from the start: systemd expects pings before
+        // READY=1 too, and a model load that hangs must not hang forever.
+        let watchdog = Watchdog::start(notifier.clone(), liveness.clone());
         let sink: SharedSink = Arc::new(Mutex::new(sink));
 
         // The model lives on its own thread; it reports whether it loaded.
@@ -146,7 +215,12 @@ impl Daemon {
             decoding: decoding(&config),
             done: tx.clone(),
             stats: stats.clone(),
+            liveness: liveness.clone(),
+            wedge: options.wedge_inference,
         };
+        if options.wedge_inference {
+            tracing::warn!("Fault injection: the inference thread will wedge on its first batch.");
+        }
         let inference = thread::Builder::new()
             .name("inference".into())
             .spawn({
@@ -154,10 +228,17 @@ impl Daemon {
                 move || inference_thread(opts, inference_ctx, batch_rx, ready_tx, sink)
             })
             .map_err(|e| DaemonError::Model(format!("cannot start the inference thread: {e}")))?;
-        let info = ready_rx
-            .recv()
-            .map_err(|_| DaemonError::InferenceGone)?
-            .map_err(DaemonError::Model)?;
+        let info = match ready_rx.recv() {
+            Ok(Ok(info)) => info,
+            Ok(Err(e)) => {
+                signals.close();
+                return Err(DaemonError::Model(e));
+            }
+            Err(_) => {
+                signals.close();
+                return Err(DaemonError::InferenceGone);
+            }
+        };
         tracing::info!(model = %info.model_id, backend = %info.backend, variant = %info.variant, "Model ready.");
 
         // Cameras send frames and events to forwarders feeding the one
@@ -166,31 +247,21 @@ impl Daemon {
         let (events_tx, events_rx) = mpsc::channel::<CameraEvent>();
         forward(frames_rx, tx.clone(), Msg::Frame, "frames");
         forward(events_rx, tx.clone(), Msg::Event, "camera-events");
-        let mut cams = BTreeMap::new();
-        for camera in config.cameras.iter().filter(|c| c.enabled) {
-            let settings =
-                cameras::camera_settings(camera).map_err(|reason| DaemonError::Camera {
-                    camera: camera.id.clone(),
-                    reason,
-                })?;
-            let handle = ingest::spawn_camera(&settings, frames_tx.clone(), events_tx.clone())
-                .map_err(|e| DaemonError::Camera {
-                    camera: camera.id.clone(),
-                    reason: e.to_string(),
-                })?;
-            cams.insert(camera.id.clone(), handle);
-        }
 
         let now = Instant::now();
-        let scheduler = Scheduler::from_config(&config, now)
-            .map_err(|e| DaemonError::Schedule(e.to_string()))?;
+        let scheduler =
+            Scheduler::new(Vec::new(), now).map_err(|e| DaemonError::Schedule(e.to_string()))?;
         let batcher = Batcher::from_config(&config.model)
             .map_err(|e| DaemonError::Schedule(e.to_string()))?;
-        let coordinator = Coordinator {
+        let registry: CameraRegistry = Arc::new(Mutex::new(BTreeMap::new()));
+        let mut coordinator = Coordinator {
             scheduler,
             batcher,
             latest: HashMap::new(),
-            cameras: cams,
+            cameras: BTreeMap::new(),
+            registry: registry.clone(),
+            frames_tx,
+            events_tx,
             batch_tx: Some(batch_tx),
             inference: Some(inference),
             model_busy: false,
@@ -198,14 +269,31 @@ impl Daemon {
             sink,
             node: config.node.id.clone(),
             last_status: Instant::now() - STATUS_INTERVAL,
+            config_path: options.config_path,
+            notifier: notifier.clone(),
+            liveness: liveness.clone(),
+            config: config.clone(),
         };
+        for camera in config.cameras.iter().filter(|c| c.enabled) {
+            if let Err(e) = coordinator.start_camera(camera, now) {
+                signals.close();
+                return Err(e);
+            }
+        }
+        let summary = coordinator.summary();
         let handle = thread::Builder::new()
             .name("coordinator".into())
             .spawn(move || coordinator.run(rx))
             .map_err(|e| DaemonError::Schedule(format!("cannot start the coordinator: {e}")))?;
+        liveness.set_ready(true);
+        notifier.ready(&summary);
         Ok(Daemon {
             tx,
             stats,
+            liveness,
+            cameras: registry,
+            signals,
+            _watchdog: watchdog,
             coordinator: Some(handle),
         })
     }
@@ -214,18 +302,40 @@ impl Daemon {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// What `/healthz`, `/readyz` and the systemd watchdog look at.
+    pub fn liveness(&self) -> Arc<Liveness> {
+        self.liveness.clone()
+    }
+
+    /// The running cameras.
+    pub fn cameras(&self) -> CameraRegistry {
+        self.cameras.clone()
+    }
+
+    /// The shared statistics, for readers on other threads.
+    pub fn shared_stats(&self) -> Arc<Mutex<DaemonStats>> {
+        self.stats.clone()
+    }
+
     /// Ask the daemon to stop (as SIGTERM does).
     pub fn shutdown(&self) {
         let _ = self.tx.send(Msg::Shutdown("requested"));
     }
 
+    /// Ask the daemon to re-read its configuration file (as SIGHUP does).
+    pub fn reload(&self) {
+        let _ = self.tx.send(Msg::Reload);
+    }
+
     /// Block until the daemon has stopped: cameras stopped, the batch in
     /// flight finished and its results handed on.
     pub fn wait(mut self) -> Result<(), DaemonError> {
-        match self.coordinator.take() {
+        let result = match self.coordinator.take() {
             Some(h) => h.join().map_err(|_| DaemonError::InferenceGone)?,
             None => Ok(()),
-        }
+        };
+        self.signals.close();
+        result
     }
 }
 
@@ -247,10 +357,11 @@ fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Msg>, wrap: fn(T) -> M
         });
 }
 
-fn signals(tx: Sender<Msg>) -> Result<(), DaemonError> {
+fn signals(tx: Sender<Msg>) -> Result<signal_hook::iterator::Handle, DaemonError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| DaemonError::Signals(e.to_string()))?;
+    let handle = signals.handle();
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -258,10 +369,7 @@ fn signals(tx: Sender<Msg>) -> Result<(), DaemonError> {
                 let msg = match sig {
                     SIGTERM => Msg::Shutdown("SIGTERM"),
                     SIGINT => Msg::Shutdown("SIGINT"),
-                    _ => {
-                        tracing::warn!("SIGHUP received; reloading the configuration is not supported yet, keeping the running one.");
-                        continue;
-                    }
+                    _ => Msg::Reload,
                 };
                 if tx.send(msg).is_err() {
                     break;
@@ -269,7 +377,7 @@ fn signals(tx: Sender<Msg>) -> Result<(), DaemonError> {
             }
         })
         .map_err(|e| DaemonError::Signals(e.to_string()))?;
-    Ok(())
+    Ok(handle)
 }
 
 struct Coordinator {
@@ -277,6 +385,9 @@ struct Coordinator {
     batcher: Batcher<Arc<Frame>>,
     latest: HashMap<Arc<str>, Arc<Frame>>,
     cameras: BTreeMap<String, CameraHandle>,
+    registry: CameraRegistry,
+    frames_tx: SyncSender<Frame>,
+    events_tx: Sender<CameraEvent>,
     batch_tx: Option<SyncSender<Vec<FrameJob>>>,
     inference: Option<JoinHandle<()>>,
     model_busy: bool,
@@ -284,6 +395,12 @@ struct Coordinator {
     sink: SharedSink,
     node: String,
     last_status: Instant,
+    config_path: Option<PathBuf>,
+    notifier: Arc<Notifier>,
+    liveness: Arc<Liveness>,
+    /// The configuration in effect (sections a reload cannot change keep
+    /// their running values).
+    config: Config,
 }
 
 impl Coordinator {
@@ -294,8 +411,88 @@ impl Coordinator {
         }
     }
 
+    /// Starts a camera's pipeline and schedules its tasks.
+    fn start_camera(&mut self, camera: &CameraConfig, now: Instant) -> Result<(), DaemonError> {
+        let settings = cameras::camera_settings(camera).map_err(|reason| DaemonError::Camera {
+            camera: camera.id.clone(),
+            reason,
+        })?;
+        let tasks: Vec<TaskSchedule> = camera.tasks.iter().map(TaskSchedule::from).collect();
+        self.scheduler
+            .set_camera(Arc::from(camera.id.as_str()), &tasks, now)
+            .map_err(|e| DaemonError::Schedule(e.to_string()))?;
+        let handle =
+            ingest::spawn_camera(&settings, self.frames_tx.clone(), self.events_tx.clone())
+                .map_err(|e| {
+                    self.scheduler.remove_camera(&camera.id);
+                    DaemonError::Camera {
+                        camera: camera.id.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+        if let Ok(mut reg) = self.registry.lock() {
+            let restarts = reg.get(&camera.id).map_or(0, |e| e.restarts + 1);
+            reg.insert(
+                camera.id.clone(),
+                CameraEntry {
+                    reader: handle.status_reader(),
+                    started_unix_ms: result::unix_ms(SystemTime::now()),
+                    restarts,
+                    tasks: cameras::task_summaries(camera),
+                },
+            );
+        }
+        self.cameras.insert(camera.id.clone(), handle);
+        Ok(())
+    }
+
+    /// Stops a camera: its pipeline, its schedule, its waiting jobs and its
+    /// newest frame. With `forget`, it also leaves the registry.
+    fn stop_camera(&mut self, id: &str, forget: bool) {
+        if let Some(handle) = self.cameras.remove(id) {
+            handle.stop();
+        }
+        self.scheduler.remove_camera(id);
+        self.latest.remove(id);
+        let dropped = self.batcher.remove_camera(id).len();
+        if dropped > 0 {
+            tracing::info!(
+                camera = id,
+                jobs = dropped,
+                "Waiting jobs of a stopped camera dropped."
+            );
+            if let Ok(mut st) = self.stats.lock() {
+                st.dropped_by_reload += dropped as u64;
+            }
+        }
+        if forget {
+            if let Ok(mut reg) = self.registry.lock() {
+                reg.remove(id);
+            }
+        }
+    }
+
+    /// One line for systemd's STATUS=.
+    fn summary(&self) -> String {
+        let streaming = self
+            .cameras
+            .values()
+            .filter(|c| c.status().state == ingest::CameraState::Streaming)
+            .count();
+        let results: u64 = self
+            .stats
+            .lock()
+            .map(|s| s.results.values().sum())
+            .unwrap_or(0);
+        format!(
+            "{streaming}/{} cameras streaming; {results} results.",
+            self.cameras.len()
+        )
+    }
+
     fn run(mut self, rx: Receiver<Msg>) -> Result<(), DaemonError> {
         let reason = loop {
+            self.liveness.coordinator_turned();
             let now = Instant::now();
             let mut deadline = self.scheduler.next_deadline();
             if !self.model_busy {
@@ -305,6 +502,14 @@ impl Coordinator {
                 deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
             match rx.recv_timeout(wait) {
                 Ok(Msg::Frame(frame)) => {
+                    // A frame queued by a pipeline that a reload stopped.
+                    let current = self
+                        .cameras
+                        .get(frame.camera.as_ref())
+                        .is_some_and(|c| c.sent(&frame));
+                    if !current {
+                        continue;
+                    }
                     let camera = frame.camera.clone();
                     let seq = frame.seq;
                     self.latest.insert(camera.clone(), Arc::new(frame));
@@ -320,6 +525,7 @@ impl Coordinator {
                     tracing::debug!(jobs, "Batch finished.");
                     self.model_busy = false;
                 }
+                Ok(Msg::Reload) => self.reload(),
                 Ok(Msg::Shutdown(why)) => break why,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break "all senders gone",
@@ -330,6 +536,7 @@ impl Coordinator {
                 for cam in self.cameras.values() {
                     self.publish_status(&cam.status());
                 }
+                self.notifier.status(&self.summary());
             }
             for job in self.scheduler.poll(now) {
                 // The scheduler only emits a job once its camera has a frame.
@@ -378,6 +585,9 @@ impl Coordinator {
     }
 
     fn shutdown(mut self, rx: Receiver<Msg>) -> Result<(), DaemonError> {
+        self.liveness.set_stopping();
+        self.notifier
+            .stopping("Stopping: cameras stop, the batch in flight finishes.");
         for (_, cam) in std::mem::take(&mut self.cameras) {
             cam.stop();
         }
@@ -436,6 +646,9 @@ struct InferenceContext {
     decoding: Decoding,
     done: Sender<Msg>,
     stats: Arc<Mutex<DaemonStats>>,
+    liveness: Arc<Liveness>,
+    /// Fault injection: sleep forever on the first batch.
+    wedge: bool,
 }
 
 fn inference_thread(
@@ -469,6 +682,13 @@ fn inference_thread(
     }));
     let mut result_seq: HashMap<(Arc<str>, crate::florence2::Task), u64> = HashMap::new();
     for batch in batches {
+        ctx.liveness.batch_started();
+        if ctx.wedge {
+            tracing::warn!("Fault injection: the inference thread wedges now.");
+            loop {
+                thread::sleep(Duration::from_secs(3600));
+            }
+        }
         let dispatched = Instant::now();
         let n = batch.len();
         // Items whose request does not fit their frame (a region outside a
@@ -528,13 +748,9 @@ fn inference_thread(
         if let Ok(mut st) = ctx.stats.lock() {
             st.failed_jobs += (n - produced) as u64;
         }
+        ctx.liveness.batch_finished();
         if ctx.done.send(Msg::BatchDone { jobs: n }).is_err() {
             break;
         }
     }
-}
-
-/// Status of a camera for publishing.
-pub fn camera_status(handle: &CameraHandle) -> CameraStatus {
-    handle.status()
 }

@@ -30,7 +30,9 @@ pub use settings::{redact_url, CameraSettings, CameraSource, Credentials, MaxAtt
 pub use state::{
     AnalysisRate, BackoffPolicy, CameraMachine, CameraState, Command, KeyframeSkip, Transition,
 };
-pub use supervisor::{spawn_camera, CameraCounters, CameraEvent, CameraHandle, CameraStatus};
+pub use supervisor::{
+    spawn_camera, CameraCounters, CameraEvent, CameraHandle, CameraStatus, StatusReader,
+};
 
 /// Everything that can go wrong in ingest; every message names the camera.
 #[derive(Debug, thiserror::Error)]

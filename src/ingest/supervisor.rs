@@ -109,9 +109,23 @@ impl Shared {
     }
 }
 
+/// Reads a camera's status from any thread (the HTTP endpoint), without
+/// owning the camera.
+#[derive(Clone)]
+pub struct StatusReader(Arc<Shared>);
+
+impl StatusReader {
+    pub fn status(&self) -> CameraStatus {
+        self.0.snapshot()
+    }
+}
+
 /// A running camera. Dropping it stops the camera and joins its thread.
 pub struct CameraHandle {
     id: String,
+    /// The id as this camera's frames carry it; a camera restarted under the
+    /// same id gets a new one, so frames of the two can be told apart.
+    frame_camera: Arc<str>,
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -122,6 +136,13 @@ impl CameraHandle {
         &self.id
     }
 
+    /// Whether `frame` came from this camera's pipeline, not from an earlier
+    /// camera of the same id (stopped by a reload, its last frames may still
+    /// be queued).
+    pub fn sent(&self, frame: &Frame) -> bool {
+        Arc::ptr_eq(&self.frame_camera, &frame.camera)
+    }
+
     /// The camera's status now.
     pub fn status(&self) -> CameraStatus {
         self.shared.snapshot()
@@ -129,6 +150,12 @@ impl CameraHandle {
 
     pub fn counters(&self) -> &CameraCounters {
         &self.shared.counters
+    }
+
+    /// A reader of this camera's status for other threads; it keeps
+    /// answering (with the last state) after the camera stopped.
+    pub fn status_reader(&self) -> StatusReader {
+        StatusReader(self.shared.clone())
     }
 
     /// Stops the pipeline and waits for the supervisor thread to end.
@@ -165,9 +192,10 @@ pub fn spawn_camera(
     gst::init().map_err(|e| IngestError::Init(e.to_string()))?;
     let counters = Arc::new(CameraCounters::default());
     let chain = Arc::new(Mutex::new(None));
+    let frame_camera: Arc<str> = Arc::from(settings.id.as_str());
     let ctx = Arc::new(PipelineContext {
         camera: resolved.clone(),
-        camera_id: Arc::from(settings.id.as_str()),
+        camera_id: frame_camera.clone(),
         transport: settings.transport,
         latency: settings.latency,
         decoder: settings.decoder.clone(),
@@ -222,6 +250,7 @@ pub fn spawn_camera(
         })?;
     Ok(CameraHandle {
         id: settings.id.clone(),
+        frame_camera,
         stop: Some(stop_tx),
         thread: Some(thread),
         shared,

@@ -70,7 +70,7 @@ fn stderr_is_journal() -> bool {
     }
     // SAFETY: fstat returned 0, so it initialised the buffer.
     let st = unsafe { st.assume_init() };
-    st.st_dev as u64 == dev && st.st_ino as u64 == ino
+    st.st_dev == dev && st.st_ino == ino
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
@@ -233,6 +233,18 @@ enum Command {
         #[command(flatten)]
         model_args: ModelArgs,
     },
+    /// Install this binary, the systemd unit, the service user and the example configuration.
+    InstallService {
+        /// Install below this directory instead of / (an image being prepared).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Directory for the binary, as seen from the root; ExecStart= points here.
+        #[arg(long, default_value = florence_edge::service::install::DEFAULT_BIN_DIR)]
+        bin_dir: PathBuf,
+        /// Report what would be done and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Post-process raw decoder text (as the model emits it, special tokens included)
     /// read from stdin, and print the result as JSON.
     Parse {
@@ -384,6 +396,26 @@ fn run(command: Command) -> Result<()> {
                 }
                 bail!("{} problem(s) in {}", problems.len(), config.display())
             }
+        }
+        Command::InstallService {
+            root,
+            bin_dir,
+            dry_run,
+        } => {
+            use florence_edge::service::install::{install, InstallOptions};
+            let binary = std::env::current_exe().context("finding this program's own path")?;
+            // A follow-up step that fails (no systemd in a container) is
+            // marked in the report; the files are in place, so exit 0.
+            print!(
+                "{}",
+                install(&InstallOptions {
+                    root,
+                    binary,
+                    bin_dir,
+                    dry_run,
+                })?
+            );
+            Ok(())
         }
         Command::Parse {
             task,

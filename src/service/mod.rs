@@ -3,7 +3,8 @@
 //! See docs/SERVICE.md for the unit file, reload and the HTTP endpoints.
 
 pub mod health;
+pub mod install;
 pub mod notify;
 
 pub use health::{Liveness, Verdict, Watchdog};
-pub use notify::{NotifySocket, Notifier};
+pub use notify::{Notifier, NotifySocket};

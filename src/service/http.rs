@@ -261,7 +261,11 @@ impl HttpServer {
                 source,
             })?;
         server.threads.push(handle);
-        tracing::info!(addr = %local_addr, auth = shared.token.is_some(), "HTTP endpoint listening.");
+        tracing::info!(
+            addr = %local_addr,
+            auth = shared.token.is_some(),
+            "HTTP endpoint listening."
+        );
         Ok(server)
     }
 
@@ -315,7 +319,11 @@ fn accept(listener: &TcpListener, queue: &SyncSender<TcpStream>, stop: &AtomicBo
             Ok((stream, peer)) => {
                 // Accepted sockets inherit non-blocking mode on some systems.
                 if let Err(error) = stream.set_nonblocking(false) {
-                    tracing::debug!(%peer, %error, "HTTP connection dropped: cannot make it blocking.");
+                    tracing::debug!(
+                        %peer,
+                        %error,
+                        "HTTP connection dropped: cannot make it blocking."
+                    );
                     continue;
                 }
                 match queue.try_send(stream) {
@@ -410,29 +418,18 @@ enum HeadError {
 
 fn serve(mut stream: TcpStream, shared: &Shared) {
     let peer = stream.peer_addr().ok();
-    let (head, leftover) = read_head(&mut stream, &shared.limits, &shared.stop);
-    let head = match head {
-        Ok(head) => head,
+    let (head, extra_bytes) = match read_head(&mut stream, &shared.limits, &shared.stop) {
+        Ok(read) => read,
         Err(HeadError::Gone) => return,
         Err(error) => {
-            let response = match error {
-                HeadError::TooLarge => Response::json(
-                    431,
-                    &json!({"error": format!("request head larger than {} bytes", shared.limits.max_head_bytes)}),
-                ),
-                HeadError::TimedOut => {
-                    Response::json(408, &json!({"error": "request head not received in time"}))
-                }
-                HeadError::Version => Response::json(
-                    505,
-                    &json!({"error": "only HTTP/1.0 and HTTP/1.1 are supported"}),
-                ),
-                HeadError::Malformed(what) => {
-                    Response::json(400, &json!({"error": format!("bad request: {what}")}))
-                }
-                HeadError::Gone => return,
-            };
-            tracing::debug!(?peer, status = response.status, "HTTP request refused.");
+            let response = refusal(&error, &shared.limits);
+            tracing::debug!(
+                ?peer,
+                status = response.status,
+                ?error,
+                "HTTP request refused."
+            );
+            // The client may still be sending what we did not read.
             if write_all_by(&mut stream, &response.to_bytes(false), shared) {
                 linger(&mut stream, shared);
             }
@@ -440,64 +437,86 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
         }
     };
     let response = route(&head, shared);
-    tracing::debug!(?peer, method = %head.method, path = %head.path, status = response.status, "HTTP request answered.");
+    tracing::debug!(
+        ?peer,
+        method = %head.method,
+        path = %head.path,
+        status = response.status,
+        "HTTP request answered."
+    );
     let bytes = response.to_bytes(head.method == "HEAD");
-    if write_all_by(&mut stream, &bytes, shared) && (head.has_body || leftover) {
+    if write_all_by(&mut stream, &bytes, shared) && (head.has_body || extra_bytes) {
         linger(&mut stream, shared);
     }
 }
 
+/// The answer to a request head that could not be read.
+fn refusal(error: &HeadError, limits: &HttpLimits) -> Response {
+    let (status, message) = match error {
+        HeadError::TooLarge => (
+            431,
+            format!("request head larger than {} bytes", limits.max_head_bytes),
+        ),
+        HeadError::TimedOut => (408, "request head not received in time".into()),
+        HeadError::Version => (505, "only HTTP/1.0 and HTTP/1.1 are supported".into()),
+        HeadError::Malformed(what) => (400, format!("bad request: {what}")),
+        HeadError::Gone => (400, "connection closed".into()),
+    };
+    Response::json(status, &json!({ "error": message }))
+}
+
 /// Reads up to the blank line ending the head, within the size and time
-/// limits. The second value says whether bytes beyond the head arrived.
+/// limits, and parses it. The flag says whether bytes beyond the head arrived.
 fn read_head(
     stream: &mut TcpStream,
     limits: &HttpLimits,
     stop: &AtomicBool,
-) -> (Result<Head, HeadError>, bool) {
+) -> Result<(Head, bool), HeadError> {
     let deadline = Instant::now() + limits.head_timeout;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
         if let Some(end) = head_end(&buf) {
             if end > limits.max_head_bytes {
-                return (Err(HeadError::TooLarge), true);
+                return Err(HeadError::TooLarge);
             }
-            return (parse_head(&buf[..end]), buf.len() > end);
+            return Ok((parse_head(&buf[..end])?, buf.len() > end));
         }
         if buf.len() > limits.max_head_bytes {
-            return (Err(HeadError::TooLarge), true);
+            return Err(HeadError::TooLarge);
         }
         if stop.load(Ordering::Acquire) {
-            return (Err(HeadError::Gone), false);
+            return Err(HeadError::Gone);
         }
         let now = Instant::now();
         if now >= deadline {
-            return (Err(HeadError::TimedOut), false);
+            return Err(HeadError::TimedOut);
         }
         // Short slices so a stop is noticed; the deadline bounds the total.
         let slice = (deadline - now).min(POLL_INTERVAL);
         if stream.set_read_timeout(Some(slice)).is_err() {
-            return (Err(HeadError::Gone), false);
+            return Err(HeadError::Gone);
         }
         match stream.read(&mut chunk) {
-            Ok(0) if buf.is_empty() => return (Err(HeadError::Gone), false),
+            Ok(0) if buf.is_empty() => return Err(HeadError::Gone),
             Ok(0) => {
-                return (
-                    Err(HeadError::Malformed(
-                        "connection closed inside the request head",
-                    )),
-                    false,
-                )
+                return Err(HeadError::Malformed(
+                    "connection closed inside the request head",
+                ))
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
-            Err(_) => return (Err(HeadError::Gone), false),
+            Err(e) if is_transient(&e) => {}
+            Err(_) => return Err(HeadError::Gone),
         }
     }
+}
+
+/// A timed-out slice or an interrupted call: try again (within the deadline).
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+    )
 }
 
 /// Length of the head including its terminating empty line (CRLF CRLF, or
@@ -600,7 +619,10 @@ fn route(head: &Head, shared: &Shared) -> Response {
     if head.method != "GET" && head.method != "HEAD" {
         return Response::json(
             405,
-            &json!({"error": format!("method {} is not allowed", head.method), "allow": ["GET", "HEAD"]}),
+            &json!({
+                "error": format!("method {} is not allowed", head.method),
+                "allow": ["GET", "HEAD"],
+            }),
         )
         .header("Allow", "GET, HEAD".into());
     }
@@ -622,7 +644,7 @@ fn route(head: &Head, shared: &Shared) -> Response {
                     source.readiness()
                 }
             });
-            let Ok(health) = health else {
+            let Some(health) = health else {
                 return Response::internal_error();
             };
             let status = if health.ok { "ok" } else { "unavailable" };
@@ -639,17 +661,17 @@ fn route(head: &Head, shared: &Shared) -> Response {
         )
         .header("WWW-Authenticate", "Bearer realm=\"florence-edge\"".into()),
         "/metrics" => match call_source(shared, path, |source| source.metrics()) {
-            Ok(text) => Response {
+            Some(text) => Response {
                 status: 200,
                 content_type: METRICS_CONTENT_TYPE,
                 headers: Vec::new(),
                 body: text.into_bytes(),
             },
-            Err(()) => Response::internal_error(),
+            None => Response::internal_error(),
         },
         "/api/cameras" => match call_source(shared, path, |source| source.cameras()) {
-            Ok(cameras) => Response::json(200, &cameras),
-            Err(()) => Response::internal_error(),
+            Some(cameras) => Response::json(200, &cameras),
+            None => Response::internal_error(),
         },
         _ => Response::json(
             404,
@@ -658,21 +680,28 @@ fn route(head: &Head, shared: &Shared) -> Response {
     }
 }
 
-/// Runs a source callback, turning a panic into `Err` (logged at ERROR).
+/// Runs a source callback; a panic becomes `None` (logged at ERROR).
 fn call_source<T>(
     shared: &Shared,
     path: &str,
     call: impl FnOnce(&dyn HttpSource) -> T,
-) -> Result<T, ()> {
+) -> Option<T> {
     let source = shared.source.as_ref();
-    panic::catch_unwind(AssertUnwindSafe(|| call(source))).map_err(|payload| {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(no message)".into());
-        tracing::error!(path, panic = %message, "HTTP source panicked; answered 500 (a bug in florence-edge).");
-    })
+    let payload = match panic::catch_unwind(AssertUnwindSafe(|| call(source))) {
+        Ok(value) => return Some(value),
+        Err(payload) => payload,
+    };
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    tracing::error!(
+        path,
+        panic = %message,
+        "HTTP source panicked; answered 500 (a bug in florence-edge)."
+    );
+    None
 }
 
 /// The token of an `Authorization: Bearer <token>` value (scheme names are
@@ -1413,9 +1442,8 @@ mod tests {
             message.starts_with(&format!("cannot listen for HTTP on {addr}: ")),
             "{message}"
         );
-        assert!(
-            matches!(&error, HttpError::Bind { source, .. } if source.kind() == ErrorKind::AddrInUse)
-        );
+        assert!(matches!(&error, HttpError::Bind { source, .. }
+                if source.kind() == ErrorKind::AddrInUse));
 
         // An idle client holding a connection must not delay the stop forever.
         let idle = TcpStream::connect(addr).expect("connect");
@@ -1442,7 +1470,8 @@ mod tests {
     #[test]
     fn head_parsing_details() {
         let head = parse_head(
-            b"GET /metrics?x=1#frag HTTP/1.1\r\nHost: a\r\nAUTHORIZATION:   Bearer abc  \r\nContent-Length: 0\r\n\r\n",
+            b"GET /metrics?x=1#frag HTTP/1.1\r\nHost: a\r\n\
+              AUTHORIZATION:   Bearer abc  \r\nContent-Length: 0\r\n\r\n",
         );
         assert_eq!(
             head,
@@ -1471,8 +1500,8 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
         assert!(!constant_time_eq(b"abc", b""));
-        // Equal after truncation to a byte must not pass: 'a' ^ ('a' + 256) does not exist
-        // for bytes, but length 256 apart does.
+        // A guess that extends the token by a multiple of 256 bytes must not
+        // pass (a length folded into a byte would).
         let long = vec![b'a'; 256 + 3];
         assert!(!constant_time_eq(b"aaa", &long));
     }

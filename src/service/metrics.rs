@@ -573,7 +573,7 @@ fn escape_label_value(value: &str, out: &mut String) {
 }
 
 /// Writes a value the way Prometheus' parser (Go's `strconv.ParseFloat`)
-/// reads it back exactly: Rust's shortest round-trip decimal for finite
+/// reads it back exactly: the shortest decimal that round-trips for finite
 /// floats, `+Inf`, `-Inf` and `NaN` otherwise.
 fn write_value(value: SampleValue, out: &mut String) {
     let _ = match value {
@@ -582,7 +582,10 @@ fn write_value(value: SampleValue, out: &mut String) {
         SampleValue::Float(v) if v.is_nan() => write!(out, "NaN"),
         SampleValue::Float(v) if v == f64::INFINITY => write!(out, "+Inf"),
         SampleValue::Float(v) if v == f64::NEG_INFINITY => write!(out, "-Inf"),
-        SampleValue::Float(v) => write!(out, "{v}"),
+        // Plain decimals where they stay short, exponent notation beyond
+        // (Display alone would write 1e300 with 300 zeros).
+        SampleValue::Float(v) if v == 0.0 || (1e-5..1e15).contains(&v.abs()) => write!(out, "{v}"),
+        SampleValue::Float(v) => write!(out, "{v:e}"),
     };
 }
 
@@ -856,13 +859,18 @@ mod tests {
 
     #[test]
     fn values_are_written_as_prometheus_parses_them() {
-        let cases: [(SampleValue, &str); 10] = [
+        let cases: [(SampleValue, &str); 15] = [
             (f64::INFINITY.into(), "+Inf"),
             (f64::NEG_INFINITY.into(), "-Inf"),
             (f64::NAN.into(), "NaN"),
             (0.5f64.into(), "0.5"),
             (2.0f64.into(), "2"),
-            (1e-9f64.into(), "0.000000001"),
+            (0.0f64.into(), "0"),
+            (1e-9f64.into(), "1e-9"),
+            ((-1.5e-7f64).into(), "-1.5e-7"),
+            (1e300f64.into(), "1e300"),
+            (123456789012345.5f64.into(), "123456789012345.5"),
+            (1795914845.05f64.into(), "1795914845.05"),
             (u64::MAX.into(), "18446744073709551615"),
             ((-3i64).into(), "-3"),
             (7u32.into(), "7"),
@@ -1097,7 +1105,7 @@ mod tests {
             }
         );
         let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
-                      Max processes             95000                95000                processes\n\
+                      Max processes             95000         95000         processes\n\
                       Max open files            1024                 524288               files\n";
         assert_eq!(procfs::parse_max_open_files(limits), Ok(Some(1024)));
         assert_eq!(

@@ -281,6 +281,9 @@ impl HttpServer {
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Release);
+        if self.threads.is_empty() {
+            return; // already stopped (stop() then drop)
+        }
         for handle in self.threads.drain(..) {
             let name = handle.thread().name().unwrap_or("http").to_owned();
             if handle.join().is_err() {

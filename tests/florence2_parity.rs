@@ -240,6 +240,132 @@ fn batches_match_the_reference_row_for_row() {
     }
 }
 
+/// Token ids without the padding a batch appends to rows that finished
+/// early (every sequence ends with EOS, so trailing pads are padding).
+fn unpadded(ids: &[i64], pad: i64) -> Vec<i64> {
+    let end = ids.iter().rposition(|&t| t != pad).map_or(0, |i| i + 1);
+    ids[..end].to_vec()
+}
+
+fn golden_case<'c>(all: &'c [Value], image: &str, task: &str) -> &'c Value {
+    all.iter()
+        .find(|c| c["image"] == image && c["task"] == task)
+        .unwrap_or_else(|| panic!("a golden for {image} {task}"))
+}
+
+/// Three tasks on one frame (one with free text, one with a region) and a
+/// task on another frame, in one batch: the vision encoder runs on the two
+/// distinct frames only, and every row gets the tokens it gets alone and
+/// that the reference gives, greedy and beam.
+fn check_shared_vision(layout: DecoderLayout) {
+    let mut engine = load(layout);
+    let pad = engine.model.generation.pad_token_id;
+    let all = cases();
+    let landscape = image("landscape_640x480.png");
+    let wide = image("wide_427x240.png");
+    let rows = [
+        ("landscape_640x480.png", "<OD>"),
+        ("wide_427x240.png", "<CAPTION>"),
+        ("landscape_640x480.png", "<CAPTION_TO_PHRASE_GROUNDING>"),
+        ("landscape_640x480.png", "<REGION_TO_CATEGORY>"),
+    ];
+    let items: Vec<(RgbFrame<'_>, TaskRequest)> = rows
+        .iter()
+        .map(|&(name, task)| {
+            let img = if name == "wide_427x240.png" {
+                &wide
+            } else {
+                &landscape
+            };
+            (
+                RgbFrame::packed(img.width, img.height, &img.rgb).unwrap(),
+                request(golden_case(&all, name, task)),
+            )
+        })
+        .collect();
+    assert!(items[2].1.text.is_some() && items[3].1.region.is_some());
+    for (key, strategy) in [
+        ("greedy", Strategy::Greedy),
+        ("beam", Strategy::Beam { num_beams: 3 }),
+    ] {
+        let decoding = Decoding {
+            strategy,
+            max_new_tokens: 24,
+        };
+        let out = engine.run(&items, decoding).unwrap();
+        assert_eq!(out.len(), rows.len());
+        for ((r, item), &(name, task)) in out.iter().zip(&items).zip(&rows) {
+            let label = format!("{name} {task} {key} ({layout:?})");
+            assert_eq!(r.task, task, "{label}");
+            assert_eq!(r.batch_size, rows.len(), "{label}");
+            assert_eq!(
+                r.timings.model.vision_images, 2,
+                "{label}: one vision row per distinct frame"
+            );
+            let got = unpadded(&r.token_ids, pad);
+            let want = ids(&golden_case(&all, name, task)[key]["token_ids"]);
+            assert_eq!(got, want, "{label}: batched row vs the reference");
+            let alone = engine.run(std::slice::from_ref(item), decoding).unwrap();
+            assert_eq!(alone[0].timings.model.vision_images, 1, "{label}");
+            assert_eq!(got, alone[0].token_ids, "{label}: batched vs alone");
+            assert_eq!(r.raw_text, alone[0].raw_text, "{label}");
+            assert_eq!(r.result, alone[0].result, "{label}");
+        }
+    }
+}
+
+#[test]
+fn tasks_on_one_frame_share_the_vision_encoder_with_split_decoders() {
+    check_shared_vision(DecoderLayout::Split);
+}
+
+#[test]
+fn tasks_on_one_frame_share_the_vision_encoder_with_the_merged_decoder() {
+    check_shared_vision(DecoderLayout::Merged);
+}
+
+#[test]
+fn only_views_of_the_same_buffer_count_as_one_image() {
+    use florence_edge::florence2::engine::distinct_frames;
+    let img = image("wide_427x240.png");
+    let copy = img.rgb.clone();
+    let a = RgbFrame::packed(img.width, img.height, &img.rgb).unwrap();
+    let a_again = RgbFrame::packed(img.width, img.height, &img.rgb).unwrap();
+    // Equal pixels in another buffer are another image.
+    let b = RgbFrame::packed(img.width, img.height, &copy).unwrap();
+    // The same buffer read with another geometry is another image.
+    let stride = img.width as usize * 3;
+    let c = RgbFrame::new(img.width - 1, img.height, stride, &img.rgb).unwrap();
+    let d = RgbFrame::new(img.width, img.height - 1, stride, &img.rgb).unwrap();
+    let (distinct, image_of) = distinct_frames([a, b, a_again, c, d, b]);
+    assert_eq!(image_of, vec![0, 1, 0, 2, 3, 1]);
+    assert_eq!(distinct.len(), 4);
+    assert_eq!(
+        (distinct[2].width(), distinct[3].height()),
+        (img.width - 1, img.height - 1)
+    );
+
+    // Through the engine: the copy costs its own vision row, with the same
+    // tokens.
+    let mut engine = load(DecoderLayout::Split);
+    let req = TaskRequest::new(Task::Ocr);
+    let decoding = Decoding {
+        strategy: Strategy::Greedy,
+        max_new_tokens: 24,
+    };
+    let shared = engine
+        .run(&[(a, req.clone()), (a_again, req.clone())], decoding)
+        .unwrap();
+    let copied = engine
+        .run(&[(a, req.clone()), (b, req.clone())], decoding)
+        .unwrap();
+    assert_eq!(shared[0].timings.model.vision_images, 1);
+    assert_eq!(copied[0].timings.model.vision_images, 2);
+    for r in shared.iter().chain(&copied) {
+        assert_eq!(r.token_ids, shared[0].token_ids);
+    }
+}
+
 #[test]
 fn preprocessing_matches_the_reference_pixel_values() {
     use florence_edge::preprocess::{ImageProcessorConfig, Preprocessor};

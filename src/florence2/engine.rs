@@ -1,6 +1,7 @@
 //! One call from frames to results: preprocess → prompt → generate → decode
 //! → post-process, batched. Used by `florence-edge infer` and by the daemon.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -129,6 +130,12 @@ impl Engine {
 
     /// Run one batch: one frame and one request per item. Items may ask for
     /// different tasks; their prompts are padded and masked together.
+    ///
+    /// Items that view the same image in memory (see [`distinct_frames`])
+    /// are preprocessed and vision-encoded once: two tasks of one camera in
+    /// a batch cost one vision-encoder row, not two. Every item still gets
+    /// its own encoder and decoder row, so its tokens are those it gets
+    /// alone.
     pub fn run(
         &mut self,
         items: &[(RgbFrame<'_>, TaskRequest)],
@@ -139,8 +146,8 @@ impl Engine {
         }
         let t0 = Instant::now();
         let n = self.preprocessor.image_len();
-        self.pixels.resize(items.len() * n, 0.0);
-        let frames: Vec<RgbFrame<'_>> = items.iter().map(|(f, _)| *f).collect();
+        let (frames, image_of) = distinct_frames(items.iter().map(|(f, _)| *f));
+        self.pixels.resize(frames.len() * n, 0.0);
         self.preprocessor
             .preprocess_batch_into(&frames, &mut self.pixels)
             .map_err(|e| ModelError::Input(e.to_string()))?;
@@ -156,10 +163,11 @@ impl Engine {
             inputs.push(input);
         }
         let preprocess_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let shape = [items.len(), 3, h as usize, w as usize];
-        let (seqs, model_timings) = self.model.generate(
+        let shape = [frames.len(), 3, h as usize, w as usize];
+        let (seqs, model_timings) = self.model.generate_shared(
             &self.pixels,
             shape,
+            &image_of,
             &prompts,
             decoding.strategy,
             decoding.max_new_tokens,
@@ -205,4 +213,36 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// The distinct images among `frames`, in order of first appearance, and
+/// for each frame the index of its image. Two views are the same image when
+/// they start at the same address with the same width, height and row
+/// stride: they then read the same bytes (a view reads nothing past its
+/// last row, so the buffer's length beyond it does not matter). This is
+/// the case of jobs built from one `Arc<Frame>`; equal pixels in different
+/// buffers are not looked for, as comparing them would cost a pass over
+/// every frame.
+pub fn distinct_frames<'a>(
+    frames: impl IntoIterator<Item = RgbFrame<'a>>,
+) -> (Vec<RgbFrame<'a>>, Vec<usize>) {
+    let mut seen: HashMap<(usize, u32, u32, usize), usize> = HashMap::new();
+    let mut distinct = Vec::new();
+    let mut image_of = Vec::new();
+    for f in frames {
+        // A frame has at least one row (RgbFrame::new refuses empty ones),
+        // so row 0 starts at the view's first byte.
+        let key = (
+            f.row(0).as_ptr() as usize,
+            f.width(),
+            f.height(),
+            f.stride_bytes(),
+        );
+        let i = *seen.entry(key).or_insert_with(|| {
+            distinct.push(f);
+            distinct.len() - 1
+        });
+        image_of.push(i);
+    }
+    (distinct, image_of)
 }

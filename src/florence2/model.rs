@@ -49,6 +49,10 @@ pub struct StageTimings {
     pub encoder_ms: f64,
     pub decode_ms: f64,
     pub decode_steps: usize,
+    /// Images the vision encoder ran on. Below the batch size when several
+    /// items of the batch asked about the same frame: each distinct frame
+    /// is encoded once and its features serve every item that asked.
+    pub vision_images: usize,
     /// Time spent inside ONNX Runtime `run` calls (all graphs); the rest of
     /// the model stages is orchestration (tensor building, search).
     pub session_ms: f64,
@@ -352,12 +356,38 @@ impl Florence2 {
         image_features: &DynValue,
         prompts: &[Vec<i64>],
     ) -> Result<(DynValue, Vec<i64>, usize), ModelError> {
+        let image_of: Vec<usize> = (0..prompts.len()).collect();
+        self.encode_shared(image_features, &image_of, prompts)
+    }
+
+    /// `encode` where prompt `i` goes with image `image_of[i]` of the
+    /// features: several prompts may ask about one image, whose features
+    /// are then copied into each of their encoder rows (the rows the
+    /// reference would compute by encoding that image once per prompt).
+    pub fn encode_shared(
+        &mut self,
+        image_features: &DynValue,
+        image_of: &[usize],
+        prompts: &[Vec<i64>],
+    ) -> Result<(DynValue, Vec<i64>, usize), ModelError> {
         let (fshape, feats) =
             graphs::read_f32(image_features).map_err(|e| self.vision.run_error(e))?;
         let batch = prompts.len();
-        if fshape.len() != 3 || fshape[0] as usize != batch {
+        if fshape.len() != 3 {
             return Err(ModelError::Input(format!(
-                "image features of shape {fshape:?} do not match a batch of {batch} prompts"
+                "image features of shape {fshape:?}; expected [images, tokens, width]"
+            )));
+        }
+        let images = fshape[0] as usize;
+        if image_of.len() != batch {
+            return Err(ModelError::Input(format!(
+                "{} image indices for a batch of {batch} prompts",
+                image_of.len()
+            )));
+        }
+        if let Some(&bad) = image_of.iter().find(|&&i| i >= images) {
+            return Err(ModelError::Input(format!(
+                "image index {bad} for image features of shape {fshape:?} ({images} images)"
             )));
         }
         let (n_img, d) = (fshape[1] as usize, fshape[2] as usize);
@@ -385,8 +415,8 @@ impl Florence2 {
         }
         let s = n_img + t;
         let mut embeds = Vec::with_capacity(batch * s * d);
-        for b in 0..batch {
-            embeds.extend_from_slice(&feats[b * n_img * d..(b + 1) * n_img * d]);
+        for (b, &img) in image_of.iter().enumerate() {
+            embeds.extend_from_slice(&feats[img * n_img * d..(img + 1) * n_img * d]);
             embeds.extend_from_slice(&temb[b * t * d..(b + 1) * t * d]);
         }
         let g = &mut self.encoder;
@@ -434,6 +464,44 @@ impl Florence2 {
                 shape[0]
             )));
         }
+        let image_of: Vec<usize> = (0..shape[0]).collect();
+        self.generate_shared(
+            pixel_values,
+            shape,
+            &image_of,
+            prompts,
+            strategy,
+            max_new_tokens,
+        )
+    }
+
+    /// `generate` for prompts that share images: `pixel_values` holds
+    /// `shape[0]` distinct images and prompt `i` asks about image
+    /// `image_of[i]`. The vision encoder runs once per distinct image (the
+    /// expensive stage on a frame two tasks ask about), and the rest runs
+    /// one row per prompt, so every row gets the tokens it would get alone.
+    pub fn generate_shared(
+        &mut self,
+        pixel_values: &[f32],
+        shape: [usize; 4],
+        image_of: &[usize],
+        prompts: &[Vec<i64>],
+        strategy: Strategy,
+        max_new_tokens: usize,
+    ) -> Result<(Vec<Vec<i64>>, StageTimings), ModelError> {
+        if image_of.len() != prompts.len() {
+            return Err(ModelError::Input(format!(
+                "{} image indices for {} prompts",
+                image_of.len(),
+                prompts.len()
+            )));
+        }
+        if let Some(&bad) = image_of.iter().find(|&&i| i >= shape[0]) {
+            return Err(ModelError::Input(format!(
+                "prompt asks about image {bad} of a batch of {} images",
+                shape[0]
+            )));
+        }
         if max_new_tokens == 0 {
             return Err(ModelError::Input(
                 "max_new_tokens must be at least 1".into(),
@@ -444,8 +512,9 @@ impl Florence2 {
         let t0 = Instant::now();
         let features = self.encode_image(pixel_values, shape)?;
         timings.vision_ms = ms(t0.elapsed());
+        timings.vision_images = shape[0];
         let t1 = Instant::now();
-        let (hidden, mask, s) = self.encode(&features, prompts)?;
+        let (hidden, mask, s) = self.encode_shared(&features, image_of, prompts)?;
         timings.encoder_ms = ms(t1.elapsed());
         let t2 = Instant::now();
         let batch = prompts.len();

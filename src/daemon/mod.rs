@@ -8,6 +8,7 @@
 //! Inference never runs on an async runtime's workers.
 
 pub mod cameras;
+pub mod observe;
 pub mod reload;
 pub mod result;
 
@@ -25,7 +26,10 @@ use crate::ingest::{self, CameraEvent, CameraHandle, CameraStatus, Frame, Status
 use crate::preprocess::RgbFrame;
 use crate::runtime::Backend;
 use crate::schedule::{Batcher, Job, Scheduler, TaskSchedule};
+use crate::service::http::HttpServer;
 use crate::service::{Liveness, Notifier, Watchdog};
+
+pub use observe::{BatchSizes, DaemonView, ModelLabels, StageHistograms};
 
 pub use result::{MqttSink, ResultSink, StdoutSink};
 
@@ -47,6 +51,8 @@ pub enum DaemonError {
     Schedule(String),
     #[error("signals: {0}")]
     Signals(String),
+    #[error("http.listen: {0}")]
+    Http(String),
     #[error("the inference thread stopped unexpectedly")]
     InferenceGone,
 }
@@ -127,6 +133,9 @@ pub struct DaemonStats {
     pub reloads_rejected: u64,
     /// Jobs dropped because their camera was removed or restarted.
     pub dropped_by_reload: u64,
+    /// Latency per stage, per (camera, task token).
+    pub latency: BTreeMap<(String, String), StageHistograms>,
+    pub batch_sizes: BatchSizes,
 }
 
 /// How long a shutdown waits for the batch in flight.
@@ -176,6 +185,8 @@ pub struct Daemon {
     cameras: CameraRegistry,
     signals: signal_hook::iterator::Handle,
     _watchdog: Option<Watchdog>,
+    http: Option<HttpServer>,
+    view: DaemonView,
     coordinator: Option<JoinHandle<Result<(), DaemonError>>>,
 }
 
@@ -203,7 +214,17 @@ impl Daemon {
         // The watchdog runs from the start: systemd expects pings before
         // READY=1 too, and a model load that hangs must not hang forever.
         let watchdog = Watchdog::start(notifier.clone(), liveness.clone());
+        let publisher = sink.publisher_stats();
         let sink: SharedSink = Arc::new(Mutex::new(sink));
+        let http_token = match &config.http.bearer_token_file {
+            None => None,
+            Some(path) => {
+                let token = std::fs::read_to_string(path).map_err(|e| {
+                    DaemonError::Http(format!("http.bearer_token_file {}: {e}", path.display()))
+                })?;
+                Some(token.lines().next().unwrap_or("").trim().to_string())
+            }
+        };
 
         // The model lives on its own thread; it reports whether it loaded.
         let opts = load_options(&config)?;
@@ -280,6 +301,28 @@ impl Daemon {
                 return Err(e);
             }
         }
+        let view = DaemonView {
+            node: config.node.id.clone(),
+            model: ModelLabels {
+                id: info.model_id.clone(),
+                backend: info.backend.clone(),
+                precision: info.variant.clone(),
+            },
+            stats: stats.clone(),
+            cameras: registry.clone(),
+            liveness: liveness.clone(),
+            publisher,
+        };
+        let http = match config.http.listen {
+            None => None,
+            Some(addr) => match HttpServer::start(addr, http_token, Arc::new(view.clone())) {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    signals.close();
+                    return Err(DaemonError::Http(e.to_string()));
+                }
+            },
+        };
         let summary = coordinator.summary();
         let handle = thread::Builder::new()
             .name("coordinator".into())
@@ -294,6 +337,8 @@ impl Daemon {
             cameras: registry,
             signals,
             _watchdog: watchdog,
+            http,
+            view,
             coordinator: Some(handle),
         })
     }
@@ -317,6 +362,16 @@ impl Daemon {
         self.stats.clone()
     }
 
+    /// Where the HTTP endpoint listens, if it is enabled.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(|h| h.local_addr())
+    }
+
+    /// The daemon's state as `/metrics` and `/api/cameras` render it.
+    pub fn view(&self) -> DaemonView {
+        self.view.clone()
+    }
+
     /// Ask the daemon to stop (as SIGTERM does).
     pub fn shutdown(&self) {
         let _ = self.tx.send(Msg::Shutdown("requested"));
@@ -335,6 +390,9 @@ impl Daemon {
             None => Ok(()),
         };
         self.signals.close();
+        if let Some(http) = self.http.take() {
+            http.stop();
+        }
         result
     }
 }
@@ -568,6 +626,7 @@ impl Coordinator {
             st.jobs += size as u64;
             st.largest_batch = st.largest_batch.max(size);
             st.max_waiting = st.max_waiting.max(waiting);
+            st.batch_sizes.0.observe(size as f64);
             for (key, c) in self.batcher.all_counters() {
                 st.stale_skipped.insert(
                     (key.camera.to_string(), key.task.token().to_string()),
@@ -732,10 +791,16 @@ fn inference_thread(
                         if let Ok(mut sink) = sink.lock() {
                             sink.result(&out);
                         }
+                        let end_to_end = SystemTime::now()
+                            .duration_since(job.frame.captured_at)
+                            .map_or(0.0, |d| d.as_secs_f64());
                         if let Ok(mut st) = ctx.stats.lock() {
-                            *st.results
-                                .entry((out.camera.clone(), out.task.clone()))
-                                .or_insert(0) += 1;
+                            let key = (out.camera.clone(), out.task.clone());
+                            st.latency
+                                .entry(key.clone())
+                                .or_default()
+                                .observe(&out.latency_ms, end_to_end);
+                            *st.results.entry(key).or_insert(0) += 1;
                         }
                     }
                 }

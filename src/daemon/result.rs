@@ -88,6 +88,10 @@ pub trait ResultSink: Send {
     fn camera_status(&mut self, _status: &CameraStatusPayload) {}
     /// Flush what is queued; called once at shutdown.
     fn close(&mut self) {}
+    /// The MQTT publisher's counters, for the metrics endpoint.
+    fn publisher_stats(&self) -> Option<Arc<crate::publish::PublisherStats>> {
+        None
+    }
 }
 
 /// JSON lines on stdout, for debugging and for piping into other tools.
@@ -111,6 +115,9 @@ impl ResultSink for StdoutSink {
 pub struct FanOut(pub Vec<Box<dyn ResultSink>>);
 
 impl ResultSink for FanOut {
+    fn publisher_stats(&self) -> Option<Arc<crate::publish::PublisherStats>> {
+        self.0.iter().find_map(|s| s.publisher_stats())
+    }
     fn result(&mut self, result: &ResultPayload) {
         for s in &mut self.0 {
             s.result(result);
@@ -196,6 +203,9 @@ pub fn mqtt_settings(c: &MqttConfig) -> Result<MqttSettings, String> {
 }
 
 impl ResultSink for MqttSink {
+    fn publisher_stats(&self) -> Option<Arc<crate::publish::PublisherStats>> {
+        self.publisher.as_ref().map(|p| p.stats())
+    }
     fn result(&mut self, result: &ResultPayload) {
         let Some(p) = &self.publisher else { return };
         match p.try_publish_result(result.clone()) {

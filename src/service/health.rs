@@ -131,7 +131,8 @@ impl Liveness {
         if self.stopping.load(Ordering::Relaxed) {
             v.problems.push("shutting down".into());
         } else if !self.ready.load(Ordering::Relaxed) {
-            v.problems.push("starting: model or cameras not up yet".into());
+            v.problems
+                .push("starting: model or cameras not up yet".into());
         }
         v.ok = v.problems.is_empty();
         v

@@ -1,0 +1,475 @@
+//! What operators see: `/metrics`, `/healthz`, `/readyz` and `/api/cameras`
+//! rendered from the daemon's live state at request time (no registry to
+//! keep in step; a scrape reads snapshots of the counters the stages keep).
+//!
+//! Metric names follow Prometheus conventions (`florence_edge_` prefix,
+//! `_total` counters, `_seconds` histograms); labels are camera ids and task
+//! tokens from the configuration, both bounded by it. The list is in
+//! docs/SERVICE.md.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::ingest::CameraState;
+use crate::publish::{PublisherStats, StageLatencies};
+use crate::service::http::{Health, HttpSource};
+use crate::service::metrics::{process_metrics, Exposition, Histogram, Kind};
+use crate::service::Liveness;
+
+use super::{CameraRegistry, DaemonStats};
+
+/// Bounds of the batch-size histogram: powers of two up to the largest
+/// `max_batch` allowed.
+const BATCH_SIZE_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+/// Latency per pipeline stage of one (camera, task), in seconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageHistograms {
+    pub queue: Histogram,
+    pub preprocess: Histogram,
+    pub vision: Histogram,
+    pub encoder: Histogram,
+    pub decode: Histogram,
+    pub postprocess: Histogram,
+    /// Capture of the frame to the result handed to the sink.
+    pub end_to_end: Histogram,
+}
+
+impl Default for StageHistograms {
+    fn default() -> Self {
+        let h = Histogram::latency_seconds;
+        StageHistograms {
+            queue: h(),
+            preprocess: h(),
+            vision: h(),
+            encoder: h(),
+            decode: h(),
+            postprocess: h(),
+            end_to_end: h(),
+        }
+    }
+}
+
+impl StageHistograms {
+    pub fn observe(&mut self, ms: &StageLatencies, end_to_end_s: f64) {
+        self.queue.observe(ms.queue_ms / 1e3);
+        self.preprocess.observe(ms.preprocess_ms / 1e3);
+        self.vision.observe(ms.vision_ms / 1e3);
+        self.encoder.observe(ms.encoder_ms / 1e3);
+        self.decode.observe(ms.decode_ms / 1e3);
+        self.postprocess.observe(ms.postprocess_ms / 1e3);
+        self.end_to_end.observe(end_to_end_s);
+    }
+
+    fn stages(&self) -> [(&'static str, &Histogram); 7] {
+        [
+            ("queue", &self.queue),
+            ("preprocess", &self.preprocess),
+            ("vision", &self.vision),
+            ("encoder", &self.encoder),
+            ("decode", &self.decode),
+            ("postprocess", &self.postprocess),
+            ("end_to_end", &self.end_to_end),
+        ]
+    }
+}
+
+/// Jobs per batch handed to the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchSizes(pub Histogram);
+
+impl Default for BatchSizes {
+    fn default() -> Self {
+        BatchSizes(
+            Histogram::new(&BATCH_SIZE_BUCKETS).unwrap_or_else(|_| Histogram::latency_seconds()),
+        )
+    }
+}
+
+/// The model as the metrics label it.
+#[derive(Clone, Debug, Default)]
+pub struct ModelLabels {
+    pub id: String,
+    pub backend: String,
+    pub precision: String,
+}
+
+/// The daemon's state as the HTTP endpoint reads it.
+#[derive(Clone)]
+pub struct DaemonView {
+    pub node: String,
+    pub model: ModelLabels,
+    pub stats: Arc<Mutex<DaemonStats>>,
+    pub cameras: CameraRegistry,
+    pub liveness: Arc<Liveness>,
+    pub publisher: Option<Arc<PublisherStats>>,
+}
+
+/// Reads one counter from a camera's status.
+type CameraCounter = fn(&crate::ingest::CameraStatus) -> u64;
+
+const CAMERA_STATES: [(CameraState, &str); 5] = [
+    (CameraState::Starting, "starting"),
+    (CameraState::Streaming, "streaming"),
+    (CameraState::Stalled, "stalled"),
+    (CameraState::Reconnecting, "reconnecting"),
+    (CameraState::Failed, "failed"),
+];
+
+fn state_name(s: CameraState) -> &'static str {
+    CAMERA_STATES
+        .iter()
+        .find(|(st, _)| *st == s)
+        .map_or("unknown", |(_, n)| n)
+}
+
+impl DaemonView {
+    fn stats(&self) -> DaemonStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The Prometheus exposition.
+    pub fn render_metrics(&self) -> String {
+        let mut exp = Exposition::new();
+        exp.gauge(
+            "florence_edge_info",
+            "The node, model and backend of this daemon (value 1).",
+            &[
+                ("node", &self.node),
+                ("model", &self.model.id),
+                ("backend", &self.model.backend),
+                ("precision", &self.model.precision),
+                ("version", env!("CARGO_PKG_VERSION")),
+            ],
+            1u64,
+        );
+        let now = Instant::now();
+        exp.gauge(
+            "florence_edge_healthy",
+            "1 while the pipeline makes progress (what /healthz and the systemd watchdog use).",
+            &[],
+            u64::from(self.liveness.health(now).ok),
+        );
+        exp.gauge(
+            "florence_edge_ready",
+            "1 once the model is loaded and the cameras started, 0 while starting or stopping.",
+            &[],
+            u64::from(self.liveness.readiness(now).ok),
+        );
+
+        self.camera_metrics(&mut exp);
+        let st = self.stats();
+        self.task_metrics(&mut exp, &st);
+        self.batch_metrics(&mut exp, &st);
+        if let Some(p) = &self.publisher {
+            mqtt_metrics(&mut exp, p);
+        }
+        process_metrics(&mut exp);
+        for p in exp.problems() {
+            tracing::warn!(problem = %p, "A metric was left out of /metrics.");
+        }
+        exp.finish()
+    }
+
+    fn camera_metrics(&self, exp: &mut Exposition) {
+        let cameras: Vec<(String, super::CameraEntry)> = self
+            .cameras
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let statuses: Vec<_> = cameras
+            .iter()
+            .map(|(id, e)| (id.as_str(), e.reader.status(), e.restarts))
+            .collect();
+        let mut f = exp.family(
+            "florence_edge_camera_state",
+            "1 for the camera's current state, 0 for the others.",
+            Kind::Gauge,
+        );
+        for (id, s, _) in &statuses {
+            for (state, name) in CAMERA_STATES {
+                f.sample(
+                    &[("camera", id), ("state", name)],
+                    u64::from(s.state == state),
+                );
+            }
+        }
+        let counters: [(&str, &str, CameraCounter); 5] = [
+            (
+                "florence_edge_camera_frames_in_total",
+                "Frames decoded from the camera (since its pipeline started).",
+                |s| s.frames_in,
+            ),
+            (
+                "florence_edge_camera_frames_out_total",
+                "Frames handed to the scheduler at the analysis rate.",
+                |s| s.frames_out,
+            ),
+            (
+                "florence_edge_camera_frames_dropped_total",
+                "Frames at the analysis rate the daemon had no room for.",
+                |s| s.frames_dropped,
+            ),
+            (
+                "florence_edge_camera_decode_errors_total",
+                "Decoder errors and warnings (corrupt data).",
+                |s| s.decode_errors,
+            ),
+            (
+                "florence_edge_camera_reconnects_total",
+                "Pipelines rebuilt after a failure, stall or end of stream.",
+                |s| s.reconnects,
+            ),
+        ];
+        for (name, help, get) in counters {
+            let mut f = exp.family(name, help, Kind::Counter);
+            for (id, s, _) in &statuses {
+                f.sample(&[("camera", id)], get(s));
+            }
+        }
+        let mut f = exp.family(
+            "florence_edge_camera_fps_in",
+            "Decoded frames per second over the last second or so.",
+            Kind::Gauge,
+        );
+        for (id, s, _) in &statuses {
+            f.sample(&[("camera", id)], s.fps_in);
+        }
+        let mut f = exp.family(
+            "florence_edge_camera_restarts_total",
+            "Pipelines restarted by configuration reloads.",
+            Kind::Counter,
+        );
+        for (id, _, restarts) in &statuses {
+            f.sample(&[("camera", id)], *restarts);
+        }
+    }
+
+    fn task_metrics(&self, exp: &mut Exposition, st: &DaemonStats) {
+        let mut f = exp.family(
+            "florence_edge_task_results_total",
+            "Results handed on (to MQTT and/or stdout), per camera and task.",
+            Kind::Counter,
+        );
+        for ((camera, task), n) in &st.results {
+            f.sample(&[("camera", camera), ("task", task)], *n);
+        }
+        let mut f = exp.family(
+            "florence_edge_task_skipped_total",
+            "Jobs replaced by a newer frame before the model took them (inference slower than the schedule).",
+            Kind::Counter,
+        );
+        for ((camera, task), n) in &st.stale_skipped {
+            f.sample(&[("camera", camera), ("task", task)], *n);
+        }
+        let mut f = exp.histogram_family(
+            "florence_edge_stage_latency_seconds",
+            "Latency per pipeline stage, per camera and task; end_to_end is frame capture to result.",
+        );
+        for ((camera, task), h) in &st.latency {
+            for (stage, hist) in h.stages() {
+                f.sample(
+                    &[("camera", camera), ("task", task), ("stage", stage)],
+                    hist,
+                );
+            }
+        }
+    }
+
+    fn batch_metrics(&self, exp: &mut Exposition, st: &DaemonStats) {
+        exp.counter(
+            "florence_edge_batches_total",
+            "Batches handed to the model.",
+            &[],
+            st.batches,
+        );
+        exp.histogram(
+            "florence_edge_batch_size",
+            "Jobs per batch handed to the model.",
+            &[],
+            &st.batch_sizes.0,
+        );
+        exp.counter(
+            "florence_edge_failed_jobs_total",
+            "Jobs that produced no result (input refused, batch failed); each is logged.",
+            &[],
+            st.failed_jobs,
+        );
+        exp.gauge(
+            "florence_edge_batcher_max_waiting",
+            "Most jobs waiting for the model at once so far.",
+            &[],
+            st.max_waiting as u64,
+        );
+        exp.counter(
+            "florence_edge_reloads_total",
+            "Configuration reloads applied (SIGHUP).",
+            &[],
+            st.reloads,
+        );
+        exp.counter(
+            "florence_edge_reloads_rejected_total",
+            "Reloads rejected because the new file was invalid; the running configuration stayed.",
+            &[],
+            st.reloads_rejected,
+        );
+        exp.counter(
+            "florence_edge_jobs_dropped_by_reload_total",
+            "Waiting jobs of cameras that a reload removed or restarted.",
+            &[],
+            st.dropped_by_reload,
+        );
+        exp.counter(
+            "florence_edge_inference_batches_done_total",
+            "Batches the inference thread finished (successfully or not).",
+            &[],
+            self.liveness.batches_done(),
+        );
+    }
+
+    /// Per camera: its state and counters, where it streams from (without
+    /// credentials) and its tasks.
+    pub fn cameras_json(&self) -> serde_json::Value {
+        let cameras: BTreeMap<String, super::CameraEntry> =
+            self.cameras.lock().map(|c| c.clone()).unwrap_or_default();
+        let list: Vec<serde_json::Value> = cameras
+            .iter()
+            .map(|(id, e)| {
+                let s = e.reader.status();
+                json!({
+                    "id": id,
+                    "state": state_name(s.state),
+                    "url": s.url,
+                    "decoder": s.decoder,
+                    "fps_in": s.fps_in,
+                    "fps_out": s.fps_out,
+                    "frames_in": s.frames_in,
+                    "frames_out": s.frames_out,
+                    "frames_dropped": s.frames_dropped,
+                    "decode_errors": s.decode_errors,
+                    "reconnects": s.reconnects,
+                    "attempt": s.attempt,
+                    "last_error": s.last_error,
+                    "state_since_unix_ms": s.since_unix_ms,
+                    "started_unix_ms": e.started_unix_ms,
+                    "restarts": e.restarts,
+                    "tasks": e.tasks,
+                })
+            })
+            .collect();
+        json!({ "node": self.node, "cameras": list })
+    }
+}
+
+fn mqtt_metrics(exp: &mut Exposition, p: &PublisherStats) {
+    let s = p.snapshot();
+    exp.gauge(
+        "florence_edge_mqtt_connected",
+        "1 while the broker connection is up.",
+        &[],
+        u64::from(s.connected),
+    );
+    let counters: [(&str, &str, u64); 9] = [
+        (
+            "florence_edge_mqtt_connects_total",
+            "Successful broker connections.",
+            s.connects,
+        ),
+        (
+            "florence_edge_mqtt_connection_failures_total",
+            "Failed connection attempts and lost connections.",
+            s.connection_failures,
+        ),
+        (
+            "florence_edge_mqtt_results_published_total",
+            "Results the broker acknowledged (QoS 1/2) or that were written (QoS 0).",
+            s.results_published,
+        ),
+        (
+            "florence_edge_mqtt_statuses_published_total",
+            "Camera statuses published.",
+            s.statuses_published,
+        ),
+        (
+            "florence_edge_mqtt_publish_errors_total",
+            "Publishes refused by the client and results that could not be serialized.",
+            s.publish_errors,
+        ),
+        (
+            "florence_edge_mqtt_queue_full_drops_total",
+            "Results dropped because the queue to the publisher was full.",
+            s.queue_full_drops,
+        ),
+        (
+            "florence_edge_mqtt_results_spooled_total",
+            "Results written to the on-disk spool.",
+            s.results_spooled,
+        ),
+        (
+            "florence_edge_mqtt_spool_overflow_drops_total",
+            "Oldest spooled results dropped to stay within spool.max_messages.",
+            s.spool_overflow_drops,
+        ),
+        (
+            "florence_edge_mqtt_spool_write_errors_total",
+            "Results lost because the spool could not be written.",
+            s.spool_write_errors,
+        ),
+    ];
+    for (name, help, v) in counters {
+        exp.counter(name, help, &[], v);
+    }
+    exp.gauge(
+        "florence_edge_mqtt_spool_messages",
+        "Messages waiting in the spool.",
+        &[],
+        s.spool_messages,
+    );
+    exp.gauge(
+        "florence_edge_mqtt_spool_oldest_age_seconds",
+        "Age of the oldest spooled message (0 when the spool is empty).",
+        &[],
+        p.spool_oldest_age_secs(),
+    );
+}
+
+impl HttpSource for DaemonView {
+    fn metrics(&self) -> String {
+        self.render_metrics()
+    }
+
+    fn health(&self) -> Health {
+        let v = self.liveness.health(Instant::now());
+        let detail =
+            json!({ "status": if v.ok { "ok" } else { "wedged" }, "problems": v.problems });
+        if v.ok {
+            Health::ok(detail)
+        } else {
+            Health::failing(detail)
+        }
+    }
+
+    fn readiness(&self) -> Health {
+        let v = self.liveness.readiness(Instant::now());
+        let mqtt = self.publisher.as_ref().map(|p| p.is_connected());
+        let detail = json!({
+            "status": if v.ok { "ready" } else { "not ready" },
+            "problems": v.problems,
+            // Informational: results are spooled while the broker is away,
+            // so a missing broker does not make the daemon unready.
+            "mqtt_connected": mqtt,
+        });
+        if v.ok {
+            Health::ok(detail)
+        } else {
+            Health::failing(detail)
+        }
+    }
+
+    fn cameras(&self) -> serde_json::Value {
+        self.cameras_json()
+    }
+}

@@ -789,7 +789,7 @@ fn inference_thread(
                         let out =
                             result::result_payload(&ctx.node, &info, job, r, *seq, dispatched);
                         if let Ok(mut sink) = sink.lock() {
-                            sink.result(&out);
+                            sink.result_with_frame(&out, &job.frame);
                         }
                         let end_to_end = SystemTime::now()
                             .duration_since(job.frame.captured_at)

@@ -2,7 +2,9 @@
 //! wire types, whose JSON Schemas are in docs/schema/), and where they go.
 
 use std::io::Write;
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{MqttConfig, PasswordSource};
@@ -85,6 +87,11 @@ pub fn status_payload(node: &str, s: &CameraStatus) -> CameraStatusPayload {
 /// implementations must not block (queue and count instead).
 pub trait ResultSink: Send {
     fn result(&mut self, result: &ResultPayload);
+    /// A result with the frame it was computed on (for snapshots). The
+    /// daemon calls this one; sinks that need no frame keep the default.
+    fn result_with_frame(&mut self, result: &ResultPayload, _frame: &Arc<Frame>) {
+        self.result(result);
+    }
     fn camera_status(&mut self, _status: &CameraStatusPayload) {}
     /// Flush what is queued; called once at shutdown.
     fn close(&mut self) {}
@@ -123,6 +130,11 @@ impl ResultSink for FanOut {
             s.result(result);
         }
     }
+    fn result_with_frame(&mut self, result: &ResultPayload, frame: &Arc<Frame>) {
+        for s in &mut self.0 {
+            s.result_with_frame(result, frame);
+        }
+    }
     fn camera_status(&mut self, status: &CameraStatusPayload) {
         for s in &mut self.0 {
             s.camera_status(status);
@@ -139,23 +151,136 @@ impl ResultSink for FanOut {
 /// the rest stays in the spool.
 pub const PUBLISH_DRAIN: Duration = Duration::from_secs(5);
 
+/// JPEG quality of snapshots: small enough for MQTT, sharp enough for boxes.
+pub const SNAPSHOT_JPEG_QUALITY: u8 = 80;
+
 /// Results and statuses to MQTT (src/publish). A full queue is counted by
 /// the publisher and logged here; nothing blocks.
+///
+/// Snapshots (`mqtt.snapshots.enabled`): when the rate limit lets one
+/// (camera, task) through, the frame and result go to a snapshot thread
+/// that draws and encodes the JPEG, so the inference thread never waits on
+/// an encoder. One render waits at most; a snapshot that finds the thread
+/// busy is skipped and counted like a rate-limited one.
 pub struct MqttSink {
-    publisher: Option<Publisher>,
+    publisher: Option<Arc<Publisher>>,
+    snapshots: Option<SnapshotWorker>,
+}
+
+struct SnapshotJob {
+    camera: String,
+    task: String,
+    result: serde_json::Value,
+    frame: Arc<Frame>,
+}
+
+struct SnapshotWorker {
+    tx: Option<SyncSender<SnapshotJob>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SnapshotWorker {
+    fn start(publisher: Arc<Publisher>) -> Result<SnapshotWorker, String> {
+        let (tx, rx) = mpsc::sync_channel::<SnapshotJob>(1);
+        let thread = std::thread::Builder::new()
+            .name("snapshots".into())
+            .spawn(move || {
+                for job in rx {
+                    let jpeg = frame_image(&job.frame).and_then(|img| {
+                        publish::render_snapshot(&img, &job.result, SNAPSHOT_JPEG_QUALITY)
+                            .map_err(|e| e.to_string())
+                    });
+                    match jpeg {
+                        Ok(jpeg) => {
+                            if let Err(e) = publisher.send_snapshot(&job.camera, &job.task, jpeg) {
+                                tracing::warn!(camera = %job.camera, task = %job.task, error = %e, "Snapshot not published.");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(camera = %job.camera, task = %job.task, error = %e, "Snapshot not rendered.")
+                        }
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the snapshot thread: {e}"))?;
+        Ok(SnapshotWorker {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A packed RGB copy of a frame for drawing on.
+fn frame_image(frame: &Frame) -> Result<image::RgbImage, String> {
+    if frame.format != crate::ingest::PixelFormat::Rgb {
+        return Err(format!(
+            "snapshots need RGB frames, this one is {:?}",
+            frame.format
+        ));
+    }
+    let row = frame.width as usize * 3;
+    let mut packed = Vec::with_capacity(row * frame.height as usize);
+    for y in 0..frame.height as usize {
+        let start = y * frame.stride;
+        let line = frame
+            .data
+            .get(start..start + row)
+            .ok_or_else(|| format!("frame data ends before row {y}"))?;
+        packed.extend_from_slice(line);
+    }
+    image::RgbImage::from_raw(frame.width, frame.height, packed)
+        .ok_or_else(|| "frame size does not match its data".to_string())
 }
 
 impl MqttSink {
     pub fn start(config: &MqttConfig, node: &str) -> Result<Self, String> {
         let settings = mqtt_settings(config)?;
-        let publisher = Publisher::start(&settings, node).map_err(|e| e.to_string())?;
+        let publisher = Arc::new(Publisher::start(&settings, node).map_err(|e| e.to_string())?);
+        let snapshots = if config.snapshots.enabled {
+            Some(SnapshotWorker::start(publisher.clone())?)
+        } else {
+            None
+        };
         Ok(MqttSink {
             publisher: Some(publisher),
+            snapshots,
         })
     }
 
     pub fn stats(&self) -> Option<Arc<publish::PublisherStats>> {
-        self.publisher.as_ref().map(Publisher::stats)
+        self.publisher.as_ref().map(|p| p.stats())
+    }
+
+    fn snapshot(&self, result: &ResultPayload, frame: &Arc<Frame>) {
+        let (Some(p), Some(w)) = (&self.publisher, &self.snapshots) else {
+            return;
+        };
+        let Some(tx) = &w.tx else { return };
+        match p.claim_snapshot(&result.camera, &result.task) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(camera = %result.camera, task = %result.task, error = %e, "Snapshot not published.");
+                return;
+            }
+        }
+        let job = SnapshotJob {
+            camera: result.camera.clone(),
+            task: result.task.clone(),
+            result: result.result.clone(),
+            frame: frame.clone(),
+        };
+        if let Err(TrySendError::Full(_)) = tx.try_send(job) {
+            p.stats().count_snapshot_skipped_busy();
+            tracing::debug!(camera = %result.camera, task = %result.task, "Snapshot skipped: the previous one is still being rendered.");
+        }
     }
 }
 
@@ -204,7 +329,7 @@ pub fn mqtt_settings(c: &MqttConfig) -> Result<MqttSettings, String> {
 
 impl ResultSink for MqttSink {
     fn publisher_stats(&self) -> Option<Arc<crate::publish::PublisherStats>> {
-        self.publisher.as_ref().map(|p| p.stats())
+        self.stats()
     }
     fn result(&mut self, result: &ResultPayload) {
         let Some(p) = &self.publisher else { return };
@@ -231,10 +356,32 @@ impl ResultSink for MqttSink {
         }
     }
 
+    fn result_with_frame(&mut self, result: &ResultPayload, frame: &Arc<Frame>) {
+        self.result(result);
+        self.snapshot(result, frame);
+    }
+
     fn close(&mut self) {
+        // The snapshot thread holds the publisher too; it ends first.
+        if let Some(mut w) = self.snapshots.take() {
+            w.stop();
+        }
         if let Some(p) = self.publisher.take() {
-            let report = p.shutdown(PUBLISH_DRAIN);
-            tracing::info!(report = ?report, "MQTT publisher stopped.");
+            match Arc::try_unwrap(p) {
+                Ok(p) => {
+                    let report = p.shutdown(PUBLISH_DRAIN);
+                    tracing::info!(report = ?report, "MQTT publisher stopped.");
+                }
+                Err(_) => tracing::error!("The MQTT publisher is still shared at shutdown; queued results stay in the spool."),
+            }
+        }
+    }
+}
+
+impl Drop for MqttSink {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.snapshots.take() {
+            w.stop();
         }
     }
 }

@@ -231,6 +231,16 @@ impl Publisher {
         task: &str,
         jpeg: Vec<u8>,
     ) -> Result<bool, PublishError> {
+        if !self.claim_snapshot(camera, task)? {
+            return Ok(false);
+        }
+        self.send_snapshot(camera, task, jpeg)
+    }
+
+    /// Takes the rate-limit slot of this camera and task's snapshot if
+    /// `min_interval` has passed (and counts a skip if not), so that a
+    /// caller renders only the snapshots that will be sent.
+    pub fn claim_snapshot(&self, camera: &str, task: &str) -> Result<bool, PublishError> {
         let topic = self.topics.snapshot(camera, task)?;
         let due = match self.snapshot_gate.lock() {
             Ok(mut gate) => gate.admit(&topic, Instant::now()),
@@ -238,8 +248,19 @@ impl Publisher {
         };
         if !due {
             self.stats.count_snapshot_skipped();
-            return Ok(false);
         }
+        Ok(due)
+    }
+
+    /// Queues a snapshot whose slot [`Publisher::claim_snapshot`] gave.
+    /// Returns whether it was queued (a full queue is counted).
+    pub fn send_snapshot(
+        &self,
+        camera: &str,
+        task: &str,
+        jpeg: Vec<u8>,
+    ) -> Result<bool, PublishError> {
+        let topic = self.topics.snapshot(camera, task)?;
         match self.commands.try_send(Command::Snapshot { topic, jpeg }) {
             Ok(()) => Ok(true),
             Err(mpsc::error::TrySendError::Full(_)) => {

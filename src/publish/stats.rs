@@ -126,6 +126,12 @@ impl PublisherStats {
         self.queue_full_drops.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A snapshot dropped because the previous one was still being
+    /// rendered (counted with the rate-limited ones).
+    pub fn count_snapshot_skipped_busy(&self) {
+        self.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn count_snapshot_skipped(&self) {
         self.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
     }

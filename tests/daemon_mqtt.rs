@@ -1,0 +1,333 @@
+//! The daemon over a real mosquitto on 127.0.0.1: what arrives on which
+//! topic (snapshots included), and results spooled by a florence-edge that
+//! is killed during a broker outage, delivered by the next one.
+
+#[path = "common/mosquitto.rs"]
+mod mosquitto;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use florence_edge::daemon::{Daemon, MqttSink};
+use mosquitto::{free_port, BrokerOptions, Mosquitto, Received, Subscriber, SubscriberOptions};
+
+fn model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-florence2")
+}
+
+fn config_text(mqtt_url: &str, spool: &Path, http: &str, cameras: &str) -> String {
+    format!(
+        r#"
+[node]
+id = "mqtt-node"
+
+[model]
+dir = "{model}"
+backend = "cpu"
+threads = 1
+max_batch = 4
+max_wait_ms = 20
+decoding = {{ strategy = "greedy", max_new_tokens = 4 }}
+
+[mqtt]
+url = "{mqtt_url}"
+topic_prefix = "fe-dtest"
+qos = 1
+spool = {{ dir = "{spool}", max_messages = 10000 }}
+snapshots = {{ enabled = true, min_interval = "1s" }}
+
+[http]
+{http}
+
+{cameras}
+"#,
+        model = model_dir().display(),
+        spool = spool.display(),
+    )
+}
+
+const CAMERAS: &str = r#"
+[[cameras]]
+id = "yard"
+url = "test://?pattern=ball&width=96&height=64&fps=10"
+tasks = [{ task = "<OD>", every = "300ms" }, { task = "<CAPTION>", every = "600ms" }]
+
+[[cameras]]
+id = "gate"
+url = "test://?pattern=smpte&width=80&height=60&fps=10"
+tasks = [{ task = "<OD>", every = "300ms" }]
+"#;
+
+fn on<'a>(messages: &'a [Received], topic: &str) -> Vec<&'a Received> {
+    messages.iter().filter(|m| m.topic == topic).collect()
+}
+
+#[test]
+fn results_statuses_and_snapshots_arrive_on_their_topics() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let sub = Subscriber::start(broker.port(), "fe-dtest/#", SubscriberOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("florence-edge.toml");
+    std::fs::write(
+        &path,
+        config_text(
+            &broker.url(),
+            &dir.path().join("spool"),
+            "enabled = false",
+            CAMERAS,
+        ),
+    )
+    .unwrap();
+    let config = florence_edge::config::load(&path).expect("valid config");
+    let sink = MqttSink::start(&config.mqtt, &config.node.id).expect("publisher");
+    let daemon = Daemon::start(config, Box::new(sink)).expect("daemon");
+
+    let messages = sub.wait_for(Duration::from_secs(90), "results and snapshots", |m| {
+        on(m, "fe-dtest/yard/od").len() >= 3
+            && on(m, "fe-dtest/yard/caption").len() >= 2
+            && on(m, "fe-dtest/gate/od").len() >= 3
+            && !on(m, "fe-dtest/yard/od/snapshot").is_empty()
+            && !on(m, "fe-dtest/gate/od/snapshot").is_empty()
+            && !on(m, "fe-dtest/yard/status").is_empty()
+    });
+    assert_eq!(
+        on(&messages, "fe-dtest/mqtt-node/status")[0].text(),
+        "online"
+    );
+
+    // Results: the payload of DESIGN §6, numbered per (camera, task) from 1.
+    let od = on(&messages, "fe-dtest/yard/od");
+    let seqs: Vec<u64> = od
+        .iter()
+        .map(|m| m.json()["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let first = od[0].json();
+    assert_eq!(first["camera"], "yard");
+    assert_eq!(first["task"], "<OD>");
+    assert_eq!(first["frame"]["width"], 96);
+    assert!(first["result"]["<OD>"].is_object(), "{first}");
+
+    // Snapshots: JPEGs of the frame's size, at most one per second per
+    // (camera, task) although results come every 300 ms.
+    for (topic, (w, h)) in [
+        ("fe-dtest/yard/od/snapshot", (96, 64)),
+        ("fe-dtest/gate/od/snapshot", (80, 60)),
+    ] {
+        let snap = on(&messages, topic)[0];
+        let img = image::load_from_memory_with_format(&snap.payload, image::ImageFormat::Jpeg)
+            .unwrap_or_else(|e| panic!("{topic}: not a JPEG: {e}"));
+        assert_eq!((img.width(), img.height()), (w, h), "{topic}");
+    }
+    let status = on(&messages, "fe-dtest/yard/status")[0].json();
+    assert_eq!(status["camera"], "yard");
+
+    let started = Instant::now();
+    let before = sub.messages();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = sub.messages();
+    let window = started.elapsed().as_secs_f64() + 1.0;
+    let snaps = on(&after, "fe-dtest/yard/od/snapshot").len()
+        - on(&before, "fe-dtest/yard/od/snapshot").len();
+    assert!(
+        (snaps as f64) <= window,
+        "{snaps} snapshots in {window:.1} s with min_interval = 1s"
+    );
+    assert!(
+        on(&after, "fe-dtest/yard/od").len() > on(&before, "fe-dtest/yard/od").len() + snaps,
+        "results go out more often than snapshots"
+    );
+
+    daemon.shutdown();
+    daemon.wait().expect("clean stop");
+    let last = sub.wait_for(Duration::from_secs(10), "offline", |m| {
+        on(m, "fe-dtest/mqtt-node/status")
+            .last()
+            .is_some_and(|s| s.text() == "offline")
+    });
+    assert!(!on(&last, "fe-dtest/mqtt-node/status").is_empty());
+}
+
+/// One florence-edge process, results read from its stdout.
+struct Process {
+    child: Child,
+    results: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Process {
+    fn start(config: &Path) -> Process {
+        let ort = std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join(".local/onnxruntime/lib/libonnxruntime.so")
+            });
+        let mut child = Command::new(env!("CARGO_BIN_EXE_florence-edge"))
+            .args(["run", "--stdout", "--config"])
+            .arg(config)
+            .env("ORT_DYLIB_PATH", ort)
+            .env("FLORENCE_EDGE_LOG", "warn")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn florence-edge");
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let r = results.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    r.lock().unwrap().push(v);
+                }
+            }
+        });
+        Process { child, results }
+    }
+
+    fn results(&self) -> Vec<serde_json::Value> {
+        self.results.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The identity of a result: camera, task, sequence and capture time.
+fn identity(v: &serde_json::Value) -> (String, String, u64, u64) {
+    (
+        v["camera"].as_str().unwrap_or("").to_string(),
+        v["task"].as_str().unwrap_or("").to_string(),
+        v["sequence"].as_u64().unwrap_or(0),
+        v["frame"]["captured_unix_ms"].as_u64().unwrap_or(0),
+    )
+}
+
+#[test]
+fn results_spooled_before_a_kill_arrive_after_the_restart() {
+    let mut broker = Mosquitto::start(BrokerOptions {
+        persistence: true,
+        ..BrokerOptions::default()
+    });
+    let sub = Subscriber::start(
+        broker.port(),
+        "fe-dtest/+/+",
+        SubscriberOptions {
+            persistent_client_id: Some("daemon-outage-recorder".into()),
+            ..SubscriberOptions::default()
+        },
+    );
+    broker.stop();
+
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let path = dir.path().join("florence-edge.toml");
+    let http_section = format!("listen = \"{http}\"");
+    std::fs::write(
+        &path,
+        config_text(&broker.url(), &spool, &http_section, CAMERAS),
+    )
+    .unwrap();
+
+    // 1. The broker is down: results go to the spool.
+    let first = Process::start(&path);
+    wait_until(
+        "results of the first process",
+        Duration::from_secs(90),
+        || first.results().len() >= 8,
+    );
+    // Stop its cameras with a reload (every camera disabled), wait until
+    // every result it printed is in the spool, then kill it.
+    let disabled = CAMERAS.replace("[[cameras]]\n", "[[cameras]]\nenabled = false\n");
+    std::fs::write(
+        &path,
+        config_text(&broker.url(), &spool, &http_section, &disabled),
+    )
+    .unwrap();
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(
+        unsafe { libc::kill(first.child.id() as i32, libc::SIGHUP) },
+        0
+    );
+    let mut produced = Vec::new();
+    wait_until(
+        "the reload and every result spooled",
+        Duration::from_secs(30),
+        || {
+            let before = first.results().len();
+            if metric(http, "florence_edge_reloads_total") != Some(1.0) {
+                return false;
+            }
+            let spooled = metric(http, "florence_edge_mqtt_results_spooled_total");
+            std::thread::sleep(Duration::from_millis(300));
+            produced = first.results();
+            produced.len() == before && spooled == Some(produced.len() as f64)
+        },
+    );
+    drop(first); // SIGKILL: no drain, no goodbye.
+    assert!(produced.len() >= 8);
+
+    // 2. A new florence-edge starts while the broker is still down, then
+    // the broker comes back: the first process' results arrive.
+    let second = Process::start(&path);
+    std::thread::sleep(Duration::from_secs(2));
+    broker.restart();
+    let want: Vec<_> = produced.iter().map(identity).collect();
+    let messages = sub.wait_for(Duration::from_secs(60), "the spooled results", |m| {
+        let got: Vec<_> = m
+            .iter()
+            .filter(|r| !r.topic.ends_with("/status"))
+            .map(|r| identity(&r.json()))
+            .collect();
+        want.iter().all(|w| got.contains(w))
+    });
+    // In order per (camera, task), first arrivals counted (QoS 1 is at
+    // least once).
+    let mut order: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for m in messages.iter().filter(|r| !r.topic.ends_with("/status")) {
+        let id = identity(&m.json());
+        if seen.insert(id.clone()) {
+            order.entry((id.0, id.1)).or_default().push(id.2);
+        }
+    }
+    for ((camera, task), seqs) in order {
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "{camera} {task}"
+        );
+    }
+    drop(second);
+}

@@ -54,6 +54,9 @@ decoding = {{ strategy = "greedy", max_new_tokens = 8 }}
 url = "mqtt://127.0.0.1:9"
 spool = {{ dir = "{spool}", max_messages = 1000 }}
 
+[http]
+listen = "127.0.0.1:0"
+
 {body}
 "#,
         model = model_dir(),

@@ -132,7 +132,7 @@ fn a_typo_is_an_unknown_key_that_names_itself_and_a_suggestion() {
     let printed = lines(&text);
     assert_eq!(printed.len(), 4, "{printed:#?}");
     assert!(printed.contains(
-        &"test.toml: model.dri: unknown key; did you mean `dir`? (allowed: dir, backend, precision, decoder, engines_dir, build_engines_at_start, max_batch, max_wait_ms, threads, ort_library, decoding)".to_string()
+        &"test.toml: model.dri: unknown key; did you mean `dir`? (allowed: dir, backend, precision, decoder, engines_dir, build_engines_at_start, max_batch, max_wait_ms, threads, batch_timeout, ort_library, decoding)".to_string()
     ));
     assert!(printed
         .iter()
@@ -512,5 +512,30 @@ fn a_key_missing_from_a_section_the_environment_touched_is_missing_in_the_file()
     assert!(
         printed[0].starts_with("test.toml: model.dir: missing"),
         "{printed:?}"
+    );
+}
+
+#[test]
+fn batch_timeout_defaults_to_two_minutes_and_refuses_under_a_second() {
+    let config = compile(MINIMAL).expect("valid");
+    assert_eq!(config.model.batch_timeout, Duration::from_secs(120));
+    let text = MINIMAL.replace(
+        "dir = \"/models/Florence-2-base-ft\"",
+        "dir = \"/models/Florence-2-base-ft\"\nbatch_timeout = \"300s\"",
+    );
+    assert_eq!(
+        compile(&text).expect("valid").model.batch_timeout,
+        Duration::from_secs(300)
+    );
+    let text = MINIMAL.replace(
+        "dir = \"/models/Florence-2-base-ft\"",
+        "dir = \"/models/Florence-2-base-ft\"\nbatch_timeout = \"500ms\"",
+    );
+    let printed = lines(&text);
+    assert_eq!(printed.len(), 1, "{printed:#?}");
+    assert!(
+        printed[0].starts_with("test.toml: model.batch_timeout:") && printed[0].contains("1s"),
+        "{}",
+        printed[0]
     );
 }

@@ -3,7 +3,9 @@
 //! See docs/SERVICE.md for the unit file, reload and the HTTP endpoints.
 
 pub mod health;
+pub mod http;
 pub mod install;
+pub mod metrics;
 pub mod notify;
 
 pub use health::{Liveness, Verdict, Watchdog};

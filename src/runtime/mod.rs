@@ -333,6 +333,35 @@ impl Default for SessionOptions {
     }
 }
 
+/// One TensorRT optimization profile, in the TensorRT execution provider's
+/// syntax: `name:d0xd1x…` per input, comma-separated (see
+/// [`engines::GraphProfile`]). Every dynamic input of the graph must appear
+/// in all three.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorRtProfile {
+    pub min_shapes: String,
+    pub opt_shapes: String,
+    pub max_shapes: String,
+}
+
+/// TensorRT settings that differ per graph, on top of [`SessionOptions`].
+/// Kept apart from `SessionOptions` so that adding them did not change the
+/// struct every caller builds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TensorRtSessionOptions {
+    /// Explicit shape ranges: the engine is built once for them and never
+    /// rebuilt behind our back when a new shape shows up; a shape outside
+    /// them is an error.
+    pub profile: Option<TensorRtProfile>,
+    /// File name prefix of this graph's engine files in the engine cache, so
+    /// the cache can be listed per graph.
+    pub engine_cache_prefix: Option<String>,
+    /// TensorRT's detailed build log (ONNX Runtime logs it at verbose level).
+    pub detailed_build_log: bool,
+    /// TensorRT builder optimization level 0–5 (`None`: TensorRT's default, 3).
+    pub builder_optimization_level: Option<u8>,
+}
+
 /// Open one graph as a session on the chosen backend. The backend must
 /// already be resolved (not `Auto`); explicit providers are registered with
 /// `error_on_failure` so a provider that fails to initialise is an error,
@@ -341,6 +370,18 @@ pub fn open_session(
     rt: &OrtRuntime,
     path: &Path,
     options: &SessionOptions,
+) -> Result<Session, RuntimeError> {
+    open_session_with_tensorrt(rt, path, options, &TensorRtSessionOptions::default())
+}
+
+/// [`open_session`] with per-graph TensorRT settings (ignored by the other
+/// backends). On the TensorRT backend, opening the session is what builds
+/// the engine (or loads it from the engine cache).
+pub fn open_session_with_tensorrt(
+    rt: &OrtRuntime,
+    path: &Path,
+    options: &SessionOptions,
+    tensorrt: &TensorRtSessionOptions,
 ) -> Result<Session, RuntimeError> {
     let err = |e: String| RuntimeError::Session {
         path: path.to_path_buf(),
@@ -378,6 +419,21 @@ pub fn open_session(
                     .with_engine_cache_path(&dir)
                     .with_timing_cache(true)
                     .with_timing_cache_path(&dir);
+                if let Some(prefix) = &tensorrt.engine_cache_prefix {
+                    trt = trt.with_engine_cache_prefix(prefix);
+                }
+            }
+            if let Some(profile) = &tensorrt.profile {
+                trt = trt
+                    .with_profile_min_shapes(&profile.min_shapes)
+                    .with_profile_opt_shapes(&profile.opt_shapes)
+                    .with_profile_max_shapes(&profile.max_shapes);
+            }
+            if tensorrt.detailed_build_log {
+                trt = trt.with_detailed_build_log(true);
+            }
+            if let Some(level) = tensorrt.builder_optimization_level {
+                trt = trt.with_builder_optimization_level(level);
             }
             builder = builder
                 .with_execution_providers([

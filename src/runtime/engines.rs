@@ -48,8 +48,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    open_session_with_tensorrt, Backend, OrtRuntime, RuntimeError, SessionOptions,
-    TensorRtProfile, TensorRtSessionOptions,
+    open_session_with_tensorrt, Backend, OrtRuntime, RuntimeError, SessionOptions, TensorRtProfile,
+    TensorRtSessionOptions,
 };
 
 /// The manifest's file name inside the engine directory.
@@ -491,12 +491,16 @@ fn axis_range(
         (G::EmbedTokens, "input_ids", 1) => Some(r.prompt_tokens),
         (G::Encoder, "attention_mask" | "inputs_embeds", 0) => Some(r.prompts),
         (G::Encoder, "attention_mask" | "inputs_embeds", 1) => Some(r.encoder_tokens),
-        (G::Decoder | G::DecoderWithPast, _, 0) if past.is_some() || DECODER_INPUTS.contains(&input) => {
+        (G::Decoder | G::DecoderWithPast, _, 0)
+            if past.is_some() || DECODER_INPUTS.contains(&input) =>
+        {
             Some(r.rows)
         }
-        (G::Decoder | G::DecoderWithPast, "encoder_attention_mask" | "encoder_hidden_states", 1) => {
-            Some(r.encoder_tokens)
-        }
+        (
+            G::Decoder | G::DecoderWithPast,
+            "encoder_attention_mask" | "encoder_hidden_states",
+            1,
+        ) => Some(r.encoder_tokens),
         // One new token per row and step; the first step feeds the decoder
         // start token alone.
         (G::Decoder | G::DecoderWithPast, "inputs_embeds", 1) => Some(AxisRange::fixed(1)),
@@ -554,7 +558,8 @@ pub fn graph_profile(
         if !input_allowed(graph, &input.name) {
             return Err(err(
                 &input.name,
-                "is not an input of this graph in the Florence-2 graph contract (DESIGN.md §3)".into(),
+                "is not an input of this graph in the Florence-2 graph contract (DESIGN.md §3)"
+                    .into(),
             ));
         }
         let (mut min, mut opt, mut max) = (Vec::new(), Vec::new(), Vec::new());
@@ -621,10 +626,7 @@ pub fn read_graph_inputs(rt: &OrtRuntime, path: &Path) -> Result<Vec<InputSpec>,
         .map(|o| match o.dtype() {
             ValueType::Tensor { shape, .. } => Ok(InputSpec {
                 name: o.name().to_string(),
-                dims: shape
-                    .iter()
-                    .map(|&d| u64::try_from(d).ok())
-                    .collect(),
+                dims: shape.iter().map(|&d| u64::try_from(d).ok()).collect(),
             }),
             other => Err(err(format!(
                 "input {:?} is {other:?}; TensorRT profiles need tensors",
@@ -749,7 +751,9 @@ pub fn parse_nv_tegra_release(text: &str) -> Probed {
         .filter(|r| !r.is_empty());
     match (release, revision) {
         (Some(r), Some(v)) => Probed::Known(format!("L4T {r}.{v}")),
-        _ => Probed::Unknown(format!("/etc/nv_tegra_release starts {line:?}; expected `# R36 (release), REVISION: 4.0, …`")),
+        _ => Probed::Unknown(format!(
+            "/etc/nv_tegra_release starts {line:?}; expected `# R36 (release), REVISION: 4.0, …`"
+        )),
     }
 }
 
@@ -854,6 +858,19 @@ const LIBNVINFER: [&str; 4] = [
     "libnvinfer.so",
 ];
 
+/// An error with its sources: libloading's own message is only "dlopen
+/// failed"; the loader's reason is in the source.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 fn probe_tensorrt() -> Probed {
     let mut tried = Vec::new();
     for name in LIBNVINFER {
@@ -869,10 +886,13 @@ fn probe_tensorrt() -> Probed {
                 };
                 return match version {
                     Ok(v) => Probed::Known(decode_tensorrt_version(v)),
-                    Err(e) => Probed::Unknown(format!("{name} has no getInferLibVersion: {e}")),
+                    Err(e) => Probed::Unknown(format!(
+                        "{name} has no getInferLibVersion: {}",
+                        error_chain(&e)
+                    )),
                 };
             }
-            Err(e) => tried.push(format!("{name}: {e}")),
+            Err(e) => tried.push(error_chain(&e)),
         }
     }
     Probed::Unknown(format!(
@@ -886,25 +906,37 @@ fn probe_onnxruntime(library: &Path) -> Probed {
     // reference to the same handle, so no initialiser runs again.
     let lib = match unsafe { libloading::Library::new(library) } {
         Ok(l) => l,
-        Err(e) => return Probed::Unknown(format!("cannot open {}: {e}", library.display())),
+        Err(e) => {
+            return Probed::Unknown(format!(
+                "cannot open {}: {}",
+                library.display(),
+                error_chain(&e)
+            ))
+        }
     };
     // SAFETY: `OrtGetApiBase` is the library's documented entry point and
     // returns a pointer to a static struct; `GetVersionString` returns a
     // static NUL-terminated string.
     unsafe {
-        let getter = match lib.get::<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase>(
-            b"OrtGetApiBase",
-        ) {
+        let getter = match lib
+            .get::<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase>(b"OrtGetApiBase")
+        {
             Ok(g) => g,
             Err(e) => return Probed::Unknown(format!("{}: {e}", library.display())),
         };
         let base = getter();
         if base.is_null() {
-            return Probed::Unknown(format!("{}: OrtGetApiBase returned null", library.display()));
+            return Probed::Unknown(format!(
+                "{}: OrtGetApiBase returned null",
+                library.display()
+            ));
         }
         let s = ((*base).GetVersionString)();
         if s.is_null() {
-            return Probed::Unknown(format!("{}: GetVersionString returned null", library.display()));
+            return Probed::Unknown(format!(
+                "{}: GetVersionString returned null",
+                library.display()
+            ));
         }
         match std::ffi::CStr::from_ptr(s).to_str() {
             Ok(v) => Probed::Known(v.to_string()),
@@ -967,7 +999,9 @@ impl HashCache {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = file.read(&mut buf).map_err(|e| io_err(path, "reading", e))?;
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| io_err(path, "reading", e))?;
             if n == 0 {
                 break;
             }
@@ -1011,10 +1045,7 @@ pub struct EngineSpec {
 /// service's state directory (`$STATE_DIRECTORY` as systemd sets it, else
 /// /var/lib/florence-edge).
 pub fn engines_dir_or_default(configured: Option<&Path>) -> PathBuf {
-    engines_dir_from(
-        configured,
-        std::env::var("STATE_DIRECTORY").ok().as_deref(),
-    )
+    engines_dir_from(configured, std::env::var("STATE_DIRECTORY").ok().as_deref())
 }
 
 /// [`engines_dir_or_default`] with the environment passed in.
@@ -1199,23 +1230,34 @@ impl EngineFingerprint {
         }
         for (what, old, new) in [
             ("GPU", &built.gpu_name, &self.gpu_name),
-            ("compute capability", &built.compute_capability, &self.compute_capability),
+            (
+                "compute capability",
+                &built.compute_capability,
+                &self.compute_capability,
+            ),
             ("TensorRT", &built.tensorrt_version, &self.tensorrt_version),
-            ("ONNX Runtime", &built.onnxruntime_version, &self.onnxruntime_version),
+            (
+                "ONNX Runtime",
+                &built.onnxruntime_version,
+                &self.onnxruntime_version,
+            ),
         ] {
             match (old, new) {
                 (Probed::Known(a), Probed::Known(b)) if a == b => {}
                 (Probed::Known(a), Probed::Known(b)) => out.push(format!("{what} {a} → {b}")),
-                (_, Probed::Unknown(why)) => {
-                    out.push(format!("{what} unknown now ({why}), so the engines cannot be checked"))
-                }
-                (Probed::Unknown(_), Probed::Known(b)) => {
-                    out.push(format!("{what} was unknown when the engines were built, now {b}"))
-                }
+                (_, Probed::Unknown(why)) => out.push(format!(
+                    "{what} unknown now ({why}), so the engines cannot be checked"
+                )),
+                (Probed::Unknown(_), Probed::Known(b)) => out.push(format!(
+                    "{what} was unknown when the engines were built, now {b}"
+                )),
             }
         }
         if built.precision != self.precision {
-            out.push(format!("precision {} → {}", built.precision, self.precision));
+            out.push(format!(
+                "precision {} → {}",
+                built.precision, self.precision
+            ));
         }
         out.extend(built.profiles.differences(&self.profiles));
         for g in &self.graphs {
@@ -1294,7 +1336,8 @@ impl EngineManifest {
             .and_then(|()| f.write_all(b"\n"))
             .and_then(|()| f.sync_all())
             .map_err(|e| io_err(&tmp, "writing", e))?;
-        fs::rename(&tmp, &path).map_err(|e| io_err(&path, "renaming the new manifest into place", e))?;
+        fs::rename(&tmp, &path)
+            .map_err(|e| io_err(&path, "renaming the new manifest into place", e))?;
         if let Ok(dir) = fs::File::open(engines_dir) {
             // Makes the rename durable; a failure only weakens that.
             let _ = dir.sync_all();
@@ -1324,7 +1367,9 @@ pub enum EngineCacheState {
     Fresh,
     /// No manifest: nothing was built here (or a build was interrupted).
     Missing,
-    Stale { what_changed: Vec<String> },
+    Stale {
+        what_changed: Vec<String>,
+    },
 }
 
 impl fmt::Display for EngineCacheState {
@@ -1533,14 +1578,18 @@ fn build_engines_on(
 ) -> Result<BuildReport, EngineError> {
     let started = Instant::now();
     let dir = &spec.engines_dir;
-    fs::create_dir_all(dir).map_err(|e| io_err(dir, "creating the engine directory", e))?;
+    // An unreadable old manifest only means no hash cache and a rebuild.
     let old = EngineManifest::read(dir).ok().flatten();
-    let mut hashes = old.as_ref().map(|m| m.hash_cache.clone()).unwrap_or_default();
+    let mut hashes = old
+        .as_ref()
+        .map(|m| m.hash_cache.clone())
+        .unwrap_or_default();
     let fingerprint = EngineFingerprint::current(spec, host, &mut hashes, progress)?;
     let unknown = fingerprint.unknown_components();
     if !unknown.is_empty() {
         return Err(EngineError::UnknownHost { unknown });
     }
+    fs::create_dir_all(dir).map_err(|e| io_err(dir, "creating the engine directory", e))?;
     // From here on the directory is being changed: without a manifest it
     // reads as Missing until the build completes.
     let manifest_path = dir.join(MANIFEST_FILE);
@@ -1553,7 +1602,10 @@ fn build_engines_on(
     });
     // A timing cache from another TensorRT or GPU is at best useless.
     if !same_tensorrt {
-        for entry in fs::read_dir(dir).map_err(|e| io_err(dir, "listing", e))?.flatten() {
+        for entry in fs::read_dir(dir)
+            .map_err(|e| io_err(dir, "listing", e))?
+            .flatten()
+        {
             if entry.file_name().to_string_lossy().ends_with(".timing") {
                 let p = entry.path();
                 fs::remove_file(&p).map_err(|e| io_err(&p, "removing an old timing cache", e))?;
@@ -1730,7 +1782,10 @@ pub fn startup_check(
     spec.validate()?;
     let host = HostFacts::probe(rt);
     let old = EngineManifest::read(&spec.engines_dir)?;
-    let mut hashes = old.as_ref().map(|m| m.hash_cache.clone()).unwrap_or_default();
+    let mut hashes = old
+        .as_ref()
+        .map(|m| m.hash_cache.clone())
+        .unwrap_or_default();
     let fingerprint = EngineFingerprint::current(spec, &host, &mut hashes, progress)?;
     let state = match &old {
         None => EngineCacheState::Missing,
@@ -1765,7 +1820,10 @@ pub fn describe_ranges(r: &ProfileRanges) -> BTreeMap<&'static str, String> {
         ("prompts (encoder batch)", r.prompts.to_string()),
         ("decoder rows (prompts × beams)", r.rows.to_string()),
         ("prompt tokens (embed_tokens)", r.prompt_tokens.to_string()),
-        ("encoder tokens (image tokens + prompt)", r.encoder_tokens.to_string()),
+        (
+            "encoder tokens (image tokens + prompt)",
+            r.encoder_tokens.to_string(),
+        ),
         ("past tokens (decoder KV cache)", r.past_tokens.to_string()),
     ])
 }
@@ -1800,7 +1858,10 @@ mod tests {
         assert_eq!(d, Probed::Known("550.54.15".into()));
         let (n, c, _) = parse_nvidia_smi_line("Orin (nvgpu), [N/A], 540.4.0");
         assert_eq!(n, Probed::Known("Orin (nvgpu)".into()));
-        assert!(matches!(c, Probed::Unknown(ref why) if why.contains("[N/A]")), "{c:?}");
+        assert!(
+            matches!(c, Probed::Unknown(ref why) if why.contains("[N/A]")),
+            "{c:?}"
+        );
     }
 
     #[test]
@@ -1809,7 +1870,9 @@ mod tests {
             tegra_compute_capability("nvidia,p3737-0000+p3701-0000\0nvidia,tegra234\0"),
             Probed::Known("8.7".into())
         );
-        assert!(tegra_compute_capability("nvidia,tegra264\0").known().is_none());
+        assert!(tegra_compute_capability("nvidia,tegra264\0")
+            .known()
+            .is_none());
         assert_eq!(
             parse_nv_tegra_release(
                 "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, DATE: Fri Sep 13\n"
@@ -1830,11 +1893,46 @@ mod tests {
     #[test]
     fn ranges_follow_batch_beams_and_lengths() {
         let r = base_ranges();
-        assert_eq!(r.images, AxisRange { min: 1, opt: 8, max: 8 });
-        assert_eq!(r.rows, AxisRange { min: 1, opt: 24, max: 24 });
-        assert_eq!(r.encoder_tokens, AxisRange { min: 578, opt: 593, max: 641 });
-        assert_eq!(r.past_tokens, AxisRange { min: 1, opt: 64, max: 256 });
-        assert_eq!(r.prompt_tokens, AxisRange { min: 1, opt: 1, max: 64 });
+        assert_eq!(
+            r.images,
+            AxisRange {
+                min: 1,
+                opt: 8,
+                max: 8
+            }
+        );
+        assert_eq!(
+            r.rows,
+            AxisRange {
+                min: 1,
+                opt: 24,
+                max: 24
+            }
+        );
+        assert_eq!(
+            r.encoder_tokens,
+            AxisRange {
+                min: 578,
+                opt: 593,
+                max: 641
+            }
+        );
+        assert_eq!(
+            r.past_tokens,
+            AxisRange {
+                min: 1,
+                opt: 64,
+                max: 256
+            }
+        );
+        assert_eq!(
+            r.prompt_tokens,
+            AxisRange {
+                min: 1,
+                opt: 1,
+                max: 64
+            }
+        );
     }
 
     #[test]
@@ -1907,9 +2005,14 @@ mod tests {
         let stale = EngineCacheState::Stale {
             what_changed: vec!["TensorRT 10.3.0 → 10.7.0".into()],
         };
-        let e = startup_decision(&stale, false, Path::new("/e"), Some(Path::new("/etc/fe.toml")))
-            .unwrap_err()
-            .to_string();
+        let e = startup_decision(
+            &stale,
+            false,
+            Path::new("/e"),
+            Some(Path::new("/etc/fe.toml")),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("florence-edge build-engines --config /etc/fe.toml")
                 && e.contains("TensorRT 10.3.0 → 10.7.0")
@@ -1919,7 +2022,10 @@ mod tests {
         let e = startup_decision(&EngineCacheState::Missing, false, Path::new("/e"), None)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("have not been built") && e.contains("--config FILE"), "{e}");
+        assert!(
+            e.contains("have not been built") && e.contains("--config FILE"),
+            "{e}"
+        );
         assert_eq!(
             startup_decision(&EngineCacheState::Fresh, false, Path::new("/e"), None).unwrap(),
             StartupAction::UseCache

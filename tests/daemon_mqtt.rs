@@ -331,3 +331,37 @@ fn results_spooled_before_a_kill_arrive_after_the_restart() {
     }
     drop(second);
 }
+
+#[test]
+fn the_last_will_says_offline_when_the_daemon_is_killed() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let sub = Subscriber::start(
+        broker.port(),
+        "fe-dtest/mqtt-node/status",
+        SubscriberOptions::default(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("florence-edge.toml");
+    std::fs::write(
+        &path,
+        config_text(
+            &broker.url(),
+            &dir.path().join("spool"),
+            "enabled = false",
+            CAMERAS,
+        ),
+    )
+    .unwrap();
+    let daemon = Process::start(&path);
+    sub.wait_for(Duration::from_secs(90), "online", |m| {
+        m.last().is_some_and(|s| s.text() == "online")
+    });
+    wait_until("a result", Duration::from_secs(60), || {
+        !daemon.results().is_empty()
+    });
+    drop(daemon); // SIGKILL: the broker publishes the will.
+    let m = sub.wait_for(Duration::from_secs(30), "the last will", |m| {
+        m.last().is_some_and(|s| s.text() == "offline")
+    });
+    assert_eq!(m.last().unwrap().topic, "fe-dtest/mqtt-node/status");
+}

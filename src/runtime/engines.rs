@@ -35,7 +35,6 @@
 //! Runtime. The engine file names ONNX Runtime writes are matched by the
 //! prefix we give it, not by a pattern we could not observe.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::{Read, Write};
@@ -1390,10 +1389,26 @@ pub fn check(
     engines_dir: &Path,
     fingerprint: &EngineFingerprint,
 ) -> Result<EngineCacheState, EngineError> {
-    let Some(manifest) = EngineManifest::read(engines_dir)? else {
-        return Ok(EngineCacheState::Missing);
-    };
-    Ok(state_against(&manifest, engines_dir, fingerprint))
+    Ok(match read_for_check(engines_dir)? {
+        Err(state) => state,
+        Ok(manifest) => state_against(&manifest, engines_dir, fingerprint),
+    })
+}
+
+/// The manifest, or the state its absence or corruption means: a manifest
+/// that cannot be parsed is stale (a rebuild writes a good one), not an
+/// error that would need a person to delete it.
+fn read_for_check(
+    engines_dir: &Path,
+) -> Result<Result<EngineManifest, EngineCacheState>, EngineError> {
+    match EngineManifest::read(engines_dir) {
+        Ok(Some(m)) => Ok(Ok(m)),
+        Ok(None) => Ok(Err(EngineCacheState::Missing)),
+        Err(EngineError::Manifest { path, reason }) => Ok(Err(EngineCacheState::Stale {
+            what_changed: vec![format!("{} cannot be used: {reason}", path.display())],
+        })),
+        Err(e) => Err(e),
+    }
 }
 
 fn state_against(
@@ -1781,18 +1796,18 @@ pub fn startup_check(
 ) -> Result<EngineManifest, EngineError> {
     spec.validate()?;
     let host = HostFacts::probe(rt);
-    let old = EngineManifest::read(&spec.engines_dir)?;
+    let old = read_for_check(&spec.engines_dir)?;
     let mut hashes = old
         .as_ref()
         .map(|m| m.hash_cache.clone())
         .unwrap_or_default();
     let fingerprint = EngineFingerprint::current(spec, &host, &mut hashes, progress)?;
     let state = match &old {
-        None => EngineCacheState::Missing,
-        Some(m) => state_against(m, &spec.engines_dir, &fingerprint),
+        Err(state) => state.clone(),
+        Ok(m) => state_against(m, &spec.engines_dir, &fingerprint),
     };
     match startup_decision(&state, build_at_start, &spec.engines_dir, config_file)? {
-        StartupAction::UseCache => old.ok_or_else(|| EngineError::Manifest {
+        StartupAction::UseCache => old.map_err(|_| EngineError::Manifest {
             path: spec.engines_dir.join(MANIFEST_FILE),
             reason: "disappeared while it was being checked".into(),
         }),
@@ -1810,22 +1825,6 @@ pub fn startup_check(
             build_engines_on(spec, rt, &host, progress).map(|r| r.manifest)
         }
     }
-}
-
-/// Axis ranges by graph input, for documentation and the CLI: which
-/// configuration value each dynamic axis follows.
-pub fn describe_ranges(r: &ProfileRanges) -> BTreeMap<&'static str, String> {
-    BTreeMap::from([
-        ("images (vision encoder batch)", r.images.to_string()),
-        ("prompts (encoder batch)", r.prompts.to_string()),
-        ("decoder rows (prompts × beams)", r.rows.to_string()),
-        ("prompt tokens (embed_tokens)", r.prompt_tokens.to_string()),
-        (
-            "encoder tokens (image tokens + prompt)",
-            r.encoder_tokens.to_string(),
-        ),
-        ("past tokens (decoder KV cache)", r.past_tokens.to_string()),
-    ])
 }
 
 #[cfg(test)]

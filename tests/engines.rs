@@ -568,3 +568,82 @@ fn probes_on_this_machine_report_onnx_runtime_and_say_why_the_rest_is_unknown() 
         Probed::Unknown(why) => assert!(why.contains("nvidia-smi"), "{why}"),
     }
 }
+
+/// The GPU run: builds the tiny model's engines, then checks that a start
+/// finds them fresh and that opening the graphs with the manifest's settings
+/// loads the engines instead of building new ones.
+#[test]
+#[ignore = "needs an NVIDIA GPU, TensorRT and a GPU build of ONNX Runtime (ORT_DYLIB_PATH)"]
+fn builds_the_tiny_models_engines_and_loads_them_at_the_next_start() {
+    use florence_edge::runtime::{open_session_with_tensorrt, Backend, SessionOptions};
+    let rt = ort();
+    let dir = tempfile::tempdir().unwrap();
+    let s = EngineSpec {
+        bounds: ProfileBounds {
+            max_batch: 2,
+            num_beams: 1,
+            max_new_tokens: 32,
+            max_prompt_tokens: 32,
+        },
+        ..spec(&tiny_model(), &dir.path().join("engines"))
+    };
+    let mut events = Vec::new();
+    let report = build_engines(&s, rt, &mut |ev: BuildEvent| {
+        eprintln!("{ev}");
+        events.push(ev);
+    })
+    .unwrap();
+    assert_eq!(report.manifest.graphs.len(), 5);
+    let started = events
+        .iter()
+        .filter(|e| matches!(e, BuildEvent::Started { .. }))
+        .count();
+    assert_eq!(started, 5);
+    for g in &report.manifest.graphs {
+        assert!(!g.engine_files.is_empty(), "{:?}", g.graph);
+    }
+    let host = HostFacts::probe(rt);
+    let fp = EngineFingerprint::current(&s, &host, &mut HashCache::default(), &mut |_| {}).unwrap();
+    assert_eq!(check(&s.engines_dir, &fp).unwrap(), EngineCacheState::Fresh);
+
+    let mut rebuilt = Vec::new();
+    let manifest =
+        startup_check(&s, rt, false, None, &mut |ev: BuildEvent| rebuilt.push(ev)).unwrap();
+    assert!(
+        !rebuilt
+            .iter()
+            .any(|e| matches!(e, BuildEvent::Started { .. })),
+        "{rebuilt:?}"
+    );
+
+    let listing = |d: &Path| {
+        let mut v: Vec<(String, SystemTime)> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().modified().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing(&s.engines_dir);
+    let options = SessionOptions {
+        backend: Backend::TensorRt,
+        intra_threads: 0,
+        tensorrt_fp16: s.fp16,
+        engine_cache_dir: Some(s.engines_dir.clone()),
+    };
+    for g in &manifest.graphs {
+        let trt = manifest.session_options(g.graph).unwrap();
+        open_session_with_tensorrt(rt, &tiny_model().join(&g.file), &options, &trt).unwrap();
+    }
+    assert_eq!(
+        listing(&s.engines_dir),
+        before,
+        "opening the graphs wrote engine files"
+    );
+}

@@ -233,6 +233,17 @@ enum Command {
         #[command(flatten)]
         model_args: ModelArgs,
     },
+    /// Build the TensorRT engines for a configuration ahead of time (minutes on a Jetson),
+    /// with progress on stderr; `run` then starts in seconds.
+    BuildEngines {
+        /// Configuration file (TOML).
+        #[arg(
+            long,
+            env = "FLORENCE_EDGE_CONFIG",
+            default_value = "/etc/florence-edge/florence-edge.toml"
+        )]
+        config: PathBuf,
+    },
     /// Install this binary, the systemd unit, the service user and the example configuration.
     InstallService {
         /// Install below this directory instead of / (an image being prepared).
@@ -397,6 +408,7 @@ fn run(command: Command) -> Result<()> {
                 bail!("{} problem(s) in {}", problems.len(), config.display())
             }
         }
+        Command::BuildEngines { config } => build_engines_cmd(&config),
         Command::InstallService {
             root,
             bin_dir,
@@ -440,11 +452,8 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
-#[cfg(feature = "gstreamer")]
-fn run_daemon(config_path: &std::path::Path, stdout: bool) -> Result<()> {
-    use florence_edge::daemon::result::FanOut;
-    use florence_edge::daemon::{Daemon, DaemonOptions, MqttSink, ResultSink, StdoutSink};
-    let config = florence_edge::config::load(config_path).map_err(|errors| {
+fn load_config(path: &std::path::Path) -> Result<florence_edge::config::Config> {
+    florence_edge::config::load(path).map_err(|errors| {
         anyhow::anyhow!(
             "invalid configuration:\n{}",
             errors
@@ -453,7 +462,35 @@ fn run_daemon(config_path: &std::path::Path, stdout: bool) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join("\n")
         )
+    })
+}
+
+fn build_engines_cmd(config_path: &std::path::Path) -> Result<()> {
+    let config = load_config(config_path)?;
+    let spec = florence_edge::runtime::engines::EngineSpec::from_config(&config);
+    let rt = florence_edge::runtime::init(config.model.ort_library.as_deref())?;
+    let t0 = std::time::Instant::now();
+    let report = florence_edge::runtime::engines::build_engines(&spec, rt, &mut |ev| {
+        eprintln!("[{:>4} s] {ev}", t0.elapsed().as_secs());
     })?;
+    println!(
+        "built {} engines in {:.0} s (fingerprint {}); manifest {}",
+        report.manifest.graphs.len(),
+        report.total.as_secs_f64(),
+        report
+            .fingerprint_digest
+            .get(..16)
+            .unwrap_or(&report.fingerprint_digest),
+        report.manifest_path.display()
+    );
+    Ok(())
+}
+
+#[cfg(feature = "gstreamer")]
+fn run_daemon(config_path: &std::path::Path, stdout: bool) -> Result<()> {
+    use florence_edge::daemon::result::FanOut;
+    use florence_edge::daemon::{Daemon, DaemonOptions, MqttSink, ResultSink, StdoutSink};
+    let config = load_config(config_path)?;
     let mqtt = MqttSink::start(&config.mqtt, &config.node.id)
         .map_err(|e| anyhow::anyhow!("MQTT publisher: {e}"))?;
     let mut sinks: Vec<Box<dyn ResultSink>> = vec![Box::new(mqtt)];

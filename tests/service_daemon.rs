@@ -484,3 +484,37 @@ fn sighup_applies_camera_changes_and_rejects_an_invalid_file() {
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(60)).success());
 }
+
+#[test]
+fn a_tensorrt_backend_without_tensorrt_fails_to_start_and_never_says_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("florence-edge.toml");
+    let text = config_text(
+        dir.path(),
+        "60s",
+        &camera("yard", "ball", r#"{ task = "<OD>", every = "300ms" }"#),
+    )
+    .replace("backend = \"cpu\"", "backend = \"tensorrt\"");
+    std::fs::write(&config, text).unwrap();
+    let notify = NotifyListener::new();
+    let socket = notify.path.display().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_florence-edge"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("ORT_DYLIB_PATH", ort_library())
+        .env("NOTIFY_SOCKET", &socket)
+        .output()
+        .expect("run florence-edge");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("tensorrt") && stderr.contains("TensorRT execution provider"),
+        "{stderr}"
+    );
+    while let Some(m) = notify.next(Duration::from_millis(200)) {
+        assert!(
+            !m.contains("READY=1"),
+            "READY sent by a daemon that failed: {m}"
+        );
+    }
+}

@@ -160,8 +160,46 @@ pub fn load_options(config: &Config) -> Result<LoadOptions, DaemonError> {
     };
     opts.ort_library = m.ort_library.clone();
     opts.intra_threads = m.threads;
-    opts.engine_cache_dir = m.engines_dir.clone();
+    opts.engine_cache_dir = Some(crate::runtime::engines::engines_dir_or_default(
+        m.engines_dir.as_deref(),
+    ));
+    opts.tensorrt_fp16 = m.precision != Some(crate::config::Precision::Fp32);
     Ok(opts)
+}
+
+/// On TensorRT, the engines this configuration needs: fresh ones from the
+/// cache, or built now when `model.build_engines_at_start` allows it (with
+/// progress in the log and more start time asked of systemd), else an error
+/// that says to run `florence-edge build-engines`. `None` on other backends.
+fn tensorrt_engines(
+    config: &Config,
+    options: &DaemonOptions,
+) -> Result<Option<crate::runtime::engines::EngineManifest>, DaemonError> {
+    use crate::runtime::engines::{startup_check, EngineSpec};
+    let m = &config.model;
+    let model_err = |e: String| DaemonError::Model(e);
+    let rt =
+        crate::runtime::init(m.ort_library.as_deref()).map_err(|e| model_err(e.to_string()))?;
+    let backend = load_options(config)?.backend;
+    let choice = crate::runtime::choose_backend(backend, rt.providers)
+        .map_err(|e| model_err(e.to_string()))?;
+    if choice.backend != Backend::TensorRt {
+        return Ok(None);
+    }
+    let notifier = options.notifier.clone();
+    let manifest = startup_check(
+        &EngineSpec::from_config(config),
+        rt,
+        m.build_engines_at_start,
+        options.config_path.as_deref(),
+        &mut |event| {
+            tracing::info!("{event}");
+            // Each step may take minutes on a Jetson: keep systemd waiting.
+            notifier.extend_timeout(Duration::from_secs(15 * 60), &event.to_string());
+        },
+    )
+    .map_err(|e| model_err(e.to_string()))?;
+    Ok(Some(manifest))
 }
 
 pub fn decoding(config: &Config) -> Decoding {
@@ -227,7 +265,14 @@ impl Daemon {
         };
 
         // The model lives on its own thread; it reports whether it loaded.
-        let opts = load_options(&config)?;
+        let mut opts = load_options(&config)?;
+        opts.engine_manifest = match tensorrt_engines(&config, &options) {
+            Ok(m) => m,
+            Err(e) => {
+                signals.close();
+                return Err(e);
+            }
+        };
         let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<FrameJob>>(1);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelInfo, String>>();
         let stats = Arc::new(Mutex::new(DaemonStats::default()));

@@ -171,6 +171,21 @@ impl Graph {
         })
     }
 
+    /// [`Graph::open`] on TensorRT with the profile and engine cache prefix
+    /// the engines were built with.
+    pub fn open_tensorrt(
+        rt: &OrtRuntime,
+        path: &Path,
+        options: &SessionOptions,
+        tensorrt: &runtime::TensorRtSessionOptions,
+    ) -> Result<Self, ModelError> {
+        let session = runtime::open_session_with_tensorrt(rt, path, options, tensorrt)?;
+        Ok(Self {
+            session,
+            path: path.to_path_buf(),
+        })
+    }
+
     pub fn input(&self, name: &str) -> Option<TensorSpec> {
         self.session
             .inputs()

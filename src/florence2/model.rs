@@ -26,6 +26,13 @@ pub struct LoadOptions {
     /// Intra-op threads per session; 0 means one per available core.
     pub intra_threads: usize,
     pub engine_cache_dir: Option<PathBuf>,
+    /// TensorRT: the engines `build-engines` (or the daemon's start-up
+    /// check) built, whose profiles and cache prefixes every session must
+    /// use — ONNX Runtime rebuilds silently when they differ. `None` lets
+    /// the TensorRT provider build engines lazily in `engine_cache_dir`.
+    pub engine_manifest: Option<runtime::engines::EngineManifest>,
+    /// TensorRT FP16 kernels (LayerNorm kept in FP32).
+    pub tensorrt_fp16: bool,
 }
 
 impl LoadOptions {
@@ -38,6 +45,8 @@ impl LoadOptions {
             ort_library: None,
             intra_threads: 0,
             engine_cache_dir: None,
+            engine_manifest: None,
+            tensorrt_fp16: true,
         }
     }
 }
@@ -137,15 +146,35 @@ impl Florence2 {
         let session_options = SessionOptions {
             backend: backend.backend,
             intra_threads: opts.intra_threads,
-            tensorrt_fp16: true,
+            tensorrt_fp16: opts.tensorrt_fp16,
             engine_cache_dir: opts.engine_cache_dir.clone(),
         };
-        let open = |p: &Path| Graph::open(rt, p, &session_options);
-        let vision = open(&files.vision_encoder)?;
-        let embed = open(&files.embed_tokens)?;
-        let encoder = open(&files.encoder)?;
-        let decoder = open(&files.decoder)?;
-        let decoder_with_past = files.decoder_with_past.as_deref().map(open).transpose()?;
+        use runtime::engines::EngineGraph;
+        let manifest = opts
+            .engine_manifest
+            .as_ref()
+            .filter(|_| backend.backend == runtime::Backend::TensorRt);
+        let open = |p: &Path, graph: EngineGraph| match manifest {
+            Some(m) => {
+                let trt = m.session_options(graph).ok_or_else(|| ModelError::File {
+                    path: p.to_path_buf(),
+                    problem: format!(
+                        "has no engine in the TensorRT engine manifest ({graph:?}); run `florence-edge build-engines`"
+                    ),
+                })?;
+                Graph::open_tensorrt(rt, p, &session_options, &trt)
+            }
+            None => Graph::open(rt, p, &session_options),
+        };
+        let vision = open(&files.vision_encoder, EngineGraph::VisionEncoder)?;
+        let embed = open(&files.embed_tokens, EngineGraph::EmbedTokens)?;
+        let encoder = open(&files.encoder, EngineGraph::Encoder)?;
+        let decoder = open(&files.decoder, EngineGraph::Decoder)?;
+        let decoder_with_past = files
+            .decoder_with_past
+            .as_deref()
+            .map(|p| open(p, EngineGraph::DecoderWithPast))
+            .transpose()?;
 
         // The graph contract, by name.
         let pixel_type = vision.require_float_input("pixel_values", 4)?;

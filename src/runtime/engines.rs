@@ -1040,6 +1040,34 @@ pub struct EngineSpec {
     pub bounds: ProfileBounds,
 }
 
+impl EngineSpec {
+    /// What a configuration asks TensorRT to build: the graphs of
+    /// `model.precision` (fp32 files when unset), FP16 kernels unless fp32 is
+    /// asked for explicitly, profiles up to `max_batch` × beams and
+    /// `max_new_tokens`.
+    pub fn from_config(c: &crate::config::Config) -> EngineSpec {
+        use crate::config::{DecoderLayout, DecodingStrategy, Precision};
+        let m = &c.model;
+        EngineSpec {
+            model_dir: m.dir.clone(),
+            variant: m.precision.map_or("fp32", |p| p.name()).to_string(),
+            fp16: m.precision != Some(Precision::Fp32),
+            merged_decoder: m.decoder == DecoderLayout::Merged,
+            engines_dir: engines_dir_or_default(m.engines_dir.as_deref()),
+            bounds: ProfileBounds {
+                max_batch: m.max_batch,
+                num_beams: if m.decoding.strategy == DecodingStrategy::Beam {
+                    m.decoding.num_beams as usize
+                } else {
+                    1
+                },
+                max_new_tokens: m.decoding.max_new_tokens as usize,
+                max_prompt_tokens: DEFAULT_MAX_PROMPT_TOKENS,
+            },
+        }
+    }
+}
+
 /// The engine directory: the configured one, else `engines` under the
 /// service's state directory (`$STATE_DIRECTORY` as systemd sets it, else
 /// /var/lib/florence-edge).

@@ -23,6 +23,8 @@ use ort::ep::{self, ExecutionProvider};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
+pub mod engines;
+
 /// The ONNX Runtime version whose C API this build needs (ort's `api-31`).
 pub const REQUIRED_ORT_VERSION: &str = "1.31";
 

@@ -150,6 +150,17 @@ impl Notifier {
         ));
     }
 
+    /// Asks systemd for `by` more time to start (or stop) than
+    /// `TimeoutStartSec=` allows: long work such as building TensorRT
+    /// engines sends this while it progresses.
+    pub fn extend_timeout(&self, by: Duration, status: &str) {
+        self.send_logged(&format!(
+            "EXTEND_TIMEOUT_USEC={}\nSTATUS={}",
+            by.as_micros(),
+            one_line(status)
+        ));
+    }
+
     pub fn stopping(&self, status: &str) {
         self.send_logged(&format!("STOPPING=1\nSTATUS={}", one_line(status)));
     }
@@ -246,6 +257,11 @@ mod tests {
         assert!(usec > 0);
         n.stopping("draining");
         assert_eq!(recv(&sock), "STOPPING=1\nSTATUS=draining");
+        n.extend_timeout(Duration::from_secs(90), "building engines");
+        assert_eq!(
+            recv(&sock),
+            "EXTEND_TIMEOUT_USEC=90000000\nSTATUS=building engines"
+        );
     }
 
     #[test]

@@ -94,11 +94,19 @@ pub fn run(
     warmup: usize,
     iterations: usize,
 ) -> Result<BenchReport, ModelError> {
-    let data = synthetic_frame(size.0, size.1);
-    let frame =
-        RgbFrame::packed(size.0, size.1, &data).map_err(|e| ModelError::Input(e.to_string()))?;
-    let items: Vec<(RgbFrame<'_>, TaskRequest)> =
-        (0..batch).map(|_| (frame, request.clone())).collect();
+    // One buffer per item: the engine encodes a frame shared by several
+    // items once, and a batch of N cameras has N different frames.
+    let data: Vec<Vec<u8>> = (0..batch)
+        .map(|_| synthetic_frame(size.0, size.1))
+        .collect();
+    let items: Vec<(RgbFrame<'_>, TaskRequest)> = data
+        .iter()
+        .map(|d| {
+            RgbFrame::packed(size.0, size.1, d)
+                .map(|f| (f, request.clone()))
+                .map_err(|e| ModelError::Input(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
     for _ in 0..warmup {
         engine.run(&items, decoding)?;
     }

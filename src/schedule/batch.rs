@@ -126,13 +126,27 @@ impl<F> Batcher<F> {
             let Some(job) = queue.pop_front() else {
                 break;
             };
+            // The camera's other jobs on the same frame come along in its
+            // turn: they share one vision-encoder pass (docs/SCHEDULING.md).
+            let frame_seq = job.frame_seq;
+            let mut turn = vec![job];
+            while batch.len() + turn.len() < self.max_batch {
+                let Some(i) = queue.iter().position(|j| j.frame_seq == frame_seq) else {
+                    break;
+                };
+                if let Some(j) = queue.remove(i) {
+                    turn.push(j);
+                }
+            }
             if queue.is_empty() {
                 self.queues.remove(&camera);
             }
             self.cursor = Some(camera);
-            self.pending -= 1;
-            self.counters.entry(job.key.clone()).or_default().dispatched += 1;
-            batch.push(job);
+            self.pending -= turn.len();
+            for job in turn {
+                self.counters.entry(job.key.clone()).or_default().dispatched += 1;
+                batch.push(job);
+            }
         }
         self.stats.batches += 1;
         self.stats.jobs += batch.len() as u64;

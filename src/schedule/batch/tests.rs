@@ -195,6 +195,33 @@ fn jobs_carry_their_frame_through_the_batcher() {
 }
 
 #[test]
+fn a_cameras_jobs_on_one_frame_go_together_in_its_turn() {
+    let t0 = Instant::now();
+    let on_frame = |id: u64, camera: &str, task: usize, frame: u64| Job {
+        frame_seq: frame,
+        ..job(id, camera, task, t0)
+    };
+    let mut b = Batcher::new(2, ms(40)).expect("valid");
+    // Camera a: three tasks due on frame 7; camera b: one on frame 3.
+    b.push(on_frame(1, "a", 0, 7), t0);
+    b.push(on_frame(2, "b", 0, 3), t0);
+    b.push(on_frame(3, "a", 1, 7), t0);
+    b.push(on_frame(4, "a", 2, 7), t0);
+    // a's turn takes two of its frame-7 jobs (one vision pass); b is next.
+    assert_eq!(ids(&b.pop_batch(t0).expect("full")), [1, 3]);
+    assert_eq!(ids(&b.pop_batch(t0).expect("full")), [2, 4]);
+    assert!(b.is_empty());
+
+    // Jobs of one camera on different frames do not jump the queue.
+    let mut b = Batcher::new(4, ms(40)).expect("valid");
+    b.push(on_frame(1, "a", 0, 7), t0);
+    b.push(on_frame(2, "a", 1, 8), t0);
+    b.push(on_frame(3, "b", 0, 3), t0);
+    b.push(on_frame(4, "a", 2, 7), t0);
+    assert_eq!(ids(&b.pop_batch(t0).expect("full")), [1, 4, 3, 2]);
+}
+
+#[test]
 fn zero_max_batch_is_refused() {
     assert_eq!(
         Batcher::<()>::new(0, ms(1)).err(),
@@ -461,8 +488,8 @@ fn scheduler_and_batcher_follow_the_demo_config() {
     let cameras: Vec<&str> = first.iter().map(|j| &*j.key.camera).collect();
     assert_eq!(
         cameras,
-        ["ball", "bars", "ball", "bars"],
-        "max_batch 4, round-robin"
+        ["ball", "ball", "bars", "bars"],
+        "max_batch 4: cameras in turn, each with its jobs on the same frame"
     );
     assert_eq!(batcher.next_deadline(), Some(t0 + ms(20)), "max_wait_ms 20");
 }

@@ -47,6 +47,11 @@ ORT_DIR="$CACHE/onnxruntime-$ORT_VERSION/lib"
 MAX_GLIBC=2.35
 FEATURES=cuda
 
+# The Jetson's GStreamer and GLib (Ubuntu 22.04: 1.20.3, 2.72.4). The daemon
+# must not call a function that appeared later.
+MAX_GSTREAMER=1.20
+MAX_GLIB=2.72
+
 # Debian 12 (bookworm) arm64: the same release as the build machine, reachable
 # through the Debian mirror. Its GStreamer is 1.22, newer than the Jetson's 1.20:
 # the bindings are built without any v1_2x feature, so no call above 1.14 can
@@ -64,7 +69,7 @@ SYSROOT_PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav
 )
 # Bump when the way the sysroot is made changes, so cached ones are rebuilt.
-SYSROOT_RECIPE=1
+SYSROOT_RECIPE=3
 
 HOST_PACKAGES=(
   gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu
@@ -134,7 +139,8 @@ prepare_sysroot() {
     return
   fi
   local d="$CACHE/apt"
-  rm -rf "$SYSROOT" "$d"
+  # The GStreamer registry remembers plugins of the old sysroot, failed ones too.
+  rm -rf "$SYSROOT" "$d" "$CACHE/gst-registry-aarch64.bin"
   mkdir -p "$d/lists/partial" "$d/archives/partial" "$d/sources.list.d" "$d/preferences.d"
   : >"$d/status"
   : >"$d/preferences"
@@ -151,8 +157,12 @@ EOF
     >/dev/null
   local count=0 deb
   mkdir -p "$SYSROOT"
+  : >"$CACHE/symbols"
   for deb in "$d"/archives/*.deb; do
     dpkg-deb -x "$deb" "$SYSROOT"
+    # Debian's symbols files: the first upstream version of every exported
+    # symbol, what check_library_versions() reads.
+    dpkg-deb -I "$deb" symbols >>"$CACHE/symbols" 2>/dev/null || true
     count=$((count + 1))
   done
   [ "$count" -gt 0 ] || die "apt downloaded no packages into $d/archives"
@@ -166,6 +176,16 @@ EOF
     target=$(readlink "$link")
     ln -sfn --relative "$SYSROOT$target" "$link"
   done < <(find "$SYSROOT" -type l -lname '/*' -print0)
+  # Links that dpkg's update-alternatives would make in postinst, which
+  # extraction never runs: libblas.so.3 and liblapack.so.3 (needed by
+  # libavcodec's dependencies, hence by the avdec_* decoders).
+  local multiarch="$SYSROOT/usr/lib/aarch64-linux-gnu" alt lib
+  for alt in blas lapack; do
+    for lib in "$multiarch/$alt"/lib*.so*; do
+      [ -e "$lib" ] || continue
+      [ -e "$multiarch/$(basename "$lib")" ] || ln -s "$alt/$(basename "$lib")" "$multiarch/$(basename "$lib")"
+    done
+  done
   # Executables are of no use here and harmful under qemu: qemu's -L prefix
   # would make a test that runs `openssl` or `kill` find the arm64 one first,
   # which the host kernel cannot exec.
@@ -272,6 +292,55 @@ build_daemon() {
     die "$bin needs glibc $newest; the Jetson (JetPack 6) has $MAX_GLIBC"
   fi
   log "$bin: $(du -h "$bin" | cut -f1), newest glibc symbol version $newest (Jetson: $MAX_GLIBC)"
+  check_library_versions "$bin"
+}
+
+# Every GStreamer and GLib function the binary imports, looked up in Debian's
+# symbols files (which name the upstream version that introduced it): the
+# newest must be on the Jetson. A call to a 1.22 function would be caught
+# here even though the sysroot's GStreamer is 1.22.
+check_library_versions() {
+  local imports status=0
+  imports=$(mktemp)
+  aarch64-linux-gnu-objdump -T "$1" | awk '/\*UND\*/ { print $NF }' >"$imports"
+  python3 - "$CACHE/symbols" "$imports" "$MAX_GSTREAMER" "$MAX_GLIB" <<'PY' || status=$?
+import re, sys
+symbols_file, imports, max_gst, max_glib = sys.argv[1:]
+def key(v):
+    return [int(x) for x in re.findall(r"\d+", v)[:3]]
+first = {}  # symbol -> (library, version)
+lib = None
+for line in open(symbols_file, encoding="utf-8", errors="replace"):
+    if line and not line[0].isspace() and line[0] not in "*|#":
+        lib = line.split()[0]
+    elif line.startswith(" ") and lib:
+        parts = line.split()
+        if len(parts) >= 2 and "@" in parts[0]:
+            first.setdefault(parts[0].split("@")[0], (lib, parts[1].split("-")[0].split("~")[0]))
+newest = {}
+for name in open(imports).read().split():
+    if name in first:
+        lib, ver = first[name]
+        if lib not in newest or key(ver) > key(newest[lib][0]):
+            newest[lib] = (ver, name)
+limits = {"libgst": max_gst, "libglib-2.0": max_glib, "libgobject-2.0": max_glib,
+          "libgio-2.0": max_glib, "libgmodule-2.0": max_glib}
+bad = False
+for lib, (ver, name) in sorted(newest.items()):
+    limit = next((v for p, v in limits.items() if lib.startswith(p)), None)
+    verdict = ""
+    if limit is not None:
+        ok = key(ver)[:2] <= key(limit)[:2]
+        verdict = f"(Jetson: {limit})" if ok else f"NEWER THAN THE JETSON'S {limit}"
+        bad |= not ok
+    print(f"cross-aarch64:   {lib}: newest symbol {name} from {ver} {verdict}")
+if not any(l.startswith("libgst") for l in newest):
+    print("cross-aarch64: error: no GStreamer symbols found; symbols files missing?", file=sys.stderr)
+    sys.exit(1)
+sys.exit(1 if bad else 0)
+PY
+  rm -f "$imports"
+  [ "$status" -eq 0 ] || die "$1 calls GStreamer/GLib functions the Jetson does not have"
 }
 
 run_tests() {
@@ -282,7 +351,7 @@ run_tests() {
   # Release profile: the tests reuse every dependency the daemon build just
   # compiled, and optimized code is what keeps emulation bearable.
   # shellcheck disable=SC2086 # TESTS is a list of cargo arguments
-  cargo test --release --locked --target "$TARGET" --features "$FEATURES" $TESTS \
+  cargo test --release --locked --no-fail-fast --target "$TARGET" --features "$FEATURES" $TESTS \
     -- "${skip_args[@]}" 2>&1 | tee "$log_file" || status=$?
   awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
        END { printf "aarch64 tests under qemu: %d passed, %d failed, %d skipped\n", p, f, s }' "$log_file"

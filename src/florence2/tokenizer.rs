@@ -145,53 +145,30 @@ pub fn clean_up_tokenization(text: &str) -> String {
         .replace(" 're", "'re")
 }
 
-/// Quantize a pixel coordinate to a location bin: `floor(v * 1000 / size)`
-/// clamped to [0, 999] (DESIGN.md §3).
-pub fn quantize(value: f64, size: u32) -> usize {
-    if size == 0 || value.is_nan() {
-        return 0;
-    }
-    let bin = (value * LOCATION_BINS as f64 / f64::from(size)).floor();
-    bin.clamp(0.0, (LOCATION_BINS - 1) as f64) as usize
-}
-
 /// A region given in pixels, written as the four location tokens the region
-/// tasks take as input.
+/// tasks take as input (the quantization rule lives in
+/// [`crate::postprocess::LocationBins`]: `floor(v * 1000 / size)` clamped to
+/// the last bin).
 pub fn region_tokens(box_xyxy: [f64; 4], width: u32, height: u32) -> Result<String, ModelError> {
     let [x1, y1, x2, y2] = box_xyxy;
-    if box_xyxy.iter().any(|v| !v.is_finite()) || x2 < x1 || y2 < y1 {
-        return Err(ModelError::Region(format!(
-            "region {x1},{y1},{x2},{y2} is not a box x1,y1,x2,y2 with x1 <= x2 and y1 <= y2"
-        )));
-    }
-    if x1 < 0.0 || y1 < 0.0 || x2 > f64::from(width) || y2 > f64::from(height) {
-        return Err(ModelError::Region(format!(
-            "region {x1},{y1},{x2},{y2} lies outside the {width}x{height} image"
-        )));
-    }
-    Ok(format!(
-        "<loc_{}><loc_{}><loc_{}><loc_{}>",
-        quantize(x1, width),
-        quantize(y1, height),
-        quantize(x2, width),
-        quantize(y2, height)
-    ))
+    crate::postprocess::LocationBins::from_pixel_box(
+        x1,
+        y1,
+        x2,
+        y2,
+        crate::postprocess::ImageSize { width, height },
+    )
+    .map(|bins| bins.prompt())
+    .map_err(|e| {
+        ModelError::Region(format!(
+            "region {x1},{y1},{x2},{y2} of the {width}x{height} image: {e}"
+        ))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantization_floors_and_clamps() {
-        assert_eq!(quantize(0.0, 640), 0);
-        assert_eq!(quantize(639.99, 640), 999);
-        assert_eq!(quantize(640.0, 640), 999);
-        assert_eq!(quantize(320.0, 640), 500);
-        assert_eq!(quantize(0.64, 640), 1);
-        assert_eq!(quantize(0.639, 640), 0);
-        assert_eq!(quantize(-5.0, 640), 0);
-    }
 
     #[test]
     fn region_tokens_validate_the_box() {
@@ -203,7 +180,10 @@ mod tests {
         let e = region_tokens([0.0, 0.0, 700.0, 5.0], 640, 480)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("outside the 640x480"), "{e}");
+        assert!(
+            e.contains("640x480") && e.contains("x2 = 700") && e.contains("outside the image"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -421,8 +421,9 @@ fn ids_f64(v: &Value) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn a_model_directory_with_a_missing_graph_names_the_file() {
+/// A temporary model directory holding the tiny model's JSON files except
+/// `skip` (and no graphs); returns it and the tiny model's own directory.
+fn model_files_without(skip: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let src = fixtures().join("tiny-florence2");
     for f in [
@@ -432,8 +433,16 @@ fn a_model_directory_with_a_missing_graph_names_the_file() {
         "tokenizer.json",
         "tokenizer_config.json",
     ] {
-        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        if !skip.contains(&f) {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
     }
+    (dir, src)
+}
+
+#[test]
+fn a_model_directory_with_a_missing_graph_names_the_file() {
+    let (dir, _) = model_files_without(&[]);
     std::fs::create_dir(dir.path().join("onnx")).unwrap();
     let mut opts = LoadOptions::new(dir.path());
     opts.backend = Backend::Cpu;
@@ -449,17 +458,7 @@ fn a_model_directory_with_a_missing_graph_names_the_file() {
 
 #[test]
 fn a_graph_with_the_wrong_tensor_names_is_rejected_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixtures().join("tiny-florence2");
-    for f in [
-        "config.json",
-        "generation_config.json",
-        "preprocessor_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ] {
-        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-    }
+    let (dir, src) = model_files_without(&[]);
     let onnx = dir.path().join("onnx");
     std::fs::create_dir(&onnx).unwrap();
     for f in [
@@ -498,16 +497,7 @@ fn a_graph_with_the_wrong_tensor_names_is_rejected_by_name() {
 
 #[test]
 fn a_tokenizer_from_another_model_is_rejected() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixtures().join("tiny-florence2");
-    for f in [
-        "generation_config.json",
-        "preprocessor_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ] {
-        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-    }
+    let (dir, src) = model_files_without(&["config.json"]);
     let mut cfg = read_json(&src.join("config.json"));
     cfg["text_config"]["vocab_size"] = 100.into();
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();

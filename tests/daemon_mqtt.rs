@@ -2,53 +2,33 @@
 //! topic (snapshots included), and results spooled by a florence-edge that
 //! is killed during a broker outage, delivered by the next one.
 
+#[path = "common/daemon.rs"]
+mod daemon;
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use daemon::{wait_until, DaemonProcess, TestConfig};
 use florence_edge::daemon::{Daemon, MqttSink};
 use mosquitto::{free_port, BrokerOptions, Mosquitto, Received, Subscriber, SubscriberOptions};
 
-fn model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-florence2")
-}
-
 fn config_text(mqtt_url: &str, spool: &Path, http: &str, cameras: &str) -> String {
-    format!(
-        r#"
-[node]
-id = "mqtt-node"
-
-[model]
-dir = "{model}"
-backend = "cpu"
-threads = 1
-max_batch = 4
-max_wait_ms = 20
-decoding = {{ strategy = "greedy", max_new_tokens = 4 }}
-
-[mqtt]
-url = "{mqtt_url}"
-topic_prefix = "fe-dtest"
-qos = 1
-spool = {{ dir = "{spool}", max_messages = 10000 }}
-snapshots = {{ enabled = true, min_interval = "1s" }}
-
-[http]
-{http}
-
-{cameras}
-"#,
-        model = model_dir().display(),
-        spool = spool.display(),
-    )
+    TestConfig {
+        node: "mqtt-node",
+        model_extra: "",
+        mqtt: format!(
+            "url = \"{mqtt_url}\"\ntopic_prefix = \"fe-dtest\"\nqos = 1\nspool = {{ dir = \"{}\", max_messages = 10000 }}\nsnapshots = {{ enabled = true, min_interval = \"1s\" }}",
+            spool.display()
+        ),
+        http,
+        cameras,
+    }
+    .toml()
 }
 
 const CAMERAS: &str = r#"
@@ -153,54 +133,6 @@ fn results_statuses_and_snapshots_arrive_on_their_topics() {
     assert!(!on(&last, "fe-dtest/mqtt-node/status").is_empty());
 }
 
-/// One florence-edge process, results read from its stdout.
-struct Process {
-    child: Child,
-    results: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Process {
-    fn start(config: &Path) -> Process {
-        let ort = std::env::var_os("ORT_DYLIB_PATH")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join(".local/onnxruntime/lib/libonnxruntime.so")
-            });
-        let mut child = Command::new(env!("CARGO_BIN_EXE_florence-edge"))
-            .args(["run", "--stdout", "--config"])
-            .arg(config)
-            .env("ORT_DYLIB_PATH", ort)
-            .env("FLORENCE_EDGE_LOG", "warn")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn florence-edge");
-        let results = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let r = results.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&line) {
-                    r.lock().unwrap().push(v);
-                }
-            }
-        });
-        Process { child, results }
-    }
-
-    fn results(&self) -> Vec<serde_json::Value> {
-        self.results.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
     let mut s = TcpStream::connect(addr).ok()?;
     write!(
@@ -213,14 +145,6 @@ fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
     body.lines()
         .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The identity of a result: camera, task, sequence and capture time.
@@ -261,7 +185,7 @@ fn results_spooled_before_a_kill_arrive_after_the_restart() {
     .unwrap();
 
     // 1. The broker is down: results go to the spool.
-    let first = Process::start(&path);
+    let first = DaemonProcess::start(&path, &[]);
     wait_until(
         "results of the first process",
         Duration::from_secs(90),
@@ -300,7 +224,7 @@ fn results_spooled_before_a_kill_arrive_after_the_restart() {
 
     // 2. A new florence-edge starts while the broker is still down, then
     // the broker comes back: the first process' results arrive.
-    let second = Process::start(&path);
+    let second = DaemonProcess::start(&path, &[]);
     std::thread::sleep(Duration::from_secs(2));
     broker.restart();
     let want: Vec<_> = produced.iter().map(identity).collect();
@@ -352,7 +276,7 @@ fn the_last_will_says_offline_when_the_daemon_is_killed() {
         ),
     )
     .unwrap();
-    let daemon = Process::start(&path);
+    let daemon = DaemonProcess::start(&path, &[]);
     sub.wait_for(Duration::from_secs(90), "online", |m| {
         m.last().is_some_and(|s| s.text() == "online")
     });

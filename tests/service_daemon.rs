@@ -2,199 +2,31 @@
 //! `NOTIFY_SOCKET` this test listens on, stopped with SIGTERM, reloaded
 //! with SIGHUP, wedged on purpose to see the watchdog go quiet.
 
+#[path = "common/daemon.rs"]
+mod daemon;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-florence2")
-}
-
-fn ort_library() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/onnxruntime/lib/libonnxruntime.so")
-        })
-}
+use daemon::{
+    ort_library, per_key, test_camera as camera, unreachable_broker, DaemonProcess as Daemon,
+    TestConfig,
+};
 
 /// A configuration with the tiny model, no reachable broker (results are
 /// spooled; the test reads them from stdout) and the given cameras.
 fn config_text(dir: &Path, batch_timeout: &str, cameras: &str) -> String {
-    format!(
-        r#"
-[node]
-id = "svc-test"
-
-[model]
-dir = "{model}"
-backend = "cpu"
-threads = 1
-max_batch = 4
-max_wait_ms = 20
-batch_timeout = "{batch_timeout}"
-decoding = {{ strategy = "greedy", max_new_tokens = 4 }}
-
-[mqtt]
-url = "mqtt://127.0.0.1:9"
-spool = {{ dir = "{spool}", max_messages = 10000 }}
-
-[http]
-enabled = false
-
-{cameras}
-"#,
-        model = model_dir().display(),
-        spool = dir.join("spool").display(),
-    )
-}
-
-fn camera(id: &str, pattern: &str, tasks: &str) -> String {
-    format!(
-        "[[cameras]]\nid = \"{id}\"\nurl = \"test://?pattern={pattern}&width=96&height=64&fps=10\"\ntasks = [{tasks}]\n\n"
-    )
-}
-
-struct Daemon {
-    child: Child,
-    /// Result payloads from stdout, in order.
-    results: Arc<Mutex<Vec<serde_json::Value>>>,
-    /// JSON log lines from stderr, in order.
-    logs: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Daemon {
-    fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_florence-edge"));
-        cmd.args(["--log-format", "json", "--log", "info,ort=warn"])
-            .args(["run", "--stdout", "--config"])
-            .arg(config)
-            .env("ORT_DYLIB_PATH", ort_library())
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn florence-edge");
-        let results = Arc::new(Mutex::new(Vec::new()));
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let r = results.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&line) {
-                    r.lock().unwrap().push(v);
-                }
-            }
-        });
-        let l = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                match serde_json::from_str::<serde_json::Value>(&line) {
-                    Ok(v) => l.lock().unwrap().push(v),
-                    Err(_) => eprintln!("daemon (not JSON): {line}"),
-                }
-            }
-        });
-        Daemon {
-            child,
-            results,
-            logs,
-        }
+    TestConfig {
+        node: "svc-test",
+        model_extra: &format!("batch_timeout = \"{batch_timeout}\""),
+        mqtt: unreachable_broker(dir),
+        http: "enabled = false",
+        cameras,
     }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill({sig})");
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "florence-edge did not exit within {within:?}; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        self.logs
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Log lines with this message, as (camera, line).
-    fn logged(&self, message: &str) -> Vec<serde_json::Value> {
-        self.logs
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|v| v["message"] == message)
-            .cloned()
-            .collect()
-    }
-
-    fn results(&self) -> Vec<serde_json::Value> {
-        self.results.lock().unwrap().clone()
-    }
-
-    /// Waits until `pred` holds on the results so far.
-    fn wait_results(
-        &self,
-        what: &str,
-        within: Duration,
-        pred: impl Fn(&[serde_json::Value]) -> bool,
-    ) {
-        let deadline = Instant::now() + within;
-        while !pred(&self.results()) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; results per camera/task: {:?}\nlog:\n{}",
-                per_key(&self.results()),
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn per_key(results: &[serde_json::Value]) -> BTreeMap<(String, String), Vec<u64>> {
-    let mut m: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
-    for r in results {
-        m.entry((
-            r["camera"].as_str().unwrap_or("?").to_string(),
-            r["task"].as_str().unwrap_or("?").to_string(),
-        ))
-        .or_default()
-        .push(r["sequence"].as_u64().unwrap_or(0));
-    }
-    m
+    .toml()
 }
 
 /// The notification socket systemd would give the service.
@@ -387,7 +219,7 @@ fn sighup_applies_camera_changes_and_rejects_an_invalid_file() {
     );
     let ready = msgs.last().unwrap();
     assert!(ready.contains("Reload rejected"), "{ready}");
-    let rejected = daemon.logged("Reload rejected.");
+    let rejected = daemon.wait_logged("Reload rejected.", Duration::from_secs(10));
     assert!(
         rejected
             .iter()
@@ -455,6 +287,11 @@ fn sighup_applies_camera_changes_and_rejects_an_invalid_file() {
         "the removed camera still produces results"
     );
 
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(60)).success());
+    // "Stopped." is the last line: every line before it has been read.
+    daemon.wait_logged("Stopped.", Duration::from_secs(10));
+
     // Pipelines started: keep and retask once, restream twice, added once.
     let mut starts: BTreeMap<String, usize> = BTreeMap::new();
     for l in daemon.logged("Camera starting.") {
@@ -480,9 +317,6 @@ fn sighup_applies_camera_changes_and_rejects_an_invalid_file() {
         let want: Vec<u64> = (1..=seqs.len() as u64).collect();
         assert_eq!(seqs, want, "{cam} {task}");
     }
-
-    daemon.signal(libc::SIGTERM);
-    assert!(daemon.wait_exit(Duration::from_secs(60)).success());
 }
 
 #[test]

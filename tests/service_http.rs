@@ -2,41 +2,21 @@
 //! that the test stops and restarts, a test-pattern camera, the tiny
 //! Florence-2, `/metrics` parsed as Prometheus text.
 
+#[path = "common/daemon.rs"]
+mod daemon;
 #[path = "common/rtsp.rs"]
 mod rtsp;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use daemon::{http_get, model_dir, wait_until};
 
 use florence_edge::daemon::{Daemon, MqttSink};
 use rtsp::{Encoding, RtspTestServer, StreamSpec};
 
-/// One request; (status code, body).
-fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the HTTP endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8(raw).expect("UTF-8 answer");
-    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (code, body.to_string())
-}
-
 fn scrape(addr: SocketAddr, token: Option<&str>) -> prometheus_parse::Scrape {
-    let (code, body) = get(addr, "/metrics", token);
+    let (code, body) = http_get(addr, "/metrics", token);
     assert_eq!(code, 200, "{body}");
     prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
         .expect("/metrics parses as Prometheus text")
@@ -56,7 +36,7 @@ fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> O
 }
 
 fn camera_state(addr: SocketAddr, token: Option<&str>, camera: &str) -> String {
-    let (code, body) = get(addr, "/api/cameras", token);
+    let (code, body) = http_get(addr, "/api/cameras", token);
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     v["cameras"]
@@ -70,21 +50,13 @@ fn camera_state(addr: SocketAddr, token: Option<&str>, camera: &str) -> String {
         .to_string()
 }
 
-fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn metrics_health_and_cameras_follow_the_pipeline() {
     let server = RtspTestServer::start(StreamSpec::new(Encoding::H264));
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("http.token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-florence2");
+    let model = model_dir();
     let path = dir.path().join("florence-edge.toml");
     std::fs::write(
         &path,
@@ -137,15 +109,15 @@ tasks = [{{ task = "<CAPTION>", every = "500ms" }}]
     let token = Some("s3cret-token");
 
     // Probes answer; /metrics needs the token.
-    let (code, body) = get(addr, "/healthz", None);
+    let (code, body) = http_get(addr, "/healthz", None);
     assert_eq!(code, 200, "{body}");
-    let (code, body) = get(addr, "/readyz", None);
+    let (code, body) = http_get(addr, "/readyz", None);
     assert_eq!(code, 200, "{body}");
-    assert_eq!(get(addr, "/metrics", None).0, 401);
-    assert_eq!(get(addr, "/metrics", Some("wrong")).0, 401);
+    assert_eq!(http_get(addr, "/metrics", None).0, 401);
+    assert_eq!(http_get(addr, "/metrics", Some("wrong")).0, 401);
 
     // Counters move while frames flow.
-    wait_for("both cameras streaming", Duration::from_secs(60), || {
+    wait_until("both cameras streaming", Duration::from_secs(60), || {
         camera_state(addr, token, "door") == "streaming"
             && camera_state(addr, token, "yard") == "streaming"
     });
@@ -183,7 +155,7 @@ tasks = [{{ task = "<CAPTION>", every = "500ms" }}]
         )
         .unwrap_or(0.0)
     };
-    wait_for(
+    wait_until(
         "frames and results counted",
         Duration::from_secs(60),
         || {
@@ -222,13 +194,13 @@ tasks = [{{ task = "<CAPTION>", every = "500ms" }}]
 
     // The camera goes dark: /api/cameras says so, the daemon stays healthy.
     server.stop();
-    wait_for(
+    wait_until(
         "the RTSP camera reported down",
         Duration::from_secs(30),
         || camera_state(addr, token, "door") != "streaming",
     );
     assert_eq!(camera_state(addr, token, "yard"), "streaming");
-    assert_eq!(get(addr, "/healthz", None).0, 200);
+    assert_eq!(http_get(addr, "/healthz", None).0, 200);
     let down = scrape(addr, token);
     assert_eq!(
         value(
@@ -241,7 +213,7 @@ tasks = [{{ task = "<CAPTION>", every = "500ms" }}]
 
     // And comes back.
     server.restart();
-    wait_for(
+    wait_until(
         "the RTSP camera streaming again",
         Duration::from_secs(60),
         || camera_state(addr, token, "door") == "streaming",

@@ -82,8 +82,17 @@ HOST_PACKAGES=(
 # aarch64 process (the daemon binary, the publish harness) cannot run: without
 # binfmt_misc the host kernel cannot exec an aarch64 binary; see JETSON.md.
 TESTS=${FE_AARCH64_TESTS:---lib --test florence2_parity --test ingest_rtsp --test ingest_faults --test publish_broker --test publish_tls --test config_files --test postprocess_golden}
-# last_will_…: spawns the publish_harness example (an aarch64 process).
-SKIP=${FE_AARCH64_SKIP:-last_will_reads_offline_after_the_process_is_killed}
+# Left out under qemu (test-name filters, substring match):
+# - last_will_…: spawns the publish_harness example (an aarch64 process).
+# - h265_over_…: the in-process RTSP server's x265 encoder and the decoder
+#   together cannot hold 15 fps under emulation, so the measured frame
+#   interval misses its bound; H.264 and MJPEG over the same path run.
+# - florence2_parity's full sweeps (every golden case, twice; the batches;
+#   the merged-decoder twin): ONNX Runtime's NEON kernels run ~60x slower
+#   under qemu than natively (4 s native -> 280 s for the short tests alone).
+#   What stays: one frame through all tasks, greedy and beam, on the split
+#   decoders (the layout TensorRT uses), preprocessing, and the model checks.
+SKIP=${FE_AARCH64_SKIP:-last_will_reads_offline_after_the_process_is_killed h265_over_ greedy_and_beam_match_the_reference batches_match_the_reference_row_for_row tasks_on_one_frame_share_the_vision_encoder_with_the_merged_decoder}
 
 log() { echo "cross-aarch64: $*"; }
 die() {

@@ -14,7 +14,7 @@ trap 'rm -f "$log"' EXIT
 status=0
 # The publisher's kill/restart tests run this example as a separate process.
 cargo build --features cuda --example publish_harness
-cargo test --features cuda --lib --bins --tests --examples 2>&1 | tee "$log" || status=$?
+cargo test --no-fail-fast --features cuda --lib --bins --tests --examples 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
      END { printf "all tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"

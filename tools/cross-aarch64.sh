@@ -286,7 +286,7 @@ target_dir() {
 
 build_daemon() {
   log "building the release daemon for $TARGET (features: $FEATURES)"
-  cargo build --release --locked --target "$TARGET" --features "$FEATURES" --bin florence-edge
+  cargo build --release --target "$TARGET" --features "$FEATURES" --bin florence-edge
   local bin
   bin="$(target_dir)/$TARGET/release/florence-edge"
   [ -x "$bin" ] || die "no binary at $bin"
@@ -360,7 +360,7 @@ run_tests() {
   # Release profile: the tests reuse every dependency the daemon build just
   # compiled, and optimized code is what keeps emulation bearable.
   # shellcheck disable=SC2086 # TESTS is a list of cargo arguments
-  cargo test --release --locked --no-fail-fast --target "$TARGET" --features "$FEATURES" $TESTS \
+  cargo test --release --no-fail-fast --target "$TARGET" --features "$FEATURES" $TESTS \
     -- "${skip_args[@]}" 2>&1 | tee "$log_file" || status=$?
   awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
        END { printf "aarch64 tests under qemu: %d passed, %d failed, %d skipped\n", p, f, s }' "$log_file"

@@ -16,6 +16,7 @@ mod location;
 mod parse;
 #[cfg(test)]
 mod proptests;
+pub mod stitch;
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -23,6 +24,9 @@ pub use location::{
     dequantize, normalize, transformers_port_coordinate, LocationBins, BINS_PER_AXIS, MAX_BIN,
 };
 pub use parse::BANNED_GROUNDING_PHRASES;
+pub use stitch::{
+    post_process_ids, FallbackReason, GeneratedSequence, Route, RouteCounts, StitchError, Stitched,
+};
 
 use parse::{BoxLabels, GroupSize, LocationTokens};
 

@@ -174,3 +174,228 @@ proptest! {
         prop_assert!(post_process(&text, kind, image).is_err());
     }
 }
+
+/// The id route (`stitch::post_process_ids`) against the text route on random token sequences:
+/// a toy vocabulary (id → piece) whose pieces can spell every structure the parsers know, and
+/// `<loc_0>`…`<loc_999>` contiguous from a random id, so no tokenizer file is needed.
+mod ids_route {
+    use proptest::prelude::*;
+
+    use super::super::loc_ids::{
+        location_bin, parse_location_tokens, LocationGrouping, SequenceInfo, TokenBatch,
+    };
+    use super::super::stitch::{post_process_ids, GeneratedSequence, Route};
+    use super::super::{post_process, ImageSize, ParseKind};
+    use super::{image, kind};
+
+    const BOS: i64 = 0;
+    const PAD: i64 = 1;
+    const EOS: i64 = 2;
+
+    /// Pieces that cannot spell `<loc_N>`, whatever their order. Ids are the indices.
+    const SAFE: &[&str] = &[
+        "<s>",
+        "<pad>",
+        "</s>",
+        "<sep>",
+        "<poly>",
+        "</poly>",
+        "<od>",
+        "</od>",
+        "<box>",
+        "</box>",
+        "<bbox>",
+        "</bbox>",
+        "<ground>",
+        "<obj>",
+        "<",
+        ">",
+        "/",
+        "<se",
+        "p>",
+        "<po",
+        "ly>",
+        "<pa",
+        "d>",
+        "s>",
+        "\n",
+        " ",
+        "  ",
+        "\t",
+        "\u{1c}",
+        "\u{a0}",
+        "a",
+        "car",
+        " red",
+        " car",
+        "it",
+        " it",
+        "the image",
+        "I",
+        "12",
+        "5>",
+        " .",
+        "'s",
+        "é",
+        "日本",
+        "\u{663}",
+        "x\ny",
+        "poly>",
+        "</s><s>",
+    ];
+    /// Pieces that can spell a location token out of text (the id route must fall back).
+    const SPELLING: &[&str] = &["loc_", "<loc_", "<lo", "c_", "<loc_7>", "<loc_0042>"];
+
+    fn piece(id: i64) -> Option<&'static str> {
+        let index = usize::try_from(id).ok()?;
+        SAFE.get(index)
+            .or_else(|| SPELLING.get(index.checked_sub(SAFE.len())?))
+            .copied()
+    }
+
+    /// The toy tokenizer: pieces concatenated, `<loc_N>` for location ids.
+    fn decode(ids: &[i64], loc0: i64) -> Result<String, String> {
+        let mut text = String::new();
+        for &id in ids {
+            match (location_bin(id, loc0), piece(id)) {
+                (Some(bin), _) => text.push_str(&format!("<loc_{bin}>")),
+                (None, Some(p)) => text.push_str(p),
+                (None, None) => return Err(format!("id {id} is not in the toy vocabulary")),
+            }
+        }
+        Ok(text)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Chunk {
+        Word(i64),
+        Locations(Vec<i64>),
+    }
+
+    fn chunk(words: usize) -> impl Strategy<Value = Chunk> {
+        let words = i64::try_from(words).unwrap_or(i64::MAX);
+        prop_oneof![
+            3 => (0..words).prop_map(Chunk::Word),
+            2 => prop::collection::vec(0_i64..1000, 1..13).prop_map(Chunk::Locations),
+        ]
+    }
+
+    /// (ids, loc0): decoder start and BOS, random chunks, then maybe EOS and padding.
+    fn sequence(words: usize) -> impl Strategy<Value = (Vec<i64>, i64)> {
+        let min_loc0 = i64::try_from(SAFE.len() + SPELLING.len()).unwrap_or(i64::MAX);
+        (
+            prop::collection::vec(chunk(words), 0..24),
+            min_loc0..60_000,
+            any::<bool>(),
+            0_usize..4,
+        )
+            .prop_map(|(chunks, loc0, eos, pads)| {
+                let mut ids = vec![EOS, BOS];
+                for chunk in chunks {
+                    match chunk {
+                        Chunk::Word(id) => ids.push(id),
+                        Chunk::Locations(bins) => ids.extend(bins.iter().map(|b| loc0 + b)),
+                    }
+                }
+                if eos {
+                    ids.push(EOS);
+                }
+                ids.extend(std::iter::repeat_n(PAD, pads));
+                (ids, loc0)
+            })
+    }
+
+    fn grouping(kind: ParseKind) -> LocationGrouping {
+        match kind {
+            ParseKind::PureText => LocationGrouping::None,
+            ParseKind::Ocr => LocationGrouping::QuadBoxes,
+            ParseKind::Polygons => LocationGrouping::PolygonPoints,
+            _ => LocationGrouping::Boxes,
+        }
+    }
+
+    /// Runs both routes (the parse padded by `extra` positions, as in a batch) and compares.
+    fn both_routes(
+        ids: &[i64],
+        loc0: i64,
+        kind: ParseKind,
+        image: ImageSize,
+        extra: usize,
+    ) -> Result<Route, TestCaseError> {
+        let text = decode(ids, loc0).map_err(TestCaseError::fail)?;
+        let expected =
+            post_process(&text, kind, image).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let max_len = ids.len() + extra;
+        let mut padded = ids.to_vec();
+        padded.resize(max_len, PAD);
+        #[allow(clippy::cast_precision_loss)]
+        let info = SequenceInfo::new(
+            image.width as f32,
+            image.height as f32,
+            u32::try_from(ids.len()).map_err(|e| TestCaseError::fail(e.to_string()))?,
+            grouping(kind),
+        );
+        let parse = parse_location_tokens(
+            &TokenBatch {
+                ids: &padded,
+                max_len,
+                sequences: &[info],
+            },
+            loc0,
+        )
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let locations = parse
+            .sequence(0)
+            .ok_or_else(|| TestCaseError::fail("the parse has no sequence 0"))?;
+        let stitched = post_process_ids(
+            GeneratedSequence {
+                index: 0,
+                ids,
+                locations,
+            },
+            loc0,
+            kind,
+            image,
+            |span| decode(span, loc0),
+        )
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&stitched.output, &expected, "text {:?}", text);
+        Ok(stitched.route)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Any mix, including text that spells location tokens: equal output on either route,
+        /// and the text route only when a span between location tokens spells one.
+        #[test]
+        fn ids_route_equals_text_route(
+            (ids, loc0) in sequence(SAFE.len() + SPELLING.len()),
+            kind in kind(),
+            image in image(),
+            extra in 0_usize..3,
+        ) {
+            let route = both_routes(&ids, loc0, kind, image, extra)?;
+            let spells = ids.iter().any(|&id| {
+                usize::try_from(id).is_ok_and(|i| (SAFE.len()..SAFE.len() + SPELLING.len()).contains(&i))
+            });
+            if !spells {
+                prop_assert_eq!(route, Route::Ids);
+            }
+            if kind == ParseKind::PureText {
+                prop_assert_eq!(route, Route::Ids);
+            }
+        }
+
+        /// Without pieces that can spell a location token, every sequence takes the id route.
+        #[test]
+        fn safe_vocabulary_always_takes_the_ids_route(
+            (ids, loc0) in sequence(SAFE.len()),
+            kind in kind(),
+            image in image(),
+            extra in 0_usize..3,
+        ) {
+            prop_assert_eq!(both_routes(&ids, loc0, kind, image, extra)?, Route::Ids);
+        }
+    }
+}

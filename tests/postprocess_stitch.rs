@@ -15,11 +15,11 @@
 use std::collections::HashMap;
 
 use florence_edge::postprocess::loc_ids::{
-    location_bin, parse_location_tokens, LocationGrouping, LocationParse, SequenceInfo, TokenBatch,
+    location_bin, parse_location_tokens, LocationParse, SequenceInfo, TokenBatch,
 };
 use florence_edge::postprocess::{
-    post_process, post_process_ids, FallbackReason, GeneratedSequence, ImageSize, ParseKind, Route,
-    RouteCounts, TaskOutput,
+    location_grouping, post_process, post_process_ids, FallbackReason, GeneratedSequence,
+    ImageSize, ParseKind, Route, RouteCounts, TaskOutput,
 };
 use serde_json::Value;
 
@@ -68,22 +68,13 @@ fn json(text: &str, what: &str) -> Value {
     }
 }
 
-fn grouping(kind: ParseKind) -> LocationGrouping {
-    match kind {
-        ParseKind::PureText => LocationGrouping::None,
-        ParseKind::Ocr => LocationGrouping::QuadBoxes,
-        ParseKind::Polygons => LocationGrouping::PolygonPoints,
-        _ => LocationGrouping::Boxes,
-    }
-}
-
 /// Parses one sequence alone (length = its ids) with the CPU twin.
 fn parse_one(ids: &[i64], kind: ParseKind, image: ImageSize, loc0: i64) -> LocationParse {
     let info = SequenceInfo::new(
         image.width as f32,
         image.height as f32,
         u32::try_from(ids.len()).expect("short sequence"),
-        grouping(kind),
+        location_grouping(kind),
     );
     parse_location_tokens(
         &TokenBatch {
@@ -434,7 +425,7 @@ fn a_padded_batch_of_mixed_tasks_shares_one_parse() {
             case.image.width as f32,
             case.image.height as f32,
             u32::try_from(case.ids.len()).expect("short"),
-            grouping(ParseKind::for_task(&case.task)),
+            location_grouping(ParseKind::for_task(&case.task)),
         ));
     }
     let parse = parse_location_tokens(

@@ -25,7 +25,8 @@ pub use location::{
 };
 pub use parse::BANNED_GROUNDING_PHRASES;
 pub use stitch::{
-    post_process_ids, FallbackReason, GeneratedSequence, Route, RouteCounts, StitchError, Stitched,
+    location_grouping, post_process_ids, FallbackReason, GeneratedSequence, Route, RouteCounts,
+    StitchError, Stitched,
 };
 
 use parse::{BoxLabels, GroupSize, LocationTokens};

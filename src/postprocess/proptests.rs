@@ -181,10 +181,8 @@ proptest! {
 mod ids_route {
     use proptest::prelude::*;
 
-    use super::super::loc_ids::{
-        location_bin, parse_location_tokens, LocationGrouping, SequenceInfo, TokenBatch,
-    };
-    use super::super::stitch::{post_process_ids, GeneratedSequence, Route};
+    use super::super::loc_ids::{location_bin, parse_location_tokens, SequenceInfo, TokenBatch};
+    use super::super::stitch::{location_grouping, post_process_ids, GeneratedSequence, Route};
     use super::super::{post_process, ImageSize, ParseKind};
     use super::{image, kind};
 
@@ -305,15 +303,6 @@ mod ids_route {
             })
     }
 
-    fn grouping(kind: ParseKind) -> LocationGrouping {
-        match kind {
-            ParseKind::PureText => LocationGrouping::None,
-            ParseKind::Ocr => LocationGrouping::QuadBoxes,
-            ParseKind::Polygons => LocationGrouping::PolygonPoints,
-            _ => LocationGrouping::Boxes,
-        }
-    }
-
     /// Runs both routes (the parse padded by `extra` positions, as in a batch) and compares.
     fn both_routes(
         ids: &[i64],
@@ -333,7 +322,7 @@ mod ids_route {
             image.width as f32,
             image.height as f32,
             u32::try_from(ids.len()).map_err(|e| TestCaseError::fail(e.to_string()))?,
-            grouping(kind),
+            location_grouping(kind),
         );
         let parse = parse_location_tokens(
             &TokenBatch {

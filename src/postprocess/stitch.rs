@@ -45,7 +45,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::loc_ids::{bin_to_coord, location_bin, LocationToken, LOCATION_BINS};
+use super::loc_ids::{bin_to_coord, location_bin, LocationGrouping, LocationToken, LOCATION_BINS};
 use super::parse::{
     clean_pure_text, clean_structured, python_strip, BoxInstance, BoxLabels, GroupSize,
     PolygonInstance, QuadInstance,
@@ -168,6 +168,23 @@ impl RouteCounts {
             Route::Ids => self.ids += 1,
             Route::Text(_) => self.text_fallbacks += 1,
         }
+    }
+}
+
+/// The grouping to request from the location parser for a task of `kind`, so that its
+/// `complete` flags and [`LocationSummary`](super::loc_ids::LocationSummary) counts mean something
+/// for metrics. [`post_process_ids`] itself reads only the bins: the text route's groups depend on
+/// labels and on removed `</s>` / `<pad>`, so it regroups the tokens itself. Open-vocabulary
+/// detection asks for boxes; whether the answer holds `<poly>` is known only once decoded.
+pub fn location_grouping(kind: ParseKind) -> LocationGrouping {
+    match kind {
+        ParseKind::PureText => LocationGrouping::None,
+        ParseKind::DescriptionWithBboxes
+        | ParseKind::Bboxes
+        | ParseKind::PhraseGrounding
+        | ParseKind::DescriptionWithBboxesOrPolygons => LocationGrouping::Boxes,
+        ParseKind::Ocr => LocationGrouping::QuadBoxes,
+        ParseKind::Polygons => LocationGrouping::PolygonPoints,
     }
 }
 

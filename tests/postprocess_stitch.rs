@@ -252,6 +252,7 @@ fn reference_sequences_give_the_same_answer_on_both_routes() {
             "{} ({}): routes differ on {:?}",
             case.name, case.task, case.text
         );
+        assert_eq!(stitched.decoded_text, case.text, "{}", case.name);
         routes.record(stitched.route);
         let found = match &stitched.output {
             TaskOutput::Text(_) => 0,

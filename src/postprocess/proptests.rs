@@ -349,6 +349,7 @@ mod ids_route {
         )
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&stitched.output, &expected, "text {:?}", text);
+        prop_assert_eq!(&stitched.decoded_text, &text);
         Ok(stitched.route)
     }
 

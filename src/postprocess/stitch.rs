@@ -147,11 +147,15 @@ pub enum FallbackReason {
     SpelledLocationToken { start: usize, end: usize },
 }
 
-/// A parsed answer and the route that produced it.
+/// A parsed answer, the route that produced it, and the sequence's text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stitched {
     pub output: TaskOutput,
     pub route: Route,
+    /// `decode(ids)`, built from the decoded spans and `<loc_N>` written from the bins (on the
+    /// text route, the whole decode itself), so a caller that publishes the raw text needs no
+    /// second decode of the sequence.
+    pub decoded_text: String,
 }
 
 /// How many sequences took each route; a metric for operators (a growing share of text
@@ -247,12 +251,14 @@ pub fn post_process_ids<E: Display>(
             return Ok(Stitched {
                 output,
                 route: Route::Text(reason),
+                decoded_text: text,
             });
         }
     }
 
+    let decoded_text = raw_text(&pieces);
     let output = match kind {
-        ParseKind::PureText => TaskOutput::Text(clean_pure_text(&raw_text(&pieces))),
+        ParseKind::PureText => TaskOutput::Text(clean_pure_text(&decoded_text)),
         ParseKind::DescriptionWithBboxes | ParseKind::Bboxes | ParseKind::PhraseGrounding => {
             let labels = match kind {
                 ParseKind::Bboxes => BoxLabels::Empty,
@@ -337,6 +343,7 @@ pub fn post_process_ids<E: Display>(
     Ok(Stitched {
         output,
         route: Route::Ids,
+        decoded_text,
     })
 }
 
@@ -931,6 +938,7 @@ mod tests {
         };
         let stitched = post_process_ids(sequence, LOC0, kind, image, decode).expect("stitches");
         let text = decode(ids).expect("decodable");
+        assert_eq!(stitched.decoded_text, text);
         assert_eq!(
             stitched.output,
             post_process(&text, kind, image).expect("valid image"),

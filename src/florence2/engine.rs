@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::model::{Florence2, LoadOptions, StageTimings};
+use super::model::{Florence2, LoadOptions, Pixels, StageTimings};
 use super::task::{Task, TaskInput};
 use super::tokenizer::region_tokens;
 use super::{ModelError, Strategy};
-use crate::postprocess::{self, ImageSize};
+use crate::postprocess::loc_ids::{parse_location_tokens, LocationParse, SequenceInfo, TokenBatch};
+use crate::postprocess::{self, GeneratedSequence, ImageSize, Route, RouteCounts};
 use crate::preprocess::{ImageProcessorConfig, Preprocessor, RgbFrame};
 
 /// What to ask about one image.
@@ -93,6 +94,147 @@ pub struct Engine {
     pub model: Florence2,
     preprocessor: Preprocessor,
     pixels: Vec<f32>,
+    pixel_path: PixelPath,
+    location_path: LocationPath,
+    routes: RouteCounts,
+    /// The CUDA kernels of a GPU backend (see [`kernels`]).
+    #[cfg(feature = "cuda")]
+    kernels: Option<Box<Kernels>>,
+}
+
+/// How location tokens in the generated ids become coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocationPath {
+    /// The CPU twin of the location-token kernel finds every `<loc_N>` id
+    /// in the batch; labels are decoded from the spans between them
+    /// ([`postprocess::post_process_ids`], equal to the text parser).
+    Ids { loc0: i64 },
+    /// The location-token kernel does it on the GPU.
+    #[cfg(feature = "cuda")]
+    Kernel { loc0: i64 },
+    /// The tokenizer's `<loc_N>` ids are not one contiguous range, which
+    /// the id parsers need: the decoded text is parsed instead.
+    Text,
+}
+
+impl LocationPath {
+    fn loc0(self) -> Option<i64> {
+        match self {
+            LocationPath::Ids { loc0 } => Some(loc0),
+            #[cfg(feature = "cuda")]
+            LocationPath::Kernel { loc0 } => Some(loc0),
+            LocationPath::Text => None,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            LocationPath::Ids { .. } => "location tokens from the generated ids (CPU)",
+            #[cfg(feature = "cuda")]
+            LocationPath::Kernel { .. } => "location tokens from the generated ids (CUDA kernel)",
+            LocationPath::Text => "location tokens parsed from the decoded text",
+        }
+    }
+}
+
+/// How frames become the vision encoder's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PixelPath {
+    /// CPU preprocessing straight into a tensor the vision session
+    /// allocated (float32 graphs with a fixed input size on the CPU
+    /// backend): no intermediate copy.
+    HostTensor,
+    /// CPU preprocessing into a float buffer that the model converts and
+    /// ONNX Runtime copies (float16 graphs on the CPU, symbolic input
+    /// sizes, and the GPU backends of a build without the `cuda` feature).
+    HostFloats,
+    /// The CUDA preprocessing kernel writes into a tensor allocated in GPU
+    /// memory by the vision session, which reads it there.
+    #[cfg(feature = "cuda")]
+    Kernel,
+}
+
+impl PixelPath {
+    /// Named in the start-up log and in `florence-edge info`.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            PixelPath::HostTensor => "CPU preprocessing into the vision encoder's input tensor",
+            PixelPath::HostFloats => "CPU preprocessing, copied to the vision encoder's input",
+            #[cfg(feature = "cuda")]
+            PixelPath::Kernel => "CUDA preprocessing kernel into GPU memory",
+        }
+    }
+}
+
+/// The CUDA kernels around the model, on the device its tensors live on.
+#[cfg(feature = "cuda")]
+struct Kernels {
+    // Declared before `gpu`: dropped first, their buffers belong to it.
+    preprocessor: crate::gpu::GpuPreprocessor,
+    /// `None` when the tokenizer's location ids are not contiguous.
+    locations: Option<crate::gpu::GpuLocationParser>,
+    gpu: crate::gpu::GpuContext,
+}
+
+/// The CUDA kernels for a model whose tensors live in GPU memory; `None`
+/// on the CPU backend. A GPU backend whose kernels cannot start is an
+/// error naming why (no driver, no NVRTC, compile failure), never a quiet
+/// switch to CPU preprocessing.
+#[cfg(feature = "cuda")]
+fn kernels(
+    opts: &LoadOptions,
+    model: &Florence2,
+    preprocessor: &Preprocessor,
+) -> Result<Option<Kernels>, ModelError> {
+    use crate::runtime::Backend;
+    if !matches!(
+        model.placement().backend(),
+        Backend::Cuda | Backend::TensorRt
+    ) {
+        return Ok(None);
+    }
+    let cache = kernel_cache_dir(opts);
+    let gpu = crate::gpu::GpuContext::new(crate::runtime::device::CUDA_DEVICE_ID as usize, &cache)
+        .map_err(|e| ModelError::Gpu(format!("{e} (backend {})", model.placement().backend())))?;
+    let preprocessor = crate::gpu::GpuPreprocessor::new(
+        &gpu,
+        preprocessor,
+        crate::preprocess::YuvMatrix::Bt709Limited,
+    )
+    .map_err(|e| ModelError::Gpu(e.to_string()))?;
+    let locations = match model.tokenizer.location_range() {
+        (loc0, true) => Some(
+            crate::gpu::GpuLocationParser::new(&gpu, loc0)
+                .map_err(|e| ModelError::Gpu(e.to_string()))?,
+        ),
+        (_, false) => None,
+    };
+    tracing::info!(
+        gpu = %gpu.device().name,
+        kernel_cache = %cache.display(),
+        "CUDA kernels ready."
+    );
+    Ok(Some(Kernels {
+        preprocessor,
+        locations,
+        gpu,
+    }))
+}
+
+#[cfg(feature = "cuda")]
+fn kernel_cache_dir(opts: &LoadOptions) -> std::path::PathBuf {
+    if let Some(d) = &opts.kernel_cache_dir {
+        return d.clone();
+    }
+    if let Ok(d) = std::env::var("FLORENCE_EDGE_KERNEL_CACHE") {
+        if !d.is_empty() {
+            return d.into();
+        }
+    }
+    match &opts.engine_cache_dir {
+        Some(d) => d.join("kernels"),
+        None => std::env::temp_dir().join("florence-edge-kernels"),
+    }
 }
 
 impl Engine {
@@ -121,11 +263,105 @@ impl Engine {
                 problem: e.to_string(),
             })?
             .with_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
+        #[cfg(feature = "cuda")]
+        let kernels = kernels(opts, &model, &preprocessor)?.map(Box::new);
+        #[cfg(feature = "cuda")]
+        let on_gpu = kernels.is_some();
+        #[cfg(not(feature = "cuda"))]
+        let on_gpu = false;
+        let pixel_path = choose_pixel_path(&model, on_gpu);
+        let location_path = match model.tokenizer.location_range() {
+            #[cfg(feature = "cuda")]
+            (loc0, true) if on_gpu => LocationPath::Kernel { loc0 },
+            (loc0, true) => LocationPath::Ids { loc0 },
+            (_, false) => LocationPath::Text,
+        };
+        tracing::info!(
+            pixels = pixel_path.describe(),
+            locations = location_path.describe(),
+            "Frame and result paths chosen."
+        );
         Ok(Self {
             model,
             preprocessor,
             pixels: Vec::new(),
+            pixel_path,
+            location_path,
+            routes: RouteCounts::default(),
+            #[cfg(feature = "cuda")]
+            kernels,
         })
+    }
+
+    /// Every location token of the batch's sequences, found by the CPU twin
+    /// or the kernel; `None` on the text path.
+    fn locate(
+        &mut self,
+        seqs: &[Vec<i64>],
+        items: &[(RgbFrame<'_>, TaskRequest)],
+    ) -> Result<Option<LocationParse>, ModelError> {
+        let Some(loc0) = self.location_path.loc0() else {
+            return Ok(None);
+        };
+        let max_len = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        if max_len == 0 {
+            return Ok(None);
+        }
+        let pad = self.model.generation.pad_token_id;
+        let mut ids = Vec::with_capacity(seqs.len() * max_len);
+        let mut sequences = Vec::with_capacity(seqs.len());
+        for (seq, (frame, req)) in seqs.iter().zip(items) {
+            ids.extend_from_slice(seq);
+            ids.extend(std::iter::repeat_n(pad, max_len - seq.len()));
+            sequences.push(SequenceInfo::new(
+                frame.width() as f32,
+                frame.height() as f32,
+                seq.len() as u32,
+                postprocess::location_grouping(req.task.parse_kind()),
+            ));
+        }
+        let batch = TokenBatch {
+            ids: &ids,
+            max_len,
+            sequences: &sequences,
+        };
+        match self.location_path {
+            #[cfg(feature = "cuda")]
+            LocationPath::Kernel { .. } => {
+                let parser = self
+                    .kernels
+                    .as_mut()
+                    .and_then(|k| k.locations.as_mut())
+                    .ok_or_else(|| {
+                        ModelError::Gpu(
+                            "internal error: kernel path without the location kernel".into(),
+                        )
+                    })?;
+                parser
+                    .parse(&batch)
+                    .map(Some)
+                    .map_err(|e| ModelError::Gpu(format!("location-token kernel: {e}")))
+            }
+            _ => parse_location_tokens(&batch, loc0)
+                .map(Some)
+                .map_err(|e| ModelError::Input(format!("location tokens: {e}"))),
+        }
+    }
+
+    /// How location tokens become coordinates (see the start-up log).
+    pub fn location_path(&self) -> &'static str {
+        self.location_path.describe()
+    }
+
+    /// Sequences post-processed from their ids, and those that had to be
+    /// parsed as text because their word pieces spell a location token.
+    pub fn route_counts(&self) -> RouteCounts {
+        self.routes
+    }
+
+    /// How frames reach the vision encoder (see the start-up log).
+    pub fn pixel_path(&self) -> &'static str {
+        self.pixel_path.describe()
     }
 
     /// Run one batch: one frame and one request per item. Items may ask for
@@ -145,13 +381,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let t0 = Instant::now();
-        let n = self.preprocessor.image_len();
         let (frames, image_of) = distinct_frames(items.iter().map(|(f, _)| *f));
-        self.pixels.resize(frames.len() * n, 0.0);
-        self.preprocessor
-            .preprocess_batch_into(&frames, &mut self.pixels)
-            .map_err(|e| ModelError::Input(e.to_string()))?;
-        let (h, w) = self.preprocessor.config().size;
         let mut prompts = Vec::with_capacity(items.len());
         let mut prompt_texts = Vec::with_capacity(items.len());
         let mut inputs = Vec::with_capacity(items.len());
@@ -162,30 +392,67 @@ impl Engine {
             prompt_texts.push(prompt);
             inputs.push(input);
         }
+        let pixels = prepare_pixels(
+            self.pixel_path,
+            #[cfg(feature = "cuda")]
+            self.kernels.as_deref_mut(),
+            &mut self.preprocessor,
+            &self.model,
+            &mut self.pixels,
+            &frames,
+        )?;
         let preprocess_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let shape = [frames.len(), 3, h as usize, w as usize];
         let (seqs, model_timings) = self.model.generate_shared(
-            &self.pixels,
-            shape,
+            pixels,
             &image_of,
             &prompts,
             decoding.strategy,
             decoding.max_new_tokens,
         )?;
         let t1 = Instant::now();
+        let locations = self.locate(&seqs, items)?;
         let mut out = Vec::with_capacity(items.len());
-        for (((frame, req), seq), (prompt, input)) in items
+        for (index, (((frame, req), seq), (prompt, input))) in items
             .iter()
             .zip(seqs)
             .zip(prompt_texts.into_iter().zip(inputs))
+            .enumerate()
         {
-            let raw_text = self.model.tokenizer.decode_with_special_tokens(&seq)?;
             let size = ImageSize {
                 width: frame.width(),
                 height: frame.height(),
             };
-            let parsed = postprocess::post_process(&raw_text, req.task.parse_kind(), size)
-                .map_err(|e| ModelError::Input(format!("post-processing {}: {e}", req.task)))?;
+            let post_err = |e: &dyn std::fmt::Display| {
+                ModelError::Input(format!("post-processing {}: {e}", req.task))
+            };
+            let (raw_text, parsed) = match (&locations, self.location_path.loc0()) {
+                (Some(parse), Some(loc0)) => {
+                    let tokenizer = &self.model.tokenizer;
+                    let stitched = postprocess::post_process_ids(
+                        GeneratedSequence {
+                            index,
+                            ids: &seq,
+                            locations: parse.sequence(index).unwrap_or_default(),
+                        },
+                        loc0,
+                        req.task.parse_kind(),
+                        size,
+                        |span| tokenizer.decode_with_special_tokens(span),
+                    )
+                    .map_err(|e| post_err(&e))?;
+                    self.routes.record(stitched.route);
+                    if let Route::Text(reason) = stitched.route {
+                        tracing::debug!(task = %req.task, ?reason, "Result parsed from text: its word pieces spell a location token.");
+                    }
+                    (stitched.decoded_text, stitched.output)
+                }
+                _ => {
+                    let raw_text = self.model.tokenizer.decode_with_special_tokens(&seq)?;
+                    let parsed = postprocess::post_process(&raw_text, req.task.parse_kind(), size)
+                        .map_err(|e| post_err(&e))?;
+                    (raw_text, parsed)
+                }
+            };
             let inner = serde_json::to_value(&parsed).map_err(|e| {
                 ModelError::Input(format!("serializing the {} result: {e}", req.task))
             })?;
@@ -212,6 +479,107 @@ impl Engine {
             r.timings.postprocess_ms = post_ms;
         }
         Ok(out)
+    }
+}
+
+fn choose_pixel_path(model: &Florence2, kernels: bool) -> PixelPath {
+    #[cfg(feature = "cuda")]
+    if kernels {
+        return PixelPath::Kernel;
+    }
+    let on_host = model.placement().backend() == crate::runtime::Backend::Cpu;
+    if !on_host && !kernels {
+        tracing::warn!(
+            backend = %model.placement().backend(),
+            "This build has no CUDA kernels (built without the `cuda` feature): frames are \
+             preprocessed on the CPU and copied to the GPU, location tokens parsed on the CPU."
+        );
+    }
+    let f32_graph = model.pixel_type() == super::graphs::FloatType::F32;
+    if on_host && f32_graph && model.pixel_size.is_some() {
+        PixelPath::HostTensor
+    } else {
+        PixelPath::HostFloats
+    }
+}
+
+/// Preprocesses the distinct frames of a batch into the vision
+/// encoder's input, the way [`PixelPath`] says.
+fn prepare_pixels<'p>(
+    pixel_path: PixelPath,
+    #[cfg(feature = "cuda")] kernels: Option<&mut Kernels>,
+    preprocessor: &mut Preprocessor,
+    model: &Florence2,
+    buffer: &'p mut Vec<f32>,
+    frames: &[RgbFrame<'_>],
+) -> Result<Pixels<'p>, ModelError> {
+    let n = preprocessor.image_len();
+    let (h, w) = preprocessor.config().size;
+    let shape = [frames.len(), 3, h as usize, w as usize];
+    match pixel_path {
+        PixelPath::HostFloats => {
+            buffer.resize(frames.len() * n, 0.0);
+            preprocessor
+                .preprocess_batch_into(frames, buffer)
+                .map_err(|e| ModelError::Input(e.to_string()))?;
+            Ok(Pixels::Host {
+                values: buffer,
+                shape,
+            })
+        }
+        PixelPath::HostTensor => {
+            let mut t = model.pixel_tensor(frames.len())?;
+            let (_, data) = t
+                .try_extract_tensor_mut::<f32>()
+                .map_err(|e| ModelError::Input(format!("pixel tensor: {e}")))?;
+            preprocessor
+                .preprocess_batch_into(frames, data)
+                .map_err(|e| ModelError::Input(e.to_string()))?;
+            Ok(Pixels::Tensor(t.into_dyn()))
+        }
+        #[cfg(feature = "cuda")]
+        PixelPath::Kernel => {
+            let k = kernels.ok_or_else(|| {
+                ModelError::Gpu("internal error: kernel path without kernels".into())
+            })?;
+            let mut t = model.pixel_tensor(frames.len())?;
+            let gpu_frames: Vec<crate::gpu::GpuFrame<'_>> = frames
+                .iter()
+                .map(|f| crate::gpu::GpuFrame::Rgb {
+                    data: f.bytes(),
+                    width: f.width(),
+                    height: f.height(),
+                    stride: f.stride_bytes() as u32,
+                })
+                .collect();
+            let len = k.preprocessor.output_len(frames.len());
+            let out = t.data_ptr_mut() as u64;
+            let gpu_err = |e: crate::gpu::GpuError| ModelError::Gpu(e.to_string());
+            // SAFETY: `t` was allocated by the vision session in GPU
+            // memory of the device the kernels' context is on (device
+            // 0, the primary context both ONNX Runtime and cudarc use)
+            // with `len` elements of the graph's element type, and
+            // nothing else uses it until the stream is synchronised
+            // below.
+            unsafe {
+                match model.pixel_type() {
+                    super::graphs::FloatType::F32 => {
+                        k.preprocessor
+                            .preprocess_into_raw::<f32>(&gpu_frames, out, len)
+                    }
+                    super::graphs::FloatType::F16 => k
+                        .preprocessor
+                        .preprocess_into_raw::<half::f16>(&gpu_frames, out, len),
+                }
+            }
+            .map_err(gpu_err)?;
+            // ONNX Runtime runs on its own stream: the pixels must be
+            // written before the vision encoder reads them.
+            k.gpu.stream().synchronize().map_err(|e| {
+                ModelError::Gpu(format!("waiting for the preprocessing kernel: {e}"))
+            })?;
+            Ok(Pixels::Tensor(t.into_dyn()))
+        }
     }
 }
 

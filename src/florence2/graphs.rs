@@ -338,25 +338,3 @@ pub fn read_f32(value: &DynValue) -> Result<(Vec<i64>, Vec<f32>), ort::Error> {
     let (shape, data) = value.try_extract_tensor::<f16>()?;
     Ok((shape.to_vec(), data.iter().map(|x| x.to_f32()).collect()))
 }
-
-/// Gather rows (first axis) of a float tensor into a new tensor of the same
-/// element type: the beam-search reorder of the decoder KV cache.
-pub fn gather_rows(value: &DynValue, rows: &[usize]) -> Result<DynValue, ort::Error> {
-    fn gather<T: Copy>(shape: &[i64], data: &[T], rows: &[usize]) -> (Vec<i64>, Vec<T>) {
-        let row_len: usize = shape[1..].iter().map(|&d| d as usize).product();
-        let mut out = Vec::with_capacity(rows.len() * row_len);
-        for &r in rows {
-            out.extend_from_slice(&data[r * row_len..(r + 1) * row_len]);
-        }
-        let mut new_shape = shape.to_vec();
-        new_shape[0] = rows.len() as i64;
-        (new_shape, out)
-    }
-    if let Ok((shape, data)) = value.try_extract_tensor::<f32>() {
-        let (s, d) = gather(shape, data, rows);
-        return Ok(Tensor::from_array((s, d))?.into_dyn());
-    }
-    let (shape, data) = value.try_extract_tensor::<f16>()?;
-    let (s, d) = gather(shape, data, rows);
-    Ok(Tensor::from_array((s, d))?.into_dyn())
-}

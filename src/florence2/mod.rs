@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 pub use generate::Strategy;
 pub use graphs::{DecoderLayout, Variant};
-pub use model::{Florence2, LoadOptions, StageTimings};
+pub use model::{Florence2, LoadOptions, Pixels, StageTimings};
 pub use task::{Task, TaskInput};
 
 use crate::runtime::RuntimeError;
@@ -48,4 +48,7 @@ pub enum ModelError {
     Run { path: PathBuf, reason: String },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The CUDA kernels (preprocessing, location tokens) of a GPU backend.
+    #[error("CUDA kernels: {0}")]
+    Gpu(String),
 }

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ort::memory::Allocator;
+use ort::session::IoBinding;
 use ort::value::{DynValue, Tensor, TensorElementType};
 
 use super::config::{GenerationConfig, ModelConfig};
@@ -13,6 +15,7 @@ use super::generate::{self, DecoderStep, SearchConfig, Strategy};
 use super::graphs::{self, DecoderLayout, FloatType, Graph, GraphFiles, Variant, INT64};
 use super::tokenizer::FlorenceTokenizer;
 use super::ModelError;
+use crate::runtime::device::{Placement, RowGather};
 use crate::runtime::{self, Backend, BackendChoice, SessionOptions};
 
 /// How to load a model directory.
@@ -33,6 +36,10 @@ pub struct LoadOptions {
     pub engine_manifest: Option<runtime::engines::EngineManifest>,
     /// TensorRT FP16 kernels (LayerNorm kept in FP32).
     pub tensorrt_fp16: bool,
+    /// Where compiled CUDA kernels are cached (GPU backends of a build with
+    /// the `cuda` feature). `None`: `kernels/` under `engine_cache_dir`, or
+    /// under the system's temporary directory.
+    pub kernel_cache_dir: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -47,6 +54,7 @@ impl LoadOptions {
             engine_cache_dir: None,
             engine_manifest: None,
             tensorrt_fp16: true,
+            kernel_cache_dir: None,
         }
     }
 }
@@ -69,6 +77,39 @@ pub struct StageTimings {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// The vision encoder's input for a batch of distinct images.
+pub enum Pixels<'a> {
+    /// Preprocessed on the host, NCHW f32; converted to the graph's element
+    /// type and copied to the device by ONNX Runtime.
+    Host {
+        values: &'a [f32],
+        shape: [usize; 4],
+    },
+    /// A tensor already in the graph's element type and shape `[images, 3,
+    /// H, W]`, wherever it lives — typically made by
+    /// [`Florence2::pixel_tensor`] in device memory and filled there by the
+    /// preprocessing kernel, so the frames never pass through host memory
+    /// as floats.
+    Tensor(DynValue),
+}
+
+impl Pixels<'_> {
+    fn images(&self) -> Result<usize, ModelError> {
+        match self {
+            Pixels::Host { shape, .. } => Ok(shape[0]),
+            Pixels::Tensor(t) if t.dtype().tensor_type().is_some() => match &t.shape()[..] {
+                [n, 3, _, _] if *n >= 0 => Ok(*n as usize),
+                other => Err(ModelError::Input(format!(
+                    "pixel tensor of shape {other:?}; expected [images, 3, height, width]"
+                ))),
+            },
+            Pixels::Tensor(_) => Err(ModelError::Input(
+                "pixel values given as a value that is not a tensor".into(),
+            )),
+        }
+    }
 }
 
 /// Names of one layer's cache tensors.
@@ -106,6 +147,10 @@ pub struct Florence2 {
     pub pixel_size: Option<(usize, usize)>,
     /// Time inside ONNX Runtime since the last `generate` started.
     session_time: Duration,
+    /// Where the cache and hidden states stay between calls.
+    placement: Placement,
+    /// Beam reorders and per-beam expansion, done where the rows are.
+    gather: RowGather,
 }
 
 impl Florence2 {
@@ -166,6 +211,7 @@ impl Florence2 {
             }
             None => Graph::open(rt, p, &session_options),
         };
+        let placement = Placement::for_backend(backend.backend)?;
         let vision = open(&files.vision_encoder, EngineGraph::VisionEncoder)?;
         let embed = open(&files.embed_tokens, EngineGraph::EmbedTokens)?;
         let encoder = open(&files.encoder, EngineGraph::Encoder)?;
@@ -303,7 +349,39 @@ impl Florence2 {
             vocab_size,
             pixel_size,
             session_time: Duration::ZERO,
+            gather: RowGather::new(rt, placement.clone(), opts.intra_threads),
+            placement,
         })
+    }
+
+    /// Where this model keeps tensors between calls.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The element type of the vision encoder's `pixel_values`.
+    pub fn pixel_type(&self) -> FloatType {
+        self.pixel_type
+    }
+
+    /// An uninitialised pixel tensor `[images, 3, height, width]` of the
+    /// vision encoder's element type, allocated by its session in the
+    /// placement's device memory: the preprocessing kernel writes into it
+    /// and it goes to [`Pixels::Tensor`] as it is.
+    pub fn pixel_tensor(&self, images: usize) -> Result<ort::value::DynTensor, ModelError> {
+        let (h, w) = self.pixel_size.ok_or_else(|| ModelError::Contract {
+            path: self.vision.path.clone(),
+            tensor: "input \"pixel_values\"".into(),
+            problem: "has a symbolic height/width; a device pixel buffer needs them fixed".into(),
+        })?;
+        let allocator = Allocator::new(&self.vision.session, self.placement.device().clone())
+            .map_err(|e| self.vision.run_error(e))?;
+        let ty = match self.pixel_type {
+            FloatType::F32 => TensorElementType::Float32,
+            FloatType::F16 => TensorElementType::Float16,
+        };
+        let shape = [images, 3, h, w];
+        ort::value::DynTensor::new(&allocator, ty, shape).map_err(|e| self.vision.run_error(e))
     }
 
     /// Search settings from the generation config, with the caller's
@@ -324,27 +402,29 @@ impl Florence2 {
     }
 
     /// Vision encoder: pixel values `[batch, 3, H, W]` → image features
-    /// `[batch, tokens, d]`.
-    pub fn encode_image(
-        &mut self,
-        pixel_values: &[f32],
-        shape: [usize; 4],
-    ) -> Result<DynValue, ModelError> {
-        let expected: usize = shape.iter().product();
-        if pixel_values.len() != expected {
-            return Err(ModelError::Input(format!(
-                "pixel values hold {} floats; shape {:?} needs {expected}",
-                pixel_values.len(),
-                shape
-            )));
-        }
+    /// `[batch, tokens, d]` in host memory (the encoder input is assembled
+    /// on the host from them and the prompt embeddings).
+    pub fn encode_image(&mut self, pixels: Pixels<'_>) -> Result<DynValue, ModelError> {
         let g = &mut self.vision;
-        let pv = graphs::float_tensor(
-            self.pixel_type,
-            shape.iter().map(|&d| d as i64).collect(),
-            pixel_values,
-        )
-        .map_err(|e| g.run_error(e))?;
+        let pv = match pixels {
+            Pixels::Host { values, shape } => {
+                let expected: usize = shape.iter().product();
+                if values.len() != expected {
+                    return Err(ModelError::Input(format!(
+                        "pixel values hold {} floats; shape {:?} needs {expected}",
+                        values.len(),
+                        shape
+                    )));
+                }
+                graphs::float_tensor(
+                    self.pixel_type,
+                    shape.iter().map(|&d| d as i64).collect(),
+                    values,
+                )
+                .map_err(|e| g.run_error(e))?
+            }
+            Pixels::Tensor(t) => t,
+        };
         let t = Instant::now();
         let out = g.session.run(ort::inputs! {"pixel_values" => pv});
         self.session_time += t.elapsed();
@@ -457,10 +537,18 @@ impl Florence2 {
         .map_err(|e| g.run_error(e))?;
         let m = graphs::i64_tensor(vec![batch as i64, s as i64], mask.clone())
             .map_err(|e| g.run_error(e))?;
+        // The hidden state stays in device memory: every decoder step reads
+        // it.
+        let mut binding = g.session.create_binding().map_err(|e| g.run_error(e))?;
+        binding
+            .bind_input("attention_mask", &m)
+            .and_then(|_| binding.bind_input("inputs_embeds", &emb))
+            .and_then(|_| {
+                binding.bind_output_to_device("last_hidden_state", self.placement.device())
+            })
+            .map_err(|e| g.run_error(e))?;
         let start = Instant::now();
-        let out = g
-            .session
-            .run(ort::inputs! {"attention_mask" => m, "inputs_embeds" => emb});
+        let out = g.session.run_binding(&binding);
         self.session_time += start.elapsed();
         let mut out = out.map_err(|e| ModelError::Run {
             path: g.path.clone(),
@@ -480,39 +568,29 @@ impl Florence2 {
     /// reference's `generate` does (decoder start, forced BOS, …, EOS, pad).
     pub fn generate(
         &mut self,
-        pixel_values: &[f32],
-        shape: [usize; 4],
+        pixels: Pixels<'_>,
         prompts: &[Vec<i64>],
         strategy: Strategy,
         max_new_tokens: usize,
     ) -> Result<(Vec<Vec<i64>>, StageTimings), ModelError> {
-        if prompts.len() != shape[0] {
+        let images = pixels.images()?;
+        if prompts.len() != images {
             return Err(ModelError::Input(format!(
-                "{} prompts for a batch of {} images",
+                "{} prompts for a batch of {images} images",
                 prompts.len(),
-                shape[0]
             )));
         }
-        let image_of: Vec<usize> = (0..shape[0]).collect();
-        self.generate_shared(
-            pixel_values,
-            shape,
-            &image_of,
-            prompts,
-            strategy,
-            max_new_tokens,
-        )
+        let image_of: Vec<usize> = (0..images).collect();
+        self.generate_shared(pixels, &image_of, prompts, strategy, max_new_tokens)
     }
 
-    /// `generate` for prompts that share images: `pixel_values` holds
-    /// `shape[0]` distinct images and prompt `i` asks about image
-    /// `image_of[i]`. The vision encoder runs once per distinct image (the
+    /// `generate` for prompts that share images: `pixels` holds the
+    /// distinct images and prompt `i` asks about image `image_of[i]`. The vision encoder runs once per distinct image (the
     /// expensive stage on a frame two tasks ask about), and the rest runs
     /// one row per prompt, so every row gets the tokens it would get alone.
     pub fn generate_shared(
         &mut self,
-        pixel_values: &[f32],
-        shape: [usize; 4],
+        pixels: Pixels<'_>,
         image_of: &[usize],
         prompts: &[Vec<i64>],
         strategy: Strategy,
@@ -525,10 +603,10 @@ impl Florence2 {
                 prompts.len()
             )));
         }
-        if let Some(&bad) = image_of.iter().find(|&&i| i >= shape[0]) {
+        let images = pixels.images()?;
+        if let Some(&bad) = image_of.iter().find(|&&i| i >= images) {
             return Err(ModelError::Input(format!(
-                "prompt asks about image {bad} of a batch of {} images",
-                shape[0]
+                "prompt asks about image {bad} of a batch of {images} images",
             )));
         }
         if max_new_tokens == 0 {
@@ -539,9 +617,9 @@ impl Florence2 {
         let mut timings = StageTimings::default();
         self.session_time = Duration::ZERO;
         let t0 = Instant::now();
-        let features = self.encode_image(pixel_values, shape)?;
+        let features = self.encode_image(pixels)?;
         timings.vision_ms = ms(t0.elapsed());
-        timings.vision_images = shape[0];
+        timings.vision_images = images;
         let t1 = Instant::now();
         let (hidden, mask, s) = self.encode_shared(&features, image_of, prompts)?;
         timings.encoder_ms = ms(t1.elapsed());
@@ -557,7 +635,7 @@ impl Florence2 {
             let rows: Vec<usize> = (0..batch)
                 .flat_map(|b| std::iter::repeat_n(b, beams))
                 .collect();
-            let h = graphs::gather_rows(&hidden, &rows).map_err(|e| self.encoder.run_error(e))?;
+            let h = self.gather.gather(&hidden, &rows)?;
             let m: Vec<i64> = rows
                 .iter()
                 .flat_map(|&b| mask[b * s..(b + 1) * s].iter().copied())
@@ -568,16 +646,9 @@ impl Florence2 {
         };
         let cfg = self.search_config(max_new_tokens);
         let rows = batch * beams;
-        let mut step = OrtStep {
-            model: self,
-            hidden,
-            mask: graphs::i64_tensor(vec![rows as i64, s as i64], mask)
-                .map_err(|e| ModelError::Input(e.to_string()))?,
-            rows,
-            decoder_kv: None,
-            encoder_kv: Vec::new(),
-            steps: 0,
-        };
+        let mask = graphs::i64_tensor(vec![rows as i64, s as i64], mask)
+            .map_err(|e| ModelError::Input(e.to_string()))?;
+        let mut step = OrtStep::new(self, &hidden, &mask, rows)?;
         let seqs = match strategy {
             Strategy::Greedy => generate::greedy(&cfg, batch, &mut step)?,
             Strategy::Beam { .. } => generate::beam_search(&cfg, batch, beams, &mut step)?,
@@ -589,20 +660,64 @@ impl Florence2 {
     }
 }
 
-/// The decoder with its KV cache, one step at a time.
+/// The decoder with its KV cache, one step at a time, through IO bindings:
+/// the attention mask and the encoder hidden state are bound once, the
+/// cache outputs of each step are bound to the placement's device memory
+/// and become the next step's inputs there, and only the logits come back
+/// to the host.
 struct OrtStep<'m> {
     model: &'m mut Florence2,
-    hidden: DynValue,
-    mask: DynValue,
     rows: usize,
+    /// Binding of the decoder: the first step, and every step of the
+    /// merged layout.
+    first: IoBinding,
+    /// Binding of decoder_with_past: the later steps of the split layout.
+    later: Option<IoBinding>,
     /// Self-attention cache, per layer (key, value); `None` before step 0.
     decoder_kv: Option<Vec<[DynValue; 2]>>,
-    /// Cross-attention cache from step 0, reused for every later step.
-    encoder_kv: Vec<[DynValue; 2]>,
     steps: usize,
 }
 
-impl OrtStep<'_> {
+impl<'m> OrtStep<'m> {
+    fn new(
+        model: &'m mut Florence2,
+        hidden: &DynValue,
+        mask: &DynValue,
+        rows: usize,
+    ) -> Result<Self, ModelError> {
+        let bind_static = |graph: &Graph| -> Result<IoBinding, ModelError> {
+            let mut b = graph
+                .session
+                .create_binding()
+                .map_err(|e| graph.run_error(e))?;
+            b.bind_input("encoder_attention_mask", mask)
+                .map_err(|e| graph.run_error(e))?;
+            if graph.input("encoder_hidden_states").is_some() {
+                b.bind_input("encoder_hidden_states", hidden)
+                    .map_err(|e| graph.run_error(e))?;
+            }
+            Ok(b)
+        };
+        let first = bind_static(&model.decoder)?;
+        let later = match (&model.decoder_with_past, model.layout) {
+            (Some(g), DecoderLayout::Split) => Some(bind_static(g)?),
+            (None, DecoderLayout::Split) => {
+                return Err(ModelError::Input(
+                    "split layout without decoder_with_past".into(),
+                ))
+            }
+            (_, DecoderLayout::Merged) => None,
+        };
+        Ok(Self {
+            model,
+            rows,
+            first,
+            later,
+            decoder_kv: None,
+            steps: 0,
+        })
+    }
+
     fn embeds(&mut self, tokens: &[i64]) -> Result<DynValue, ModelError> {
         let e = self.model.embed_ids(tokens.to_vec(), tokens.len())?;
         // Convert only if the embedding graph and the decoder disagree on
@@ -652,26 +767,13 @@ impl DecoderStep for OrtStep<'_> {
             if order.iter().enumerate().any(|(i, &r)| i != r) {
                 for pair in kv.iter_mut() {
                     for t in pair.iter_mut() {
-                        *t = graphs::gather_rows(t, order).map_err(|e| ModelError::Run {
-                            path: self.model.decoder.path.clone(),
-                            reason: e.to_string(),
-                        })?;
+                        *t = self.model.gather.gather(t, order)?;
                     }
                 }
             }
         }
         let first = self.decoder_kv.is_none();
         let merged = self.model.layout == DecoderLayout::Merged;
-        let graph_is_with_past = !first && !merged;
-        let use_cache = if merged {
-            Some(
-                Tensor::from_array((vec![1i64], vec![!first]))
-                    .map_err(|e| self.model.decoder.run_error(e))?
-                    .into_dyn(),
-            )
-        } else {
-            None
-        };
         let empty = if merged && first {
             Some(self.empty_kv()?)
         } else {
@@ -679,86 +781,112 @@ impl DecoderStep for OrtStep<'_> {
         };
 
         let model = &mut *self.model;
-        let graph: &mut Graph = if graph_is_with_past {
-            model
-                .decoder_with_past
-                .as_mut()
-                .ok_or_else(|| ModelError::Input("split layout without decoder_with_past".into()))?
+        let (graph, binding): (&mut Graph, &mut IoBinding) = if first || merged {
+            (&mut model.decoder, &mut self.first)
         } else {
-            &mut model.decoder
-        };
-        let declares_hidden = graph.input("encoder_hidden_states").is_some();
-        let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = vec![
-            ("encoder_attention_mask".into(), (&self.mask).into()),
-            ("inputs_embeds".into(), embeds.into()),
-        ];
-        if declares_hidden {
-            inputs.push(("encoder_hidden_states".into(), (&self.hidden).into()));
-        }
-        if let Some(u) = use_cache {
-            inputs.push(("use_cache_branch".into(), u.into()));
-        }
-        let wants_past = merged || !first;
-        if wants_past {
-            for (i, layer) in model.kv.iter().enumerate() {
-                for j in 0..2 {
-                    match (&self.decoder_kv, &empty) {
-                        (Some(kv), _) => {
-                            inputs.push((layer.past_decoder[j].clone(), (&kv[i][j]).into()));
-                            inputs.push((
-                                layer.past_encoder[j].clone(),
-                                (&self.encoder_kv[i][j]).into(),
-                            ));
-                        }
-                        (None, Some(e)) => {
-                            inputs.push((layer.past_decoder[j].clone(), e.into()));
-                            inputs.push((layer.past_encoder[j].clone(), e.into()));
-                        }
-                        (None, None) => {}
-                    }
+            match (model.decoder_with_past.as_mut(), self.later.as_mut()) {
+                (Some(g), Some(b)) => (g, b),
+                _ => {
+                    return Err(ModelError::Input(
+                        "split layout without decoder_with_past".into(),
+                    ))
                 }
             }
-        }
+        };
         let path = graph.path.clone();
         let run_err = |e: ort::Error| ModelError::Run {
             path: path.clone(),
             reason: e.to_string(),
         };
-        let start = Instant::now();
-        let out = graph.session.run(inputs);
-        let elapsed = start.elapsed();
-        let mut out = out.map_err(run_err)?;
-        let logits = out.remove("logits").ok_or_else(|| ModelError::Run {
-            path: path.clone(),
-            reason: "no output logits".into(),
-        })?;
-        let mut new_dec = Vec::with_capacity(model.kv.len());
-        let mut new_enc = Vec::new();
+        binding
+            .bind_input("inputs_embeds", &embeds)
+            .map_err(run_err)?;
+        if merged {
+            let use_cache = Tensor::from_array((vec![1i64], vec![!first])).map_err(run_err)?;
+            binding
+                .bind_input("use_cache_branch", &use_cache)
+                .map_err(run_err)?;
+        }
+        for (i, layer) in model.kv.iter().enumerate() {
+            for j in 0..2 {
+                match (&self.decoder_kv, &empty) {
+                    (Some(kv), _) => binding.bind_input(&layer.past_decoder[j], &kv[i][j]),
+                    // The merged graph's first step takes an empty cache;
+                    // its cross-attention cache is bound after the step.
+                    (None, Some(e)) => binding
+                        .bind_input(&layer.past_decoder[j], e)
+                        .and_then(|_| binding.bind_input(&layer.past_encoder[j], e)),
+                    (None, None) => Ok(()),
+                }
+                .map_err(run_err)?;
+            }
+        }
+        // Outputs are bound afresh every step: a bound output keeps the
+        // previous step's tensor, which ONNX Runtime would otherwise write
+        // into — and that tensor is this step's past.
+        binding.clear_outputs();
+        let device = model.placement.device();
+        binding
+            .bind_output_to_device("logits", model.placement.host())
+            .map_err(run_err)?;
         for layer in &model.kv {
-            let take = |out: &mut ort::session::SessionOutputs<'_>, name: &str| {
-                out.remove(name).ok_or_else(|| ModelError::Run {
-                    path: path.clone(),
-                    reason: format!("no output {name}"),
-                })
-            };
-            new_dec.push([
-                take(&mut out, &layer.present_decoder[0])?,
-                take(&mut out, &layer.present_decoder[1])?,
-            ]);
+            for name in &layer.present_decoder {
+                binding
+                    .bind_output_to_device(name, device)
+                    .map_err(run_err)?;
+            }
             if first {
                 // The cross-attention cache is computed once; later steps'
                 // present.*.encoder.* (empty constants in the merged graph)
-                // are never fed back.
+                // are not fetched.
+                for name in &layer.present_encoder {
+                    binding
+                        .bind_output_to_device(name, device)
+                        .map_err(run_err)?;
+                }
+            }
+        }
+        let start = Instant::now();
+        let out = graph.session.run_binding(binding);
+        let elapsed = start.elapsed();
+        let mut out = out.map_err(run_err)?;
+        let mut take = |name: &str| {
+            out.remove(name).ok_or_else(|| ModelError::Run {
+                path: path.clone(),
+                reason: format!("no output {name}"),
+            })
+        };
+        let logits = take("logits")?;
+        let mut new_dec = Vec::with_capacity(model.kv.len());
+        let mut new_enc = Vec::new();
+        for layer in &model.kv {
+            new_dec.push([
+                take(&layer.present_decoder[0])?,
+                take(&layer.present_decoder[1])?,
+            ]);
+            if first {
                 new_enc.push([
-                    take(&mut out, &layer.present_encoder[0])?,
-                    take(&mut out, &layer.present_encoder[1])?,
+                    take(&layer.present_encoder[0])?,
+                    take(&layer.present_encoder[1])?,
                 ]);
             }
         }
         drop(out);
         model.session_time += elapsed;
         if first {
-            self.encoder_kv = new_enc;
+            // Bound once, for every later step, where it already lives.
+            let later = if merged {
+                &mut self.first
+            } else {
+                self.later.as_mut().ok_or_else(|| {
+                    ModelError::Input("split layout without decoder_with_past".into())
+                })?
+            };
+            for (layer, kv) in model.kv.iter().zip(&new_enc) {
+                for (name, value) in layer.past_encoder.iter().zip(kv) {
+                    later.bind_input(name, value).map_err(run_err)?;
+                }
+            }
         }
         self.decoder_kv = Some(new_dec);
         self.steps += 1;

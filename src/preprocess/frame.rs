@@ -91,6 +91,14 @@ impl<'a> RgbFrame<'a> {
         self.stride_bytes
     }
 
+    /// The bytes the frame views, from its first row to the end of its
+    /// last (what an upload to the GPU copies).
+    pub fn bytes(&self) -> &'a [u8] {
+        let len = plane_len(self.height, self.stride_bytes, self.width as usize * 3)
+            .unwrap_or(self.data.len());
+        &self.data[..len.min(self.data.len())]
+    }
+
     /// The pixels of row `y` (`width * 3` bytes). `y` must be below `height`; callers in this
     /// module only pass row indices from plans built for this frame's size.
     #[inline(always)]

@@ -23,6 +23,7 @@ use ort::ep::{self, ExecutionProvider};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
+pub mod device;
 pub mod engines;
 
 /// The ONNX Runtime version whose C API this build needs (ort's `api-31`).
@@ -385,6 +386,36 @@ pub fn open_session_with_tensorrt(
     options: &SessionOptions,
     tensorrt: &TensorRtSessionOptions,
 ) -> Result<Session, RuntimeError> {
+    session_builder(rt, path, options, tensorrt)?
+        .commit_from_file(path)
+        .map_err(|e| RuntimeError::Session {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// A session for a graph held in memory (the small helper graphs of
+/// [`device`]); `name` stands in for the path in errors.
+pub fn open_session_from_memory(
+    rt: &OrtRuntime,
+    name: &Path,
+    model: &[u8],
+    options: &SessionOptions,
+) -> Result<Session, RuntimeError> {
+    session_builder(rt, name, options, &TensorRtSessionOptions::default())?
+        .commit_from_memory(model)
+        .map_err(|e| RuntimeError::Session {
+            path: name.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+fn session_builder(
+    rt: &OrtRuntime,
+    path: &Path,
+    options: &SessionOptions,
+    tensorrt: &TensorRtSessionOptions,
+) -> Result<ort::session::builder::SessionBuilder, RuntimeError> {
     let err = |e: String| RuntimeError::Session {
         path: path.to_path_buf(),
         reason: e,
@@ -450,9 +481,7 @@ pub fn open_session_with_tensorrt(
             ));
         }
     }
-    builder
-        .commit_from_file(path)
-        .map_err(|e| err(e.to_string()))
+    Ok(builder)
 }
 
 #[cfg(test)]

@@ -14,12 +14,13 @@
 
 use std::collections::HashMap;
 
+use florence_edge::florence2::tokenizer::clean_up_tokenization;
 use florence_edge::postprocess::loc_ids::{
-    location_bin, parse_location_tokens, LocationParse, SequenceInfo, TokenBatch,
+    location_bin, parse_location_tokens, LocationParse, LocationToken, SequenceInfo, TokenBatch,
 };
 use florence_edge::postprocess::{
     location_grouping, post_process, post_process_ids, FallbackReason, GeneratedSequence,
-    ImageSize, ParseKind, Route, RouteCounts, TaskOutput,
+    ImageSize, ParseKind, Route, RouteCounts, Stitched, TaskOutput,
 };
 use serde_json::Value;
 
@@ -156,18 +157,24 @@ impl ByteLevelDecoder {
                 piece.chars().map(|c| self.bytes.get(&c).copied()).collect();
             raw.extend(mapped.unwrap_or_else(|| piece.as_bytes().to_vec()));
         }
-        let text = String::from_utf8_lossy(&raw);
-        Ok(text
-            .replace(" .", ".")
-            .replace(" ?", "?")
-            .replace(" !", "!")
-            .replace(" ,", ",")
-            .replace(" ' ", "'")
-            .replace(" n't", "n't")
-            .replace(" 'm", "'m")
-            .replace(" 's", "'s")
-            .replace(" 've", "'ve")
-            .replace(" 're", "'re"))
+        Ok(clean_up_tokenization(&String::from_utf8_lossy(&raw)))
+    }
+
+    /// The id route for one reference sequence and its slice of a location parse (`index` is its
+    /// place in the batch); a failure names the case.
+    fn id_route(&self, case: &ModelCase, index: usize, locations: &[LocationToken]) -> Stitched {
+        post_process_ids(
+            GeneratedSequence {
+                index,
+                ids: &case.ids,
+                locations,
+            },
+            self.loc0,
+            ParseKind::for_task(&case.task),
+            case.image,
+            |span| self.decode(span),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name))
     }
 }
 
@@ -235,18 +242,7 @@ fn reference_sequences_give_the_same_answer_on_both_routes() {
         let kind = ParseKind::for_task(&case.task);
         let expected = post_process(&case.text, kind, case.image).expect("valid image");
         let parse = parse_one(&case.ids, kind, case.image, decoder.loc0);
-        let stitched = post_process_ids(
-            GeneratedSequence {
-                index: 0,
-                ids: &case.ids,
-                locations: parse.sequence(0).expect("one sequence"),
-            },
-            decoder.loc0,
-            kind,
-            case.image,
-            |span| decoder.decode(span),
-        )
-        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let stitched = decoder.id_route(case, 0, parse.sequence(0).expect("one sequence"));
         assert_eq!(
             stitched.output, expected,
             "{} ({}): routes differ on {:?}",
@@ -440,18 +436,7 @@ fn a_padded_batch_of_mixed_tasks_shares_one_parse() {
     .expect("valid batch");
     for (index, case) in batch.iter().enumerate() {
         let kind = ParseKind::for_task(&case.task);
-        let stitched = post_process_ids(
-            GeneratedSequence {
-                index,
-                ids: &case.ids,
-                locations: parse.sequence(index).expect("in the batch"),
-            },
-            decoder.loc0,
-            kind,
-            case.image,
-            |span| decoder.decode(span),
-        )
-        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let stitched = decoder.id_route(case, index, parse.sequence(index).expect("in the batch"));
         assert_eq!(
             stitched.output,
             post_process(&case.text, kind, case.image).expect("valid image"),

@@ -29,7 +29,7 @@ pub use stitch::{
     StitchError, Stitched,
 };
 
-use parse::{BoxLabels, GroupSize, LocationTokens};
+use parse::{BoxInstance, BoxLabels, GroupSize, PolygonInstance, QuadInstance, TextAnswer};
 
 /// Errors of post-processing and of region quantization.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -244,30 +244,50 @@ pub fn post_process(
     image: ImageSize,
 ) -> Result<TaskOutput, PostprocessError> {
     let image = image.validate()?;
-    if kind == ParseKind::PureText {
-        return Ok(TaskOutput::Text(parse::clean_pure_text(text)));
-    }
-    let cleaned = parse::clean_structured(text);
-    let mut inventory = LocationTokens::inventory(&cleaned);
-    let output = match kind {
-        ParseKind::PureText => TaskOutput::Text(parse::clean_pure_text(text)),
+    Ok(assemble(kind, &mut TextAnswer::new(text), image))
+}
+
+/// A decoded answer as the reference's structured parsers read it. The text route reads it with
+/// regular expressions ([`parse::TextAnswer`]), the id route from the ids and the location bins
+/// (`stitch::Stream`); [`assemble`] makes the [`TaskOutput`] from either, so which parser runs
+/// for which kind, and how its findings become columns and dropped counts, is written once and
+/// the two routes cannot drift apart.
+trait StructuredAnswer {
+    /// The decoded sequence with its special tokens, as the text route receives it.
+    fn decoded_text(&self) -> &str;
+    /// Whether the decoded text, before the clean-up, holds `<poly>`: the reference's test for
+    /// reading an open-vocabulary answer as polygons rather than boxes.
+    fn holds_poly(&self) -> bool;
+    /// `parse::boxes`: labelled boxes (or unlabelled ones for region proposals).
+    fn boxes(&mut self, labels: BoxLabels) -> Vec<BoxInstance>;
+    /// `parse::quads`: OCR lines with their quadrilaterals.
+    fn quads(&mut self) -> Vec<QuadInstance>;
+    /// `parse::polygons`; `require_label` is true inside open-vocabulary detection.
+    fn polygons(&mut self, require_label: bool) -> Vec<PolygonInstance>;
+    /// The location tokens no parser used, grouped by `group`.
+    fn dropped(&self, group: GroupSize) -> Dropped;
+}
+
+/// The task's output from an answer read by either route (see [`StructuredAnswer`]).
+fn assemble(kind: ParseKind, answer: &mut impl StructuredAnswer, image: ImageSize) -> TaskOutput {
+    match kind {
+        ParseKind::PureText => TaskOutput::Text(parse::clean_pure_text(answer.decoded_text())),
         ParseKind::DescriptionWithBboxes | ParseKind::Bboxes | ParseKind::PhraseGrounding => {
             let labels = match kind {
                 ParseKind::Bboxes => BoxLabels::Empty,
                 ParseKind::PhraseGrounding => BoxLabels::RequiredNotBanned,
                 _ => BoxLabels::Required,
             };
-            let found = parse::boxes(&cleaned, labels, &mut inventory);
-            let (bboxes, bboxes_normalized, labels) = box_columns(found, image);
+            let (bboxes, bboxes_normalized, labels) = box_columns(answer.boxes(labels), image);
             TaskOutput::Detections(Detections {
                 bboxes,
                 bboxes_normalized,
                 labels,
-                dropped: inventory.dropped(GroupSize::Tokens(4)),
+                dropped: answer.dropped(GroupSize::Tokens(4)),
             })
         }
         ParseKind::Ocr => {
-            let found = parse::quads(&cleaned, &mut inventory);
+            let found = answer.quads();
             let mut quad_boxes = Vec::with_capacity(found.len());
             let mut quad_boxes_normalized = Vec::with_capacity(found.len());
             let mut labels = Vec::with_capacity(found.len());
@@ -280,50 +300,46 @@ pub fn post_process(
                 quad_boxes,
                 quad_boxes_normalized,
                 labels,
-                dropped: inventory.dropped(GroupSize::Tokens(8)),
+                dropped: answer.dropped(GroupSize::Tokens(8)),
             })
         }
         ParseKind::Polygons => {
-            let found = parse::polygons(&cleaned, false, &mut inventory);
-            let (polygons, polygons_normalized, labels) = polygon_columns(found, image);
+            let (polygons, polygons_normalized, labels) =
+                polygon_columns(answer.polygons(false), image);
             TaskOutput::Segmentations(Segmentations {
                 polygons,
                 polygons_normalized,
                 labels,
-                dropped: inventory.dropped(GroupSize::WholeRun),
+                dropped: answer.dropped(GroupSize::WholeRun),
+            })
+        }
+        ParseKind::DescriptionWithBboxesOrPolygons if answer.holds_poly() => {
+            let (polygons, polygons_normalized, polygons_labels) =
+                polygon_columns(answer.polygons(true), image);
+            TaskOutput::OpenVocabularyDetections(OpenVocabularyDetections {
+                bboxes: Vec::new(),
+                bboxes_normalized: Vec::new(),
+                bboxes_labels: Vec::new(),
+                polygons,
+                polygons_normalized,
+                polygons_labels,
+                dropped: answer.dropped(GroupSize::WholeRun),
             })
         }
         ParseKind::DescriptionWithBboxesOrPolygons => {
-            // The reference looks for "<poly>" in the text as given, before the cleanup.
-            if text.contains("<poly>") {
-                let found = parse::polygons(&cleaned, true, &mut inventory);
-                let (polygons, polygons_normalized, polygons_labels) =
-                    polygon_columns(found, image);
-                TaskOutput::OpenVocabularyDetections(OpenVocabularyDetections {
-                    bboxes: Vec::new(),
-                    bboxes_normalized: Vec::new(),
-                    bboxes_labels: Vec::new(),
-                    polygons,
-                    polygons_normalized,
-                    polygons_labels,
-                    dropped: inventory.dropped(GroupSize::WholeRun),
-                })
-            } else {
-                let found = parse::boxes(&cleaned, BoxLabels::Required, &mut inventory);
-                let (bboxes, bboxes_normalized, bboxes_labels) = box_columns(found, image);
-                TaskOutput::OpenVocabularyDetections(OpenVocabularyDetections {
-                    bboxes,
-                    bboxes_normalized,
-                    bboxes_labels,
-                    polygons: Vec::new(),
-                    polygons_normalized: Vec::new(),
-                    polygons_labels: Vec::new(),
-                    dropped: inventory.dropped(GroupSize::Tokens(4)),
-                })
-            }
+            let (bboxes, bboxes_normalized, bboxes_labels) =
+                box_columns(answer.boxes(BoxLabels::Required), image);
+            TaskOutput::OpenVocabularyDetections(OpenVocabularyDetections {
+                bboxes,
+                bboxes_normalized,
+                bboxes_labels,
+                polygons: Vec::new(),
+                polygons_normalized: Vec::new(),
+                polygons_labels: Vec::new(),
+                dropped: answer.dropped(GroupSize::Tokens(4)),
+            })
         }
-    };
-    Ok(output)
+    }
 }
 
 /// Pixels of flat x, y, x, y, … bins.
@@ -342,7 +358,7 @@ fn pixels<const N: usize>(bins: [u32; N], image: ImageSize) -> [f64; N] {
 
 type BoxColumns = (Vec<[f64; 4]>, Vec<[f64; 4]>, Vec<String>);
 
-fn box_columns(found: Vec<parse::BoxInstance>, image: ImageSize) -> BoxColumns {
+fn box_columns(found: Vec<BoxInstance>, image: ImageSize) -> BoxColumns {
     let mut bboxes = Vec::with_capacity(found.len());
     let mut normalized = Vec::with_capacity(found.len());
     let mut labels = Vec::with_capacity(found.len());
@@ -356,7 +372,7 @@ fn box_columns(found: Vec<parse::BoxInstance>, image: ImageSize) -> BoxColumns {
 
 type PolygonColumns = (Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<f64>>>, Vec<String>);
 
-fn polygon_columns(found: Vec<parse::PolygonInstance>, image: ImageSize) -> PolygonColumns {
+fn polygon_columns(found: Vec<PolygonInstance>, image: ImageSize) -> PolygonColumns {
     let mut polygons = Vec::with_capacity(found.len());
     let mut normalized = Vec::with_capacity(found.len());
     let mut labels = Vec::with_capacity(found.len());

@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use super::location::MAX_BIN;
-use super::Dropped;
+use super::{Dropped, StructuredAnswer};
 
 /// Compiles a pattern written in this file. A failure is a bug in a literal, caught by the
 /// tests (`every_pattern_compiles`), never by input.
@@ -187,15 +187,38 @@ pub(super) enum GroupSize {
     WholeRun,
 }
 
+impl GroupSize {
+    /// Counts dropped tokens and groups of an answer given in text order as `true` for each
+    /// unused location token and `false` for whatever ends a run of them (a used location token,
+    /// or anything between two tokens); both routes count through this.
+    pub(super) fn count(self, unused: impl IntoIterator<Item = bool>) -> Dropped {
+        let mut dropped = Dropped::default();
+        let mut run = 0_usize;
+        for token in unused.into_iter().chain([false]) {
+            if token {
+                run += 1;
+                dropped.dropped_location_tokens += 1;
+            } else if run > 0 {
+                dropped.dropped_groups += match self {
+                    GroupSize::Tokens(size) => run.div_ceil(size),
+                    GroupSize::WholeRun => 1,
+                };
+                run = 0;
+            }
+        }
+        dropped
+    }
+}
+
 /// Every `<loc_N>` token of the cleaned text, with whether a parser used it.
-pub(super) struct LocationTokens {
+struct LocationTokens {
     /// (start, end) byte offsets, in text order.
     spans: Vec<(usize, usize)>,
     used: Vec<bool>,
 }
 
 impl LocationTokens {
-    pub(super) fn inventory(cleaned: &str) -> Self {
+    fn inventory(cleaned: &str) -> Self {
         let spans: Vec<(usize, usize)> = LOC_TOKEN
             .find_iter(cleaned)
             .map(|m| (m.start(), m.end()))
@@ -214,31 +237,65 @@ impl LocationTokens {
         }
     }
 
-    pub(super) fn dropped(&self, group: GroupSize) -> Dropped {
-        let mut dropped = Dropped::default();
-        let mut run = 0_usize;
+    fn dropped(&self, group: GroupSize) -> Dropped {
+        let mut unused = Vec::with_capacity(2 * self.spans.len());
         let mut previous_end: Option<usize> = None;
-        let close_run = |run: &mut usize, dropped: &mut Dropped| {
-            if *run > 0 {
-                dropped.dropped_groups += match group {
-                    GroupSize::Tokens(size) => run.div_ceil(size),
-                    GroupSize::WholeRun => 1,
-                };
-                *run = 0;
-            }
-        };
         for (&(start, end), &used) in self.spans.iter().zip(&self.used) {
-            if used || previous_end != Some(start) {
-                close_run(&mut run, &mut dropped);
+            if previous_end != Some(start) {
+                // Text between two tokens ends a run.
+                unused.push(false);
             }
-            if !used {
-                run += 1;
-                dropped.dropped_location_tokens += 1;
-            }
+            unused.push(!used);
             previous_end = Some(end);
         }
-        close_run(&mut run, &mut dropped);
-        dropped
+        group.count(unused)
+    }
+}
+
+/// The text route's answer: the decoded text, the text the structured parsers read (special
+/// tokens removed) and the inventory of its location tokens, which the parsers mark.
+pub(super) struct TextAnswer<'t> {
+    text: &'t str,
+    cleaned: String,
+    inventory: LocationTokens,
+}
+
+impl<'t> TextAnswer<'t> {
+    pub(super) fn new(text: &'t str) -> Self {
+        let cleaned = clean_structured(text);
+        let inventory = LocationTokens::inventory(&cleaned);
+        Self {
+            text,
+            cleaned,
+            inventory,
+        }
+    }
+}
+
+impl StructuredAnswer for TextAnswer<'_> {
+    fn decoded_text(&self) -> &str {
+        self.text
+    }
+
+    /// The reference looks for "<poly>" in the text as given, before the clean-up.
+    fn holds_poly(&self) -> bool {
+        self.text.contains("<poly>")
+    }
+
+    fn boxes(&mut self, labels: BoxLabels) -> Vec<BoxInstance> {
+        boxes(&self.cleaned, labels, &mut self.inventory)
+    }
+
+    fn quads(&mut self) -> Vec<QuadInstance> {
+        quads(&self.cleaned, &mut self.inventory)
+    }
+
+    fn polygons(&mut self, require_label: bool) -> Vec<PolygonInstance> {
+        polygons(&self.cleaned, require_label, &mut self.inventory)
+    }
+
+    fn dropped(&self, group: GroupSize) -> Dropped {
+        self.inventory.dropped(group)
     }
 }
 
@@ -321,11 +378,7 @@ pub(super) enum BoxLabels {
 /// `parse_description_with_bboxes_from_text_and_spans` and
 /// `parse_phrase_grounding_from_text_and_spans` (whose per-phrase box lists the reference flattens
 /// into one box per label, which is what this returns).
-pub(super) fn boxes(
-    cleaned: &str,
-    labels: BoxLabels,
-    inventory: &mut LocationTokens,
-) -> Vec<BoxInstance> {
+fn boxes(cleaned: &str, labels: BoxLabels, inventory: &mut LocationTokens) -> Vec<BoxInstance> {
     let phrases = match labels {
         BoxLabels::Empty => &*BOXES_WITHOUT_PHRASE,
         BoxLabels::Required | BoxLabels::RequiredNotBanned => &*PHRASE_WITH_BOXES,
@@ -359,7 +412,7 @@ pub(super) fn boxes(
 }
 
 /// `parse_ocr_from_text_and_spans` with the reference's default pattern and area threshold 0.
-pub(super) fn quads(cleaned: &str, inventory: &mut LocationTokens) -> Vec<QuadInstance> {
+fn quads(cleaned: &str, inventory: &mut LocationTokens) -> Vec<QuadInstance> {
     let mut instances = Vec::new();
     for caps in OCR_LINE.captures_iter(cleaned) {
         let (Some(content), Some(tokens)) = (caps.get(1), located::<8>(&caps, 2, 0)) else {
@@ -378,7 +431,7 @@ pub(super) fn quads(cleaned: &str, inventory: &mut LocationTokens) -> Vec<QuadIn
 /// `parse_description_with_polygons_from_text_and_spans` (with_box_at_start = false, the only
 /// way the reference calls it). `require_label` is false for `polygons`
 /// (allow_empty_phrase = true) and true inside open-vocabulary detection.
-pub(super) fn polygons(
+fn polygons(
     cleaned: &str,
     require_label: bool,
     inventory: &mut LocationTokens,

@@ -47,12 +47,11 @@ use regex::Regex;
 
 use super::loc_ids::{bin_to_coord, location_bin, LocationGrouping, LocationToken, LOCATION_BINS};
 use super::parse::{
-    clean_pure_text, clean_structured, python_strip, BoxInstance, BoxLabels, GroupSize,
-    PolygonInstance, QuadInstance,
+    clean_structured, python_strip, BoxInstance, BoxLabels, GroupSize, PolygonInstance,
+    QuadInstance,
 };
 use super::{
-    box_columns, normalize, pixels, polygon_columns, post_process, Detections, Dropped, ImageSize,
-    OpenVocabularyDetections, ParseKind, PostprocessError, QuadDetections, Segmentations,
+    assemble, post_process, Dropped, ImageSize, ParseKind, PostprocessError, StructuredAnswer,
     TaskOutput, BANNED_GROUNDING_PHRASES,
 };
 
@@ -256,94 +255,12 @@ pub fn post_process_ids<E: Display>(
         }
     }
 
-    let decoded_text = raw_text(&pieces);
-    let output = match kind {
-        ParseKind::PureText => TaskOutput::Text(clean_pure_text(&decoded_text)),
-        ParseKind::DescriptionWithBboxes | ParseKind::Bboxes | ParseKind::PhraseGrounding => {
-            let labels = match kind {
-                ParseKind::Bboxes => BoxLabels::Empty,
-                ParseKind::PhraseGrounding => BoxLabels::RequiredNotBanned,
-                _ => BoxLabels::Required,
-            };
-            let mut stream = Stream::new(&pieces, false);
-            let found = stream.boxes(labels);
-            let (bboxes, bboxes_normalized, labels) = box_columns(found, image);
-            TaskOutput::Detections(Detections {
-                bboxes,
-                bboxes_normalized,
-                labels,
-                dropped: stream.dropped(GroupSize::Tokens(4)),
-            })
-        }
-        ParseKind::Ocr => {
-            let mut stream = Stream::new(&pieces, false);
-            let found = stream.quads();
-            let mut quad_boxes = Vec::with_capacity(found.len());
-            let mut quad_boxes_normalized = Vec::with_capacity(found.len());
-            let mut labels = Vec::with_capacity(found.len());
-            for quad in found {
-                quad_boxes.push(pixels(quad.bins, image));
-                quad_boxes_normalized.push(quad.bins.map(normalize));
-                labels.push(quad.label);
-            }
-            TaskOutput::QuadDetections(QuadDetections {
-                quad_boxes,
-                quad_boxes_normalized,
-                labels,
-                dropped: stream.dropped(GroupSize::Tokens(8)),
-            })
-        }
-        ParseKind::Polygons => {
-            let mut stream = Stream::new(&pieces, true);
-            let found = stream.polygons(false);
-            let (polygons, polygons_normalized, labels) = polygon_columns(found, image);
-            TaskOutput::Segmentations(Segmentations {
-                polygons,
-                polygons_normalized,
-                labels,
-                dropped: stream.dropped(GroupSize::WholeRun),
-            })
-        }
-        ParseKind::DescriptionWithBboxesOrPolygons => {
-            // The reference looks for "<poly>" in the text before the clean-up; it cannot span a
-            // location token (see `Piece`), so looking inside each decoded span is the same.
-            let has_poly = pieces
-                .iter()
-                .any(|p| matches!(p, Piece::Text { raw, .. } if raw.contains("<poly>")));
-            if has_poly {
-                let mut stream = Stream::new(&pieces, true);
-                let found = stream.polygons(true);
-                let (polygons, polygons_normalized, polygons_labels) =
-                    polygon_columns(found, image);
-                TaskOutput::OpenVocabularyDetections(OpenVocabularyDetections {
-                    bboxes: Vec::new(),
-                    bboxes_normalized: Vec::new(),
-                    bboxes_labels: Vec::new(),
-                    polygons,
-                    polygons_normalized,
-                    polygons_labels,
-                    dropped: stream.dropped(GroupSize::WholeRun),
-                })
-            } else {
-                let mut stream = Stream::new(&pieces, false);
-                let found = stream.boxes(BoxLabels::Required);
-                let (bboxes, bboxes_normalized, bboxes_labels) = box_columns(found, image);
-                TaskOutput::OpenVocabularyDetections(OpenVocabularyDetections {
-                    bboxes,
-                    bboxes_normalized,
-                    bboxes_labels,
-                    polygons: Vec::new(),
-                    polygons_normalized: Vec::new(),
-                    polygons_labels: Vec::new(),
-                    dropped: stream.dropped(GroupSize::Tokens(4)),
-                })
-            }
-        }
-    };
+    let mut stream = Stream::new(&pieces);
+    let output = assemble(kind, &mut stream, image);
     Ok(Stitched {
         output,
         route: Route::Ids,
-        decoded_text,
+        decoded_text: stream.decoded_text,
     })
 }
 
@@ -518,15 +435,24 @@ enum Atom {
     Marker(Marker),
 }
 
+/// The cleaned text of a sequence as atoms, with the bins of its location tokens and whether a
+/// parser used each, plus the decoded text itself; the id route's [`StructuredAnswer`].
 struct Stream {
     atoms: Vec<Atom>,
     bins: Vec<u32>,
     used: Vec<bool>,
+    /// `decode(ids)`: the decoded spans, location tokens written from their bins.
+    decoded_text: String,
+    /// Whether a decoded span holds `<poly>` (see [`StructuredAnswer::holds_poly`]).
+    holds_poly: bool,
 }
 
 impl Stream {
-    /// The cleaned text as atoms; `markers` splits `<sep>`, `<poly>`, `</poly>` out of the text.
-    fn new(pieces: &[Piece], markers: bool) -> Self {
+    /// The cleaned text as atoms, with `<sep>`, `<poly>`, `</poly>` split out as markers. The
+    /// box and quad rules see a marker exactly as its characters: its text starts with its only
+    /// `<`, so what `[^<]+` takes of it (its tail), its rendering, and that it ends a run of
+    /// location tokens are the same either way.
+    fn new(pieces: &[Piece]) -> Self {
         let mut atoms = Vec::new();
         let mut bins = Vec::new();
         for piece in pieces {
@@ -538,10 +464,7 @@ impl Stream {
                 Piece::Text { cleaned, .. } => {
                     let mut rest = cleaned.as_str();
                     while let Some(c) = rest.chars().next() {
-                        let marker = markers
-                            .then(|| Marker::ALL.into_iter().find(|m| rest.starts_with(m.text())))
-                            .flatten();
-                        match marker {
+                        match Marker::ALL.into_iter().find(|m| rest.starts_with(m.text())) {
                             Some(m) => {
                                 atoms.push(Atom::Marker(m));
                                 rest = rest.get(m.text().len()..).unwrap_or_default();
@@ -556,7 +479,18 @@ impl Stream {
             }
         }
         let used = vec![false; bins.len()];
-        Self { atoms, bins, used }
+        // The reference looks for "<poly>" in the text before the clean-up; it cannot span a
+        // location token (see `Piece`), so looking inside each decoded span is the same.
+        let holds_poly = pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Text { raw, .. } if raw.contains("<poly>")));
+        Self {
+            atoms,
+            bins,
+            used,
+            decoded_text: raw_text(pieces),
+            holds_poly,
+        }
     }
 
     fn bin(&self, index: usize) -> u32 {
@@ -650,6 +584,16 @@ impl Stream {
             }
         }
         bins
+    }
+}
+
+impl StructuredAnswer for Stream {
+    fn decoded_text(&self) -> &str {
+        &self.decoded_text
+    }
+
+    fn holds_poly(&self) -> bool {
+        self.holds_poly
     }
 
     /// `parse::boxes`: `[^<]+(?:<loc_\d+>){4,}` (or without the label), the label up to the first
@@ -826,28 +770,9 @@ impl Stream {
 
     /// `LocationTokens::dropped`: unused location tokens standing next to each other form a run.
     fn dropped(&self, group: GroupSize) -> Dropped {
-        let mut dropped = Dropped::default();
-        let mut run = 0_usize;
-        let close_run = |run: &mut usize, dropped: &mut Dropped| {
-            if *run > 0 {
-                dropped.dropped_groups += match group {
-                    GroupSize::Tokens(size) => run.div_ceil(size),
-                    GroupSize::WholeRun => 1,
-                };
-                *run = 0;
-            }
-        };
-        for atom in &self.atoms {
-            match *atom {
-                Atom::Location(k) if !self.used.get(k).copied().unwrap_or(false) => {
-                    run += 1;
-                    dropped.dropped_location_tokens += 1;
-                }
-                _ => close_run(&mut run, &mut dropped),
-            }
-        }
-        close_run(&mut run, &mut dropped);
-        dropped
+        group.count(self.atoms.iter().map(|atom| {
+            matches!(*atom, Atom::Location(k) if !self.used.get(k).copied().unwrap_or(false))
+        }))
     }
 }
 
@@ -867,10 +792,10 @@ fn ascii_only(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postprocess::dequantize;
     use crate::postprocess::loc_ids::{
         parse_location_tokens, LocationGrouping, LocationParse, SequenceInfo, TokenBatch,
     };
+    use crate::postprocess::{dequantize, Detections};
 
     const LOC0: i64 = 50_269;
     const VGA: ImageSize = ImageSize {

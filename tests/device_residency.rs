@@ -20,12 +20,14 @@ fn rt() -> &'static OrtRuntime {
     runtime::init(None).expect("ONNX Runtime loads (ORT_DYLIB_PATH or .local/onnxruntime)")
 }
 
-fn cpu_gather() -> RowGather {
-    RowGather::new(
-        rt(),
-        Placement::for_backend(Backend::Cpu).expect("cpu placement"),
-        1,
-    )
+/// The gather as device memory gets it: the graph, here on the CPU
+/// provider; and the direct row copy host memory gets.
+fn cpu_gathers() -> [RowGather; 2] {
+    let placement = Placement::for_backend(Backend::Cpu).expect("cpu placement");
+    [
+        RowGather::new(rt(), placement.clone(), 1).with_graph_on_host(true),
+        RowGather::new(rt(), placement, 1),
+    ]
 }
 
 /// A [rows, 2, 3] tensor whose every element is `row * 100 + position`.
@@ -44,55 +46,58 @@ fn read<T: ort::value::PrimitiveTensorElementType + Copy>(v: &DynValue) -> (Vec<
 
 #[test]
 fn the_gather_graph_reorders_and_repeats_rows_of_float32_cache_tensors() {
-    let mut g = cpu_gather();
-    let (shape, data) = rows_f32(3);
-    let v = Tensor::from_array((shape, data)).unwrap().into_dyn();
-    let out = g.gather(&v, &[2, 0, 0, 1]).expect("gather");
-    let (shape, data) = read::<f32>(&out);
-    assert_eq!(shape, vec![4, 2, 3]);
-    let firsts: Vec<f32> = data.chunks(6).map(|r| r[0]).collect();
-    assert_eq!(firsts, vec![200.0, 0.0, 0.0, 100.0]);
-    assert_eq!(&data[..6], &[200.0, 201.0, 202.0, 203.0, 204.0, 205.0]);
-    assert!(
-        g.placement().holds(&out),
-        "the result stays in device memory"
-    );
+    for mut g in cpu_gathers() {
+        let (shape, data) = rows_f32(3);
+        let v = Tensor::from_array((shape, data)).unwrap().into_dyn();
+        let out = g.gather(&v, &[2, 0, 0, 1]).expect("gather");
+        let (shape, data) = read::<f32>(&out);
+        assert_eq!(shape, vec![4, 2, 3]);
+        let firsts: Vec<f32> = data.chunks(6).map(|r| r[0]).collect();
+        assert_eq!(firsts, vec![200.0, 0.0, 0.0, 100.0]);
+        assert_eq!(&data[..6], &[200.0, 201.0, 202.0, 203.0, 204.0, 205.0]);
+        assert!(
+            g.placement().holds(&out),
+            "the result stays in device memory"
+        );
+    }
 }
 
 #[test]
 fn the_gather_graph_handles_float16_and_int64_of_any_rank() {
-    let mut g = cpu_gather();
-    let h: Vec<half::f16> = (0..8).map(|i| half::f16::from_f32(i as f32)).collect();
-    let v = Tensor::from_array((vec![2i64, 2, 1, 2], h))
-        .unwrap()
-        .into_dyn();
-    let (shape, data) = read::<half::f16>(&g.gather(&v, &[1, 1, 0]).expect("f16"));
-    assert_eq!(shape, vec![3, 2, 1, 2]);
-    let got: Vec<f32> = data.iter().map(|x| x.to_f32()).collect();
-    assert_eq!(
-        got,
-        vec![4., 5., 6., 7., 4., 5., 6., 7., 0., 1., 2., 3.],
-        "row 1 twice, then row 0"
-    );
-    let v = Tensor::from_array((vec![3i64, 2], vec![1i64, 2, 3, 4, 5, 6]))
-        .unwrap()
-        .into_dyn();
-    let (shape, data) = read::<i64>(&g.gather(&v, &[2]).expect("i64"));
-    assert_eq!((shape, data), (vec![1, 2], vec![5, 6]));
+    for mut g in cpu_gathers() {
+        let h: Vec<half::f16> = (0..8).map(|i| half::f16::from_f32(i as f32)).collect();
+        let v = Tensor::from_array((vec![2i64, 2, 1, 2], h))
+            .unwrap()
+            .into_dyn();
+        let (shape, data) = read::<half::f16>(&g.gather(&v, &[1, 1, 0]).expect("f16"));
+        assert_eq!(shape, vec![3, 2, 1, 2]);
+        let got: Vec<f32> = data.iter().map(|x| x.to_f32()).collect();
+        assert_eq!(
+            got,
+            vec![4., 5., 6., 7., 4., 5., 6., 7., 0., 1., 2., 3.],
+            "row 1 twice, then row 0"
+        );
+        let v = Tensor::from_array((vec![3i64, 2], vec![1i64, 2, 3, 4, 5, 6]))
+            .unwrap()
+            .into_dyn();
+        let (shape, data) = read::<i64>(&g.gather(&v, &[2]).expect("i64"));
+        assert_eq!((shape, data), (vec![1, 2], vec![5, 6]));
+    }
 }
 
 #[test]
 fn a_row_out_of_range_or_an_unsupported_element_type_is_a_named_error() {
-    let mut g = cpu_gather();
-    let (shape, data) = rows_f32(3);
-    let v = Tensor::from_array((shape, data)).unwrap().into_dyn();
-    let e = g.gather(&v, &[0, 3]).unwrap_err().to_string();
-    assert!(e.contains("row 3") && e.contains("(3 rows)"), "{e}");
-    let v = Tensor::from_array((vec![2i64], vec![1u8, 2]))
-        .unwrap()
-        .into_dyn();
-    let e = g.gather(&v, &[0]).unwrap_err().to_string();
-    assert!(e.contains("allowed: float32, float16, int64"), "{e}");
+    for mut g in cpu_gathers() {
+        let (shape, data) = rows_f32(3);
+        let v = Tensor::from_array((shape, data)).unwrap().into_dyn();
+        let e = g.gather(&v, &[0, 3]).unwrap_err().to_string();
+        assert!(e.contains("row 3") && e.contains("(3 rows)"), "{e}");
+        let v = Tensor::from_array((vec![2i64], vec![1u8, 2]))
+            .unwrap()
+            .into_dyn();
+        let e = g.gather(&v, &[0]).unwrap_err().to_string();
+        assert!(e.contains("allowed: float32, float16, int64"), "{e}");
+    }
 }
 
 #[test]
@@ -245,5 +250,60 @@ fn the_engine_takes_coordinates_from_the_generated_ids_and_agrees_with_the_text_
             serde_json::to_value(&from_text).unwrap(),
         );
         assert_eq!(r.result, serde_json::Value::Object(expected), "{task}");
+    }
+}
+
+/// The GPU check of this file (docs/GPU.md, "The kernels and device memory
+/// in the engine"): the CUDA backend with both kernels and the cache in GPU
+/// memory gives the CPU backend's tokens and results on the tiny model.
+/// FP32 on both sides; a mismatch names the first differing token.
+#[test]
+#[ignore = "needs an NVIDIA GPU and a GPU build of ONNX Runtime 1.31 (onnxruntime-gpu)"]
+fn the_cuda_backend_with_its_kernels_gives_the_cpu_results() {
+    use florence_edge::florence2::engine::{Decoding, TaskRequest};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-florence2");
+    let mut opts = LoadOptions::new(&dir);
+    opts.backend = Backend::Cuda;
+    let mut gpu = Engine::load(&opts).expect("the tiny model on the CUDA backend");
+    assert_eq!(
+        gpu.model.placement().device().allocation_device(),
+        AllocationDevice::CUDA
+    );
+    if cfg!(feature = "cuda") {
+        assert!(gpu.pixel_path().contains("CUDA"), "{}", gpu.pixel_path());
+        assert!(
+            gpu.location_path().contains("CUDA"),
+            "{}",
+            gpu.location_path()
+        );
+    }
+    let (mut cpu, _) = tiny();
+    let (w, h) = (1920u32, 1080u32);
+    let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 31 % 253) as u8).collect();
+    let frame = RgbFrame::packed(w, h, &rgb).unwrap();
+    let items: Vec<_> = [Task::ObjectDetection, Task::Ocr, Task::Caption]
+        .iter()
+        .map(|&t| (frame, TaskRequest::new(t)))
+        .collect();
+    for strategy in [Strategy::Greedy, Strategy::Beam { num_beams: 3 }] {
+        let decoding = Decoding {
+            strategy,
+            max_new_tokens: 32,
+        };
+        let on_gpu = gpu.run(&items, decoding).expect("CUDA batch");
+        let on_cpu = cpu.run(&items, decoding).expect("CPU batch");
+        for (g, c) in on_gpu.iter().zip(&on_cpu) {
+            let first_difference = g
+                .token_ids
+                .iter()
+                .zip(&c.token_ids)
+                .position(|(a, b)| a != b);
+            assert_eq!(
+                g.token_ids, c.token_ids,
+                "{} {strategy:?}: first different token at {first_difference:?}",
+                g.task
+            );
+            assert_eq!(g.result, c.result, "{} {strategy:?}", g.task);
+        }
     }
 }

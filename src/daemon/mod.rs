@@ -813,8 +813,8 @@ fn inference_thread(
                 text: job.key.argument.text().map(str::to_string),
                 region: job.key.argument.region_pixels(),
             };
-            if let Err(e) = req.prompt_input(f.width, f.height) {
-                tracing::error!(camera = %job.key.camera, task = %job.key.task, error = %e, "Task input does not fit the frame; no result for this job.");
+            if let Err(e) = engine.prompt_ids(&req, f.width, f.height) {
+                tracing::error!(camera = %job.key.camera, task = %job.key.task, error = %e, "Task input does not fit the frame or the engines; no result for this job.");
                 continue;
             }
             items.push((frame, req));

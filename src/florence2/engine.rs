@@ -97,6 +97,10 @@ pub struct Engine {
     pixel_path: PixelPath,
     location_path: LocationPath,
     routes: RouteCounts,
+    /// TensorRT: the longest prompt (tokens, BOS and EOS included) the
+    /// engines' optimization profiles take; a longer one would fail inside
+    /// TensorRT with a shape error.
+    max_prompt_tokens: Option<usize>,
     /// The CUDA kernels of a GPU backend (see [`kernels`]).
     #[cfg(feature = "cuda")]
     kernels: Option<Box<Kernels>>,
@@ -276,6 +280,11 @@ impl Engine {
             (loc0, true) => LocationPath::Ids { loc0 },
             (_, false) => LocationPath::Text,
         };
+        let max_prompt_tokens = opts
+            .engine_manifest
+            .as_ref()
+            .filter(|_| model.placement().backend() == crate::runtime::Backend::TensorRt)
+            .map(|m| m.fingerprint.profiles.prompt_tokens.max as usize);
         tracing::info!(
             pixels = pixel_path.describe(),
             locations = location_path.describe(),
@@ -288,6 +297,7 @@ impl Engine {
             pixel_path,
             location_path,
             routes: RouteCounts::default(),
+            max_prompt_tokens,
             #[cfg(feature = "cuda")]
             kernels,
         })
@@ -348,6 +358,23 @@ impl Engine {
         }
     }
 
+    /// The prompt for `req` on a `width`×`height` frame, tokenized: the
+    /// text, checked against what the task takes and, on TensorRT,
+    /// against the engines' longest prompt. The daemon refuses an item
+    /// whose request fails here on its own, before batching it.
+    pub fn prompt_ids(
+        &self,
+        req: &TaskRequest,
+        width: u32,
+        height: u32,
+    ) -> Result<(String, Option<String>, Vec<i64>), ModelError> {
+        let input = req.prompt_input(width, height)?;
+        let prompt = req.task.prompt(input.as_deref());
+        let ids = self.model.tokenizer.encode_prompt(&prompt)?;
+        check_prompt_length(req.task, ids.len(), self.max_prompt_tokens)?;
+        Ok((prompt, input, ids))
+    }
+
     /// How location tokens become coordinates (see the start-up log).
     pub fn location_path(&self) -> &'static str {
         self.location_path.describe()
@@ -386,9 +413,8 @@ impl Engine {
         let mut prompt_texts = Vec::with_capacity(items.len());
         let mut inputs = Vec::with_capacity(items.len());
         for (frame, req) in items {
-            let input = req.prompt_input(frame.width(), frame.height())?;
-            let prompt = req.task.prompt(input.as_deref());
-            prompts.push(self.model.tokenizer.encode_prompt(&prompt)?);
+            let (prompt, input, ids) = self.prompt_ids(req, frame.width(), frame.height())?;
+            prompts.push(ids);
             prompt_texts.push(prompt);
             inputs.push(input);
         }
@@ -583,6 +609,17 @@ fn prepare_pixels<'p>(
     }
 }
 
+/// A prompt of `tokens` tokens against the engines' bound, if any.
+fn check_prompt_length(task: Task, tokens: usize, max: Option<usize>) -> Result<(), ModelError> {
+    match max {
+        Some(max) if tokens > max => Err(ModelError::Input(format!(
+            "the {task} prompt is {tokens} tokens; the TensorRT engines take at most {max} \
+             (their optimization profile); shorten the task's text"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The distinct images among `frames`, in order of first appearance, and
 /// for each frame the index of its image. Two views are the same image when
 /// they start at the same address with the same width, height and row
@@ -613,4 +650,22 @@ pub fn distinct_frames<'a>(
         image_of.push(i);
     }
     (distinct, image_of)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_longer_than_the_tensorrt_profile_are_refused_by_length() {
+        assert!(check_prompt_length(Task::Caption, 500, None).is_ok());
+        assert!(check_prompt_length(Task::Caption, 64, Some(64)).is_ok());
+        let e = check_prompt_length(Task::CaptionToPhraseGrounding, 65, Some(64))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("65 tokens") && e.contains("at most 64") && e.contains("PHRASE_GROUNDING"),
+            "{e}"
+        );
+    }
 }

@@ -185,6 +185,26 @@ tasks = [{{ task = "<CAPTION>", every = "500ms" }}]
         count.is_some_and(|c| c >= produced - 1.0 && c <= produced + 1.0),
         "end_to_end count {count:?} vs results {produced}"
     );
+    // Every result is post-processed from its ids or, failing that, from
+    // its text; the route counts are taken after each batch, so they may
+    // trail the result counters by one batch.
+    let parsed = value(
+        &s,
+        "florence_edge_results_parsed_total",
+        &[("route", "ids")],
+    )
+    .unwrap_or(-1.0)
+        + value(
+            &s,
+            "florence_edge_results_parsed_total",
+            &[("route", "text")],
+        )
+        .unwrap_or(-1.0);
+    let all_results = produced + results(&s, "yard", "<CAPTION>");
+    assert!(
+        parsed > 0.0 && parsed <= all_results && parsed >= all_results - 4.0,
+        "results parsed {parsed} vs results {all_results}"
+    );
     assert!(value(&s, "process_resident_memory_bytes", &[]).is_some_and(|v| v > 1e6));
     assert_eq!(value(&s, "florence_edge_mqtt_connected", &[]), Some(0.0));
     assert!(

@@ -133,6 +133,9 @@ pub struct DaemonStats {
     pub reloads_rejected: u64,
     /// Jobs dropped because their camera was removed or restarted.
     pub dropped_by_reload: u64,
+    /// Results post-processed from their ids, and those parsed from text
+    /// because their word pieces spell a location token.
+    pub postprocess_routes: crate::postprocess::RouteCounts,
     /// Latency per stage, per (camera, task token).
     pub latency: BTreeMap<(String, String), StageHistograms>,
     pub batch_sizes: BatchSizes,
@@ -245,7 +248,10 @@ impl Daemon {
         let (tx, rx) = mpsc::channel::<Msg>();
         // Signals first: a SIGTERM during the (slow) model load is honoured
         // as soon as the coordinator runs.
-        let signals = signals(tx.clone())?;
+        let signals = StartupSignals {
+            handle: signals(tx.clone())?,
+            armed: true,
+        };
         let notifier = options.notifier.clone();
         notifier.status("Loading the model.");
         let liveness = Liveness::new(config.model.batch_timeout);
@@ -266,13 +272,7 @@ impl Daemon {
 
         // The model lives on its own thread; it reports whether it loaded.
         let mut opts = load_options(&config)?;
-        opts.engine_manifest = match tensorrt_engines(&config, &options) {
-            Ok(m) => m,
-            Err(e) => {
-                signals.close();
-                return Err(e);
-            }
-        };
+        opts.engine_manifest = tensorrt_engines(&config, &options)?;
         let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<FrameJob>>(1);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelInfo, String>>();
         let stats = Arc::new(Mutex::new(DaemonStats::default()));
@@ -296,14 +296,8 @@ impl Daemon {
             .map_err(|e| DaemonError::Model(format!("cannot start the inference thread: {e}")))?;
         let info = match ready_rx.recv() {
             Ok(Ok(info)) => info,
-            Ok(Err(e)) => {
-                signals.close();
-                return Err(DaemonError::Model(e));
-            }
-            Err(_) => {
-                signals.close();
-                return Err(DaemonError::InferenceGone);
-            }
+            Ok(Err(e)) => return Err(DaemonError::Model(e)),
+            Err(_) => return Err(DaemonError::InferenceGone),
         };
         tracing::info!(model = %info.model_id, backend = %info.backend, variant = %info.variant, "Model ready.");
 
@@ -341,10 +335,7 @@ impl Daemon {
             config: config.clone(),
         };
         for camera in config.cameras.iter().filter(|c| c.enabled) {
-            if let Err(e) = coordinator.start_camera(camera, now) {
-                signals.close();
-                return Err(e);
-            }
+            coordinator.start_camera(camera, now)?;
         }
         let view = DaemonView {
             node: config.node.id.clone(),
@@ -360,13 +351,10 @@ impl Daemon {
         };
         let http = match config.http.listen {
             None => None,
-            Some(addr) => match HttpServer::start(addr, http_token, Arc::new(view.clone())) {
-                Ok(server) => Some(server),
-                Err(e) => {
-                    signals.close();
-                    return Err(DaemonError::Http(e.to_string()));
-                }
-            },
+            Some(addr) => Some(
+                HttpServer::start(addr, http_token, Arc::new(view.clone()))
+                    .map_err(|e| DaemonError::Http(e.to_string()))?,
+            ),
         };
         let summary = coordinator.summary();
         let handle = thread::Builder::new()
@@ -380,7 +368,7 @@ impl Daemon {
             stats,
             liveness,
             cameras: registry,
-            signals,
+            signals: signals.disarm(),
             _watchdog: watchdog,
             http,
             view,
@@ -458,6 +446,29 @@ fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Msg>, wrap: fn(T) -> M
                 }
             }
         });
+}
+
+/// The signal handler while [`Daemon::start_with`] runs: closed on every
+/// early return (each `?` included), handed to the daemon once start-up
+/// succeeds, so a failed start leaves no signal thread behind.
+struct StartupSignals {
+    handle: signal_hook::iterator::Handle,
+    armed: bool,
+}
+
+impl StartupSignals {
+    fn disarm(mut self) -> signal_hook::iterator::Handle {
+        self.armed = false;
+        self.handle.clone()
+    }
+}
+
+impl Drop for StartupSignals {
+    fn drop(&mut self) {
+        if self.armed {
+            self.handle.close();
+        }
+    }
 }
 
 fn signals(tx: Sender<Msg>) -> Result<signal_hook::iterator::Handle, DaemonError> {
@@ -857,6 +868,7 @@ fn inference_thread(
         let produced = if items_ok { jobs_len } else { 0 };
         if let Ok(mut st) = ctx.stats.lock() {
             st.failed_jobs += (n - produced) as u64;
+            st.postprocess_routes = engine.route_counts();
         }
         ctx.liveness.batch_finished();
         if ctx.done.send(Msg::BatchDone { jobs: n }).is_err() {

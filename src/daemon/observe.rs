@@ -292,6 +292,18 @@ impl DaemonView {
             &[],
             &st.batch_sizes.0,
         );
+        for (route, count) in [
+            ("ids", st.postprocess_routes.ids),
+            ("text", st.postprocess_routes.text_fallbacks),
+        ] {
+            exp.counter(
+                "florence_edge_results_parsed_total",
+                "Results post-processed from the generated ids (route=ids) or, when their word \
+                 pieces spell a location token, from the decoded text (route=text).",
+                &[("route", route)],
+                count as u64,
+            );
+        }
         exp.counter(
             "florence_edge_failed_jobs_total",
             "Jobs that produced no result (input refused, batch failed); each is logged.",

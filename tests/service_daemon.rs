@@ -80,25 +80,39 @@ impl NotifyListener {
     }
 }
 
-#[test]
-fn notifies_ready_feeds_the_watchdog_and_says_stopping() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("florence-edge.toml");
+/// The daemon as a systemd service with a 400 ms watchdog: the config
+/// (one `test://` camera, "yard", `<OD>` every 300 ms) written in `dir`,
+/// a notification socket listening, the daemon started with `env` added.
+fn start_with_notify(
+    dir: &Path,
+    batch_timeout: &str,
+    env: &[(&str, &str)],
+) -> (NotifyListener, Daemon) {
+    let config = dir.join("florence-edge.toml");
     std::fs::write(
         &config,
         config_text(
-            dir.path(),
-            "60s",
+            dir,
+            batch_timeout,
             &camera("yard", "ball", r#"{ task = "<OD>", every = "300ms" }"#),
         ),
     )
     .unwrap();
     let notify = NotifyListener::new();
     let socket = notify.path.display().to_string();
-    let mut daemon = Daemon::start(
-        &config,
-        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "400000")],
-    );
+    let mut daemon_env = vec![
+        ("NOTIFY_SOCKET", socket.as_str()),
+        ("WATCHDOG_USEC", "400000"),
+    ];
+    daemon_env.extend_from_slice(env);
+    let daemon = Daemon::start(&config, &daemon_env);
+    (notify, daemon)
+}
+
+#[test]
+fn notifies_ready_feeds_the_watchdog_and_says_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let (notify, mut daemon) = start_with_notify(dir.path(), "60s", &[]);
 
     let before_ready = notify.until(Duration::from_secs(120), |m| m.starts_with("READY=1"));
     let ready = before_ready.last().unwrap();
@@ -130,25 +144,10 @@ fn notifies_ready_feeds_the_watchdog_and_says_stopping() {
 #[test]
 fn a_wedged_inference_thread_starves_the_watchdog() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("florence-edge.toml");
-    std::fs::write(
-        &config,
-        config_text(
-            dir.path(),
-            "1s",
-            &camera("yard", "ball", r#"{ task = "<OD>", every = "300ms" }"#),
-        ),
-    )
-    .unwrap();
-    let notify = NotifyListener::new();
-    let socket = notify.path.display().to_string();
-    let _daemon = Daemon::start(
-        &config,
-        &[
-            ("NOTIFY_SOCKET", &socket),
-            ("WATCHDOG_USEC", "400000"),
-            ("FLORENCE_EDGE_FAULT_WEDGE_INFERENCE", "1"),
-        ],
+    let (notify, _daemon) = start_with_notify(
+        dir.path(),
+        "1s",
+        &[("FLORENCE_EDGE_FAULT_WEDGE_INFERENCE", "1")],
     );
     notify.until(Duration::from_secs(120), |m| m.starts_with("READY=1"));
     // The first batch wedges; a second after it the verdict turns.

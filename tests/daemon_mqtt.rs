@@ -10,15 +10,19 @@ mod mosquitto;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use daemon::{wait_until, DaemonProcess, TestConfig};
 use florence_edge::daemon::{Daemon, MqttSink};
 use mosquitto::{free_port, BrokerOptions, Mosquitto, Received, Subscriber, SubscriberOptions};
 
-fn config_text(mqtt_url: &str, spool: &Path, http: &str, cameras: &str) -> String {
-    TestConfig {
+/// Writes `florence-edge.toml` in `dir` (results spooled in `dir/spool`)
+/// and returns its path; written again, it is the file a SIGHUP reloads.
+fn write_config(dir: &Path, mqtt_url: &str, http: &str, cameras: &str) -> PathBuf {
+    let path = dir.join("florence-edge.toml");
+    let spool = dir.join("spool");
+    let text = TestConfig {
         node: "mqtt-node",
         model_extra: "",
         mqtt: format!(
@@ -28,7 +32,9 @@ fn config_text(mqtt_url: &str, spool: &Path, http: &str, cameras: &str) -> Strin
         http,
         cameras,
     }
-    .toml()
+    .toml();
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 const CAMERAS: &str = r#"
@@ -52,17 +58,7 @@ fn results_statuses_and_snapshots_arrive_on_their_topics() {
     let broker = Mosquitto::start(BrokerOptions::default());
     let sub = Subscriber::start(broker.port(), "fe-dtest/#", SubscriberOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("florence-edge.toml");
-    std::fs::write(
-        &path,
-        config_text(
-            &broker.url(),
-            &dir.path().join("spool"),
-            "enabled = false",
-            CAMERAS,
-        ),
-    )
-    .unwrap();
+    let path = write_config(dir.path(), &broker.url(), "enabled = false", CAMERAS);
     let config = florence_edge::config::load(&path).expect("valid config");
     let sink = MqttSink::start(&config.mqtt, &config.node.id).expect("publisher");
     let daemon = Daemon::start(config, Box::new(sink)).expect("daemon");
@@ -159,30 +155,14 @@ fn identity(v: &serde_json::Value) -> (String, String, u64, u64) {
 
 #[test]
 fn results_spooled_before_a_kill_arrive_after_the_restart() {
-    let mut broker = Mosquitto::start(BrokerOptions {
-        persistence: true,
-        ..BrokerOptions::default()
-    });
-    let sub = Subscriber::start(
-        broker.port(),
-        "fe-dtest/+/+",
-        SubscriberOptions {
-            persistent_client_id: Some("daemon-outage-recorder".into()),
-            ..SubscriberOptions::default()
-        },
-    );
+    let (mut broker, sub) =
+        mosquitto::persistent_broker_and_recorder("fe-dtest/+/+", "daemon-outage-recorder");
     broker.stop();
 
     let dir = tempfile::tempdir().unwrap();
-    let spool = dir.path().join("spool");
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let path = dir.path().join("florence-edge.toml");
     let http_section = format!("listen = \"{http}\"");
-    std::fs::write(
-        &path,
-        config_text(&broker.url(), &spool, &http_section, CAMERAS),
-    )
-    .unwrap();
+    let path = write_config(dir.path(), &broker.url(), &http_section, CAMERAS);
 
     // 1. The broker is down: results go to the spool.
     let first = DaemonProcess::start(&path, &[]);
@@ -194,11 +174,7 @@ fn results_spooled_before_a_kill_arrive_after_the_restart() {
     // Stop its cameras with a reload (every camera disabled), wait until
     // every result it printed is in the spool, then kill it.
     let disabled = CAMERAS.replace("[[cameras]]\n", "[[cameras]]\nenabled = false\n");
-    std::fs::write(
-        &path,
-        config_text(&broker.url(), &spool, &http_section, &disabled),
-    )
-    .unwrap();
+    write_config(dir.path(), &broker.url(), &http_section, &disabled);
     // SAFETY: kill(2) on our own child.
     assert_eq!(
         unsafe { libc::kill(first.child.id() as i32, libc::SIGHUP) },
@@ -265,17 +241,7 @@ fn the_last_will_says_offline_when_the_daemon_is_killed() {
         SubscriberOptions::default(),
     );
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("florence-edge.toml");
-    std::fs::write(
-        &path,
-        config_text(
-            &broker.url(),
-            &dir.path().join("spool"),
-            "enabled = false",
-            CAMERAS,
-        ),
-    )
-    .unwrap();
+    let path = write_config(dir.path(), &broker.url(), "enabled = false", CAMERAS);
     let daemon = DaemonProcess::start(&path, &[]);
     sub.wait_for(Duration::from_secs(90), "online", |m| {
         m.last().is_some_and(|s| s.text() == "online")

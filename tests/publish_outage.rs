@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use florence_edge::publish::{PublishError, Publisher};
-use mosquitto::{BrokerOptions, Mosquitto, Received, Subscriber, SubscriberOptions};
+use mosquitto::Received;
 
 /// Per camera: first-arrival sequence numbers in arrival order, and repeats.
 fn first_arrivals(messages: &[Received]) -> (BTreeMap<String, Vec<u64>>, usize) {
@@ -44,20 +44,10 @@ fn complete(messages: &[Received], expected: &BTreeMap<String, u64>) -> bool {
 
 #[test]
 fn a_30_second_broker_outage_loses_nothing_and_keeps_order_per_camera() {
-    let mut broker = Mosquitto::start(BrokerOptions {
-        persistence: true,
-        ..BrokerOptions::default()
-    });
     // A persistent session: the broker keeps what arrives for this subscriber
     // while it is itself reconnecting after the restart.
-    let sub = Subscriber::start(
-        broker.port(),
-        "fe-test/+/od",
-        SubscriberOptions {
-            persistent_client_id: Some("outage-recorder".into()),
-            ..SubscriberOptions::default()
-        },
-    );
+    let (mut broker, sub) =
+        mosquitto::persistent_broker_and_recorder("fe-test/+/od", "outage-recorder");
     let spool = tempfile::tempdir().expect("spool dir");
     let publisher = Arc::new(
         Publisher::start(
@@ -170,18 +160,8 @@ fn harness_args(url: &str, spool: &std::path::Path, first: u64, count: u64) -> V
 
 #[test]
 fn results_spooled_before_a_kill_arrive_after_the_restart() {
-    let mut broker = Mosquitto::start(BrokerOptions {
-        persistence: true,
-        ..BrokerOptions::default()
-    });
-    let sub = Subscriber::start(
-        broker.port(),
-        "fe-test/cam/od",
-        SubscriberOptions {
-            persistent_client_id: Some("restart-recorder".into()),
-            ..SubscriberOptions::default()
-        },
-    );
+    let (mut broker, sub) =
+        mosquitto::persistent_broker_and_recorder("fe-test/cam/od", "restart-recorder");
     let spool = tempfile::tempdir().expect("spool dir");
     broker.stop();
 
@@ -221,18 +201,8 @@ fn results_spooled_before_a_kill_arrive_after_the_restart() {
 
 #[test]
 fn a_full_spool_drops_the_oldest_and_counts_them() {
-    let mut broker = Mosquitto::start(BrokerOptions {
-        persistence: true,
-        ..BrokerOptions::default()
-    });
-    let sub = Subscriber::start(
-        broker.port(),
-        "fe-test/cam/od",
-        SubscriberOptions {
-            persistent_client_id: Some("overflow-recorder".into()),
-            ..SubscriberOptions::default()
-        },
-    );
+    let (mut broker, sub) =
+        mosquitto::persistent_broker_and_recorder("fe-test/cam/od", "overflow-recorder");
     broker.stop();
     let spool = tempfile::tempdir().expect("spool dir");
     let mut settings = mosquitto::test_settings(&broker.url(), spool.path());

@@ -341,6 +341,26 @@ impl Drop for Subscriber {
     }
 }
 
+/// A broker that keeps sessions (`persistence`) and a recorder subscribed to
+/// `filter` with the persistent session `client_id`: what is published while
+/// the recorder is away (a broker restart) is kept for it and delivered when
+/// it reconnects.
+pub fn persistent_broker_and_recorder(filter: &str, client_id: &str) -> (Mosquitto, Subscriber) {
+    let broker = Mosquitto::start(BrokerOptions {
+        persistence: true,
+        ..BrokerOptions::default()
+    });
+    let recorder = Subscriber::start(
+        broker.port(),
+        filter,
+        SubscriberOptions {
+            persistent_client_id: Some(client_id.into()),
+            ..SubscriberOptions::default()
+        },
+    );
+    (broker, recorder)
+}
+
 /// Certificates for a TLS test, made with the openssl command line.
 pub struct TestCertificates {
     pub dir: tempfile::TempDir,

@@ -10,7 +10,7 @@ mod rtsp;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use daemon::{http_get, model_dir, wait_until};
+use daemon::{http_get, test_camera, unreachable_broker, wait_until, TestConfig};
 
 use florence_edge::daemon::{Daemon, MqttSink};
 use rtsp::{Encoding, RtspTestServer, StreamSpec};
@@ -56,32 +56,12 @@ fn metrics_health_and_cameras_follow_the_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("http.token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
-    let model = model_dir();
-    let path = dir.path().join("florence-edge.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[node]
-id = "http-test"
-
-[model]
-dir = "{model}"
-backend = "cpu"
-threads = 1
-max_batch = 4
-max_wait_ms = 20
-decoding = {{ strategy = "greedy", max_new_tokens = 4 }}
-
-[mqtt]
-url = "mqtt://127.0.0.1:9"
-spool = {{ dir = "{spool}", max_messages = 1000 }}
-
-[http]
-listen = "127.0.0.1:0"
-bearer_token_file = "{token}"
-
-[[cameras]]
+    let http = format!(
+        "listen = \"127.0.0.1:0\"\nbearer_token_file = \"{}\"",
+        token_file.display()
+    );
+    let door = format!(
+        r#"[[cameras]]
 id = "door"
 url = "{rtsp}"
 watchdog = "1s"
@@ -89,16 +69,21 @@ startup_timeout = "3s"
 reconnect = {{ initial = "300ms", max = "1s" }}
 tasks = [{{ task = "<OD>", every = "500ms" }}]
 
-[[cameras]]
-id = "yard"
-url = "test://?pattern=ball&width=96&height=64&fps=10"
-tasks = [{{ task = "<CAPTION>", every = "500ms" }}]
 "#,
-            model = model.display(),
-            spool = dir.path().join("spool").display(),
-            token = token_file.display(),
-            rtsp = server.url(),
-        ),
+        rtsp = server.url(),
+    );
+    let yard = test_camera("yard", "ball", r#"{ task = "<CAPTION>", every = "500ms" }"#);
+    let path = dir.path().join("florence-edge.toml");
+    std::fs::write(
+        &path,
+        TestConfig {
+            node: "http-test",
+            model_extra: "",
+            mqtt: unreachable_broker(dir.path()),
+            http: &http,
+            cameras: &(door + &yard),
+        }
+        .toml(),
     )
     .unwrap();
     let config = florence_edge::config::load(&path).expect("valid config");

@@ -2,6 +2,8 @@
 //! server on 127.0.0.1), the scheduler and batcher, the tiny Florence-2 on
 //! ONNX Runtime, results collected from the sink.
 
+#[path = "common/daemon.rs"]
+mod daemon;
 #[path = "common/rtsp.rs"]
 mod rtsp;
 
@@ -10,6 +12,7 @@ use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use daemon::{model_dir, model_section};
 use florence_edge::daemon::{Daemon, ResultSink};
 use florence_edge::florence2::engine::{Engine, TaskRequest};
 use florence_edge::florence2::Task;
@@ -27,13 +30,8 @@ impl ResultSink for Collect {
     }
 }
 
-fn model_dir() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tiny-florence2")
-        .display()
-        .to_string()
-}
-
+/// The daemon's configuration in `dir` with these cameras: the tiny model
+/// batching for up to 50 ms, 8 greedy tokens, results spooled (no broker).
 fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
     let path = dir.join("florence-edge.toml");
     let spool = dir.join("spool");
@@ -42,13 +40,7 @@ fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
 [node]
 id = "test-node"
 
-[model]
-dir = "{model}"
-backend = "cpu"
-threads = 1
-max_batch = 4
-max_wait_ms = 50
-decoding = {{ strategy = "greedy", max_new_tokens = 8 }}
+{model}
 
 [mqtt]
 url = "mqtt://127.0.0.1:9"
@@ -59,7 +51,7 @@ listen = "127.0.0.1:0"
 
 {body}
 "#,
-        model = model_dir(),
+        model = model_section(50, 8),
         spool = spool.display(),
     );
     std::fs::write(&path, text).unwrap();
@@ -291,7 +283,7 @@ tasks = [{ task = "<OD>", every = "1s" }]
     );
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace(&model_dir(), "/nonexistent/model");
+        .replace(&model_dir().display().to_string(), "/nonexistent/model");
     std::fs::write(&path, text).unwrap();
     let config = florence_edge::config::load(&path).unwrap();
     let err = Daemon::start(config, Box::new(Collect::default()))

@@ -24,7 +24,7 @@ pub fn ort_library() -> PathBuf {
 }
 
 /// The sections of a test configuration that differ between tests; the
-/// model section is the tiny model on the CPU, 4 greedy tokens.
+/// model section is `model_section(20, 4)`: 20 ms batch wait, 4 greedy tokens.
 pub struct TestConfig<'a> {
     pub node: &'a str,
     /// Extra `[model]` lines, e.g. `batch_timeout = "1s"`.
@@ -43,13 +43,7 @@ impl TestConfig<'_> {
 [node]
 id = "{node}"
 
-[model]
-dir = "{model}"
-backend = "cpu"
-threads = 1
-max_batch = 4
-max_wait_ms = 20
-decoding = {{ strategy = "greedy", max_new_tokens = 4 }}
+{model}
 {model_extra}
 
 [mqtt]
@@ -61,13 +55,29 @@ decoding = {{ strategy = "greedy", max_new_tokens = 4 }}
 {cameras}
 "#,
             node = self.node,
-            model = model_dir().display(),
+            model = model_section(20, 4),
             model_extra = self.model_extra,
             mqtt = self.mqtt,
             http = self.http,
             cameras = self.cameras,
         )
     }
+}
+
+/// The `[model]` section: the tiny model on the CPU, one thread, batches of
+/// up to 4 waiting at most `max_wait_ms`, greedy decoding of
+/// `max_new_tokens`.
+pub fn model_section(max_wait_ms: u32, max_new_tokens: u32) -> String {
+    format!(
+        r#"[model]
+dir = "{model}"
+backend = "cpu"
+threads = 1
+max_batch = 4
+max_wait_ms = {max_wait_ms}
+decoding = {{ strategy = "greedy", max_new_tokens = {max_new_tokens} }}"#,
+        model = model_dir().display(),
+    )
 }
 
 /// `[mqtt]` lines for an unreachable broker: results are spooled in `dir`.

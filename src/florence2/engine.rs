@@ -101,13 +101,9 @@ pub struct Engine {
     /// engines' optimization profiles take; a longer one would fail inside
     /// TensorRT with a shape error.
     max_prompt_tokens: Option<usize>,
-    /// The CUDA kernels of a GPU backend (see [`kernels`]).
-    #[cfg(feature = "cuda")]
-    kernels: Option<Box<Kernels>>,
 }
 
 /// How location tokens in the generated ids become coordinates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LocationPath {
     /// The CPU twin of the location-token kernel finds every `<loc_N>` id
     /// in the batch; labels are decoded from the spans between them
@@ -115,23 +111,26 @@ enum LocationPath {
     Ids { loc0: i64 },
     /// The location-token kernel does it on the GPU.
     #[cfg(feature = "cuda")]
-    Kernel { loc0: i64 },
+    Kernel {
+        loc0: i64,
+        parser: Box<crate::gpu::GpuLocationParser>,
+    },
     /// The tokenizer's `<loc_N>` ids are not one contiguous range, which
     /// the id parsers need: the decoded text is parsed instead.
     Text,
 }
 
 impl LocationPath {
-    fn loc0(self) -> Option<i64> {
-        match self {
+    fn loc0(&self) -> Option<i64> {
+        match *self {
             LocationPath::Ids { loc0 } => Some(loc0),
             #[cfg(feature = "cuda")]
-            LocationPath::Kernel { loc0 } => Some(loc0),
+            LocationPath::Kernel { loc0, .. } => Some(loc0),
             LocationPath::Text => None,
         }
     }
 
-    fn describe(self) -> &'static str {
+    fn describe(&self) -> &'static str {
         match self {
             LocationPath::Ids { .. } => "location tokens from the generated ids (CPU)",
             #[cfg(feature = "cuda")]
@@ -142,7 +141,6 @@ impl LocationPath {
 }
 
 /// How frames become the vision encoder's input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PixelPath {
     /// CPU preprocessing straight into a tensor the vision session
     /// allocated (float32 graphs with a fixed input size on the CPU
@@ -155,47 +153,41 @@ enum PixelPath {
     /// The CUDA preprocessing kernel writes into a tensor allocated in GPU
     /// memory by the vision session, which reads it there.
     #[cfg(feature = "cuda")]
-    Kernel,
+    Kernel(Box<crate::gpu::GpuPreprocessor>),
 }
 
 impl PixelPath {
-    /// Named in the start-up log and in `florence-edge info`.
-    pub fn describe(&self) -> &'static str {
+    /// Named in the start-up log.
+    fn describe(&self) -> &'static str {
         match self {
             PixelPath::HostTensor => "CPU preprocessing into the vision encoder's input tensor",
             PixelPath::HostFloats => "CPU preprocessing, copied to the vision encoder's input",
             #[cfg(feature = "cuda")]
-            PixelPath::Kernel => "CUDA preprocessing kernel into GPU memory",
+            PixelPath::Kernel(_) => "CUDA preprocessing kernel into GPU memory",
         }
     }
 }
 
-/// The CUDA kernels around the model, on the device its tensors live on.
+/// The frame and location paths through the CUDA kernels, for a model
+/// whose tensors live in GPU memory; `None`s on the CPU backend (and for
+/// locations when `loc0` is `None`: the tokenizer's location ids are not
+/// contiguous). A GPU backend whose kernels cannot start is an error
+/// naming why (no driver, no NVRTC, compile failure), never a quiet switch
+/// to the CPU paths. Each kernel holds its CUDA context (cudarc
+/// reference-counts it), so nothing else keeps the context alive.
 #[cfg(feature = "cuda")]
-struct Kernels {
-    // Declared before `gpu`: dropped first, their buffers belong to it.
-    preprocessor: crate::gpu::GpuPreprocessor,
-    /// `None` when the tokenizer's location ids are not contiguous.
-    locations: Option<crate::gpu::GpuLocationParser>,
-    gpu: crate::gpu::GpuContext,
-}
-
-/// The CUDA kernels for a model whose tensors live in GPU memory; `None`
-/// on the CPU backend. A GPU backend whose kernels cannot start is an
-/// error naming why (no driver, no NVRTC, compile failure), never a quiet
-/// switch to CPU preprocessing.
-#[cfg(feature = "cuda")]
-fn kernels(
+fn kernel_paths(
     opts: &LoadOptions,
     model: &Florence2,
     preprocessor: &Preprocessor,
-) -> Result<Option<Kernels>, ModelError> {
+    loc0: Option<i64>,
+) -> Result<(Option<PixelPath>, Option<LocationPath>), ModelError> {
     use crate::runtime::Backend;
     if !matches!(
         model.placement().backend(),
         Backend::Cuda | Backend::TensorRt
     ) {
-        return Ok(None);
+        return Ok((None, None));
     }
     let cache = kernel_cache_dir(opts);
     let gpu = crate::gpu::GpuContext::new(crate::runtime::device::CUDA_DEVICE_ID as usize, &cache)
@@ -206,23 +198,32 @@ fn kernels(
         crate::preprocess::YuvMatrix::Bt709Limited,
     )
     .map_err(|e| ModelError::Gpu(e.to_string()))?;
-    let locations = match model.tokenizer.location_range() {
-        (loc0, true) => Some(
-            crate::gpu::GpuLocationParser::new(&gpu, loc0)
-                .map_err(|e| ModelError::Gpu(e.to_string()))?,
-        ),
-        (_, false) => None,
-    };
+    let locations = loc0
+        .map(|loc0| {
+            crate::gpu::GpuLocationParser::new(&gpu, loc0).map(|parser| LocationPath::Kernel {
+                loc0,
+                parser: Box::new(parser),
+            })
+        })
+        .transpose()
+        .map_err(|e| ModelError::Gpu(e.to_string()))?;
     tracing::info!(
         gpu = %gpu.device().name,
         kernel_cache = %cache.display(),
         "CUDA kernels ready."
     );
-    Ok(Some(Kernels {
-        preprocessor,
-        locations,
-        gpu,
-    }))
+    Ok((Some(PixelPath::Kernel(Box::new(preprocessor))), locations))
+}
+
+/// Without the `cuda` feature there are no kernel paths.
+#[cfg(not(feature = "cuda"))]
+fn kernel_paths(
+    _opts: &LoadOptions,
+    _model: &Florence2,
+    _preprocessor: &Preprocessor,
+    _loc0: Option<i64>,
+) -> Result<(Option<PixelPath>, Option<LocationPath>), ModelError> {
+    Ok((None, None))
 }
 
 #[cfg(feature = "cuda")]
@@ -267,19 +268,15 @@ impl Engine {
                 problem: e.to_string(),
             })?
             .with_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
-        #[cfg(feature = "cuda")]
-        let kernels = kernels(opts, &model, &preprocessor)?.map(Box::new);
-        #[cfg(feature = "cuda")]
-        let on_gpu = kernels.is_some();
-        #[cfg(not(feature = "cuda"))]
-        let on_gpu = false;
-        let pixel_path = choose_pixel_path(&model, on_gpu);
-        let location_path = match model.tokenizer.location_range() {
-            #[cfg(feature = "cuda")]
-            (loc0, true) if on_gpu => LocationPath::Kernel { loc0 },
-            (loc0, true) => LocationPath::Ids { loc0 },
-            (_, false) => LocationPath::Text,
+        // The id parsers need the `<loc_N>` ids as one contiguous range.
+        let loc0 = match model.tokenizer.location_range() {
+            (loc0, true) => Some(loc0),
+            (_, false) => None,
         };
+        let (kernel_pixels, kernel_locations) = kernel_paths(opts, &model, &preprocessor, loc0)?;
+        let pixel_path = kernel_pixels.unwrap_or_else(|| choose_pixel_path(&model));
+        let location_path = kernel_locations
+            .unwrap_or(loc0.map_or(LocationPath::Text, |loc0| LocationPath::Ids { loc0 }));
         let max_prompt_tokens = opts
             .engine_manifest
             .as_ref()
@@ -298,8 +295,6 @@ impl Engine {
             location_path,
             routes: RouteCounts::default(),
             max_prompt_tokens,
-            #[cfg(feature = "cuda")]
-            kernels,
         })
     }
 
@@ -335,23 +330,12 @@ impl Engine {
             max_len,
             sequences: &sequences,
         };
-        match self.location_path {
+        match &mut self.location_path {
             #[cfg(feature = "cuda")]
-            LocationPath::Kernel { .. } => {
-                let parser = self
-                    .kernels
-                    .as_mut()
-                    .and_then(|k| k.locations.as_mut())
-                    .ok_or_else(|| {
-                        ModelError::Gpu(
-                            "internal error: kernel path without the location kernel".into(),
-                        )
-                    })?;
-                parser
-                    .parse(&batch)
-                    .map(Some)
-                    .map_err(|e| ModelError::Gpu(format!("location-token kernel: {e}")))
-            }
+            LocationPath::Kernel { parser, .. } => parser
+                .parse(&batch)
+                .map(Some)
+                .map_err(|e| ModelError::Gpu(format!("location-token kernel: {e}"))),
             _ => parse_location_tokens(&batch, loc0)
                 .map(Some)
                 .map_err(|e| ModelError::Input(format!("location tokens: {e}"))),
@@ -419,9 +403,7 @@ impl Engine {
             inputs.push(input);
         }
         let pixels = prepare_pixels(
-            self.pixel_path,
-            #[cfg(feature = "cuda")]
-            self.kernels.as_deref_mut(),
+            &mut self.pixel_path,
             &mut self.preprocessor,
             &self.model,
             &mut self.pixels,
@@ -508,13 +490,10 @@ impl Engine {
     }
 }
 
-fn choose_pixel_path(model: &Florence2, kernels: bool) -> PixelPath {
-    #[cfg(feature = "cuda")]
-    if kernels {
-        return PixelPath::Kernel;
-    }
+/// The frame path when there are no CUDA kernels.
+fn choose_pixel_path(model: &Florence2) -> PixelPath {
     let on_host = model.placement().backend() == crate::runtime::Backend::Cpu;
-    if !on_host && !kernels {
+    if !on_host {
         tracing::warn!(
             backend = %model.placement().backend(),
             "This build has no CUDA kernels (built without the `cuda` feature): frames are \
@@ -532,8 +511,7 @@ fn choose_pixel_path(model: &Florence2, kernels: bool) -> PixelPath {
 /// Preprocesses the distinct frames of a batch into the vision
 /// encoder's input, the way [`PixelPath`] says.
 fn prepare_pixels<'p>(
-    pixel_path: PixelPath,
-    #[cfg(feature = "cuda")] kernels: Option<&mut Kernels>,
+    pixel_path: &mut PixelPath,
     preprocessor: &mut Preprocessor,
     model: &Florence2,
     buffer: &'p mut Vec<f32>,
@@ -564,10 +542,7 @@ fn prepare_pixels<'p>(
             Ok(Pixels::Tensor(t.into_dyn()))
         }
         #[cfg(feature = "cuda")]
-        PixelPath::Kernel => {
-            let k = kernels.ok_or_else(|| {
-                ModelError::Gpu("internal error: kernel path without kernels".into())
-            })?;
+        PixelPath::Kernel(kernel) => {
             let mut t = model.pixel_tensor(frames.len())?;
             let gpu_frames: Vec<crate::gpu::GpuFrame<'_>> = frames
                 .iter()
@@ -578,7 +553,7 @@ fn prepare_pixels<'p>(
                     stride: f.stride_bytes() as u32,
                 })
                 .collect();
-            let len = k.preprocessor.output_len(frames.len());
+            let len = kernel.output_len(frames.len());
             let out = t.data_ptr_mut() as u64;
             let gpu_err = |e: crate::gpu::GpuError| ModelError::Gpu(e.to_string());
             // SAFETY: `t` was allocated by the vision session in GPU
@@ -590,20 +565,17 @@ fn prepare_pixels<'p>(
             unsafe {
                 match model.pixel_type() {
                     super::graphs::FloatType::F32 => {
-                        k.preprocessor
-                            .preprocess_into_raw::<f32>(&gpu_frames, out, len)
+                        kernel.preprocess_into_raw::<f32>(&gpu_frames, out, len)
                     }
-                    super::graphs::FloatType::F16 => k
-                        .preprocessor
-                        .preprocess_into_raw::<half::f16>(&gpu_frames, out, len),
+                    super::graphs::FloatType::F16 => {
+                        kernel.preprocess_into_raw::<half::f16>(&gpu_frames, out, len)
+                    }
                 }
             }
             .map_err(gpu_err)?;
             // ONNX Runtime runs on its own stream: the pixels must be
             // written before the vision encoder reads them.
-            k.gpu.stream().synchronize().map_err(|e| {
-                ModelError::Gpu(format!("waiting for the preprocessing kernel: {e}"))
-            })?;
+            kernel.synchronize().map_err(gpu_err)?;
             Ok(Pixels::Tensor(t.into_dyn()))
         }
     }

@@ -457,6 +457,14 @@ impl GpuPreprocessor {
         })
     }
 
+    /// Waits until the work queued on the context's stream is done: a
+    /// consumer on another stream (ONNX Runtime's) may then read the output.
+    pub fn synchronize(&self) -> Result<(), GpuError> {
+        self.stream
+            .synchronize()
+            .map_err(driver("waiting for the preprocessing kernels"))
+    }
+
     pub fn output_size(&self) -> (u32, u32) {
         (self.out_width, self.out_height)
     }

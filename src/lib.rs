@@ -11,7 +11,6 @@ pub mod daemon;
 pub mod florence2;
 #[cfg(feature = "cuda")]
 pub mod gpu;
-#[cfg(feature = "gstreamer")]
 pub mod ingest;
 pub mod postprocess;
 pub mod preprocess;
@@ -19,3 +18,4 @@ pub mod publish;
 pub mod runtime;
 pub mod schedule;
 pub mod service;
+pub mod settings;

@@ -209,9 +209,14 @@ enum Command {
             default_value = "/etc/florence-edge/florence-edge.toml"
         )]
         config: PathBuf,
-        /// Skip checking that referenced files (model directory, password files…) exist.
+        /// Skip the checks against this machine (model directory, password,
+        /// token and TLS files), e.g. for an example file.
         #[arg(long)]
         no_files: bool,
+        /// Print the effective configuration (defaults filled in, secrets as
+        /// ***) as TOML when the file is valid.
+        #[arg(long)]
+        print: bool,
     },
     /// Measure per-stage latency and throughput on a synthetic frame; prints JSON.
     Bench {
@@ -396,10 +401,18 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Run { config, stdout } => run_daemon(&config, stdout),
-        Command::Validate { config, no_files } => {
+        Command::Validate {
+            config,
+            no_files,
+            print,
+        } => {
             let problems = florence_edge::config::validate(&config, !no_files);
             if problems.is_empty() {
-                println!("{}: ok", config.display());
+                if print {
+                    print!("{}", load_config(&config)?.effective_toml());
+                } else {
+                    println!("{}: ok", config.display());
+                }
                 Ok(())
             } else {
                 for p in &problems {
@@ -490,8 +503,20 @@ fn build_engines_cmd(config_path: &std::path::Path) -> Result<()> {
 fn run_daemon(config_path: &std::path::Path, stdout: bool) -> Result<()> {
     use florence_edge::daemon::result::FanOut;
     use florence_edge::daemon::{Daemon, DaemonOptions, MqttSink, ResultSink, StdoutSink};
-    let config = load_config(config_path)?;
-    let mqtt = MqttSink::start(&config.mqtt, &config.node.id)
+    // The same checks as `validate`: past this point only what lies outside
+    // the file (a camera down, a broker away, a GPU missing) can fail.
+    let plan = florence_edge::config::plan(load_config(config_path)?).map_err(|errors| {
+        anyhow::anyhow!(
+            "invalid configuration:\n{}",
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let config = plan.config;
+    let mqtt = MqttSink::start_validated(plan.publisher)
         .map_err(|e| anyhow::anyhow!("MQTT publisher: {e}"))?;
     let mut sinks: Vec<Box<dyn ResultSink>> = vec![Box::new(mqtt)];
     if stdout {

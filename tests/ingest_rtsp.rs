@@ -263,10 +263,7 @@ fn wrong_credentials_back_off_then_fail_without_showing_the_password() {
     // The right password, given apart from the URL, streams.
     let (ftx, _frx, etx, erx) = channels();
     let mut good = camera("cam-auth-ok", server.url());
-    good.credentials = Some(Credentials {
-        username: "viewer".into(),
-        password: "right-pw-0451".into(),
-    });
+    good.credentials = Some(Credentials::new("viewer", "right-pw-0451"));
     let ok = spawn_camera(&good, ftx, etx).expect("camera starts");
     wait_for_state(&erx, "cam-auth-ok", CameraState::Streaming, START_BOUND)
         .unwrap_or_else(|seen| panic!("right password did not stream: {:?}", states(&seen)));

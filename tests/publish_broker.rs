@@ -202,15 +202,25 @@ fn invalid_camera_ids_and_tasks_are_refused_at_the_caller() {
 fn invalid_settings_are_all_reported_before_anything_starts() {
     let settings = florence_edge::publish::MqttSettings {
         url: "tcp://broker".into(),
-        keep_alive: "100ms".into(),
+        keep_alive: Duration::from_millis(100),
         qos: 5,
+        spool: florence_edge::publish::settings::SpoolSettings {
+            dir: std::path::PathBuf::new(),
+            max_messages: 0,
+        },
         ..Default::default()
     };
     let err = Publisher::start(&settings, "edge-01")
         .err()
         .expect("invalid");
     let text = err.to_string();
-    for key in ["mqtt.url", "mqtt.keep_alive", "mqtt.qos", "mqtt.spool.dir"] {
+    for key in [
+        "mqtt.url",
+        "mqtt.keep_alive",
+        "mqtt.qos",
+        "mqtt.spool.dir",
+        "mqtt.spool.max_messages",
+    ] {
         assert!(text.contains(key), "{key} missing in {text}");
     }
 }

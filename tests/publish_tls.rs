@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use florence_edge::publish::settings::TlsSettings;
 use florence_edge::publish::{MqttSettings, Publisher};
+use florence_edge::settings::{PasswordSource, Secret};
 use mosquitto::{
     BrokerOptions, BrokerTls, Mosquitto, Subscriber, SubscriberOptions, TestCertificates,
 };
@@ -52,11 +53,11 @@ fn tls_settings(
     std::fs::write(&password_file, format!("{}\n", USER.1)).expect("password file");
     MqttSettings {
         username: Some(USER.0.into()),
-        password_file: Some(password_file),
+        password: Some(PasswordSource::File(password_file)),
         tls: TlsSettings {
             ca_file: Some(ca.to_owned()),
-            client_cert_file: Some(certs.client_cert.clone()),
-            client_key_file: Some(certs.client_key.clone()),
+            cert_file: Some(certs.client_cert.clone()),
+            key_file: Some(certs.client_key.clone()),
         },
         ..mosquitto::test_settings(url, &spool.join("spool"))
     }
@@ -147,7 +148,7 @@ fn a_wrong_password_gives_a_clear_error_and_backoff() {
     let dir = tempfile::tempdir().expect("dir");
     let settings = MqttSettings {
         username: Some(USER.0.into()),
-        password: Some("wrong horse".into()),
+        password: Some(PasswordSource::Inline(Secret::new("wrong horse"))),
         ..mosquitto::test_settings(&broker.url(), &dir.path().join("spool"))
     };
     let publisher = Publisher::start(&settings, "edge-pw").expect("start");

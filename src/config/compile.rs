@@ -2,22 +2,23 @@
 //! through [`Fields`] so that every problem is reported, not just the first.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::config::{FileFormat, Source, Value, ValueKind};
 
-use super::fields::{
-    boolean, duration, duration_at_least, float_in, non_empty_string, one_of, secret_string,
-    string, uint_in, Errors, Fields, Problem,
-};
 use super::task::{Region, Task, TaskArgument, TaskInput};
 use super::{
-    redact_url, Backend, CameraConfig, CameraCredentials, Config, ConfigError, DecoderChoice,
-    DecoderLayout, DecodingConfig, DecodingStrategy, HttpConfig, ModelConfig, MqttConfig, MqttTls,
-    NodeConfig, PasswordSource, Precision, ReconnectConfig, Secret, SnapshotConfig, SpoolConfig,
-    StreamConfig, TaskConfig, Transport, ENV_PREFIX,
+    Backend, CameraConfig, Config, ConfigError, DecoderLayout, DecodingConfig, DecodingStrategy,
+    HttpConfig, ModelConfig, NodeConfig, Precision, TaskConfig, ENV_PREFIX,
+};
+use crate::ingest::settings::URL_ALLOWED;
+use crate::ingest::{CameraSettings, IngestError};
+use crate::publish::MqttSettings;
+use crate::settings::{
+    boolean, duration, duration_at_least, non_empty_string, one_of, path_value, string, uint_in,
+    Errors, Fields, Problem,
 };
 
 /// `model.batch_timeout` when unset: generous for a CPU running the large
@@ -26,14 +27,6 @@ pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Identifiers that end up in MQTT topics and metric labels.
 const ID_ALLOWED: &str = "1 to 64 characters of A-Z a-z 0-9 _ -";
-
-/// Camera URL schemes the ingest stage can open.
-const CAMERA_SCHEMES: &[&str] = &[
-    "rtsp", "rtsps", "rtspt", "file", "http", "https", "v4l2", "test", "csi",
-];
-
-/// Schemes whose cameras take a user name and password.
-const CREDENTIAL_SCHEMES: &[&str] = &["rtsp", "rtsps", "rtspt"];
 
 /// Longest free-text task input; the prompt has to fit the encoder.
 const MAX_TEXT_CHARS: usize = 1000;
@@ -133,7 +126,7 @@ fn compile_root(
     let node_id = node.clone().flatten().map(|n| n.id);
     let mqtt = root
         .table("mqtt", errors)
-        .map(|f| mqtt(f, node_id.as_deref(), errors));
+        .map(|f| MqttSettings::from_section(f, node_id.as_deref(), errors));
     let http = root.table("http", errors).map(|f| http(f, errors));
     let cameras = cameras(&mut root, errors);
     root.finish(errors);
@@ -161,12 +154,6 @@ fn identifier(value: &Value) -> Result<String, Problem> {
         ));
     }
     Ok(id)
-}
-
-fn path_value(value: &Value) -> Result<PathBuf, Problem> {
-    non_empty_string(value)
-        .map(PathBuf::from)
-        .map_err(|p| Problem::new(p.problem, "a file system path"))
 }
 
 /// A host name made fit for topics: dots and other characters become `-`.
@@ -319,201 +306,6 @@ fn decoding(mut f: Fields, errors: &mut Errors) -> Option<DecodingConfig> {
     })
 }
 
-/// Checks an MQTT broker URL; credentials belong in `username` and
-/// `password_file`, and the URL is redacted in the message.
-fn mqtt_url(value: &Value) -> Result<String, Problem> {
-    const ALLOWED: &str = "mqtt://host[:port] or mqtts://host[:port]";
-    let url = string(value).map_err(|p| Problem::new(p.problem, ALLOWED))?;
-    let shown = redact_url(&url);
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(Problem::new(format!("{shown:?} has no scheme"), ALLOWED));
-    };
-    if scheme != "mqtt" && scheme != "mqtts" {
-        return Err(Problem::new(
-            format!("scheme {scheme:?} is not supported"),
-            ALLOWED,
-        ));
-    }
-    let authority = rest.trim_end_matches('/');
-    if authority.contains('@') {
-        return Err(Problem::new(
-            format!("{shown:?} carries credentials"),
-            "username = \"…\" and password_file = \"…\" instead",
-        ));
-    }
-    if authority.is_empty() || authority.contains(['/', '?', '#']) {
-        return Err(Problem::new(
-            format!("{shown:?} is not host[:port]"),
-            ALLOWED,
-        ));
-    }
-    if let Some((host, port)) = authority.rsplit_once(':') {
-        let bracketed_v6 = authority.starts_with('[') && !host.ends_with(']');
-        if !bracketed_v6 && (host.is_empty() || !matches!(port.parse::<u16>(), Ok(p) if p > 0)) {
-            return Err(Problem::new(
-                format!("{shown:?} has no valid host and port"),
-                ALLOWED,
-            ));
-        }
-    }
-    Ok(url)
-}
-
-fn topic_prefix(value: &Value) -> Result<String, Problem> {
-    const ALLOWED: &str = "a non-empty topic without + # or NUL, not starting or ending with /";
-    let prefix = string(value).map_err(|p| Problem::new(p.problem, ALLOWED))?;
-    if prefix.is_empty()
-        || prefix.contains(['+', '#', '\0'])
-        || prefix.starts_with('/')
-        || prefix.ends_with('/')
-    {
-        return Err(Problem::new(
-            format!("{prefix:?} is not a valid topic prefix"),
-            ALLOWED,
-        ));
-    }
-    Ok(prefix)
-}
-
-/// `password` or `password_file`, never both.
-fn password(f: &mut Fields, errors: &mut Errors) -> Option<PasswordSource> {
-    let inline = f.opt("password", errors, secret_string);
-    let file = f.opt("password_file", errors, path_value);
-    match (inline, file) {
-        (Some(_), Some(_)) => {
-            errors.report(
-                f.origin(),
-                &f.key_path("password_file"),
-                Problem::new(
-                    "password and password_file are both set",
-                    "one of password or password_file",
-                ),
-            );
-            None
-        }
-        (Some(secret), None) => Some(PasswordSource::Inline(Secret::new(secret))),
-        (None, Some(path)) => Some(PasswordSource::File(path)),
-        (None, None) => None,
-    }
-}
-
-fn mqtt(mut f: Fields, node_id: Option<&str>, errors: &mut Errors) -> Option<MqttConfig> {
-    let url = f.or("url", "mqtt://127.0.0.1:1883".to_string(), errors, mqtt_url);
-    let client_id = f.opt("client_id", errors, |v| {
-        let id = non_empty_string(v).map_err(|p| Problem::new(p.problem, "1 to 256 characters"))?;
-        if id.len() > 256 || id.contains(char::is_whitespace) {
-            return Err(Problem::new(
-                format!("{id:?} is not a usable client id"),
-                "1 to 256 characters without spaces",
-            ));
-        }
-        Ok(id)
-    });
-    let username = f.opt("username", errors, non_empty_string);
-    let password = password(&mut f, errors);
-    if password.is_some() && username.is_none() {
-        errors.report(
-            f.origin(),
-            "mqtt.username",
-            Problem::new(
-                "missing, but a password is set",
-                "a user name with the password",
-            ),
-        );
-    }
-    let topic_prefix = f.or(
-        "topic_prefix",
-        "florence-edge".to_string(),
-        errors,
-        topic_prefix,
-    );
-    let qos = f.or("qos", 1, errors, |v| uint_in(v, 0, 2));
-    let keep_alive = f.or("keep_alive", Duration::from_secs(30), errors, |v| {
-        let d = duration_at_least(v, Duration::from_secs(1))?;
-        if d > Duration::from_secs(u64::from(u16::MAX)) {
-            return Err(Problem::new(
-                "is longer than MQTT allows",
-                "1s to 18h 12m 15s",
-            ));
-        }
-        Ok(d)
-    });
-    let tls = f.opt_table("tls", errors).map(|t| tls(t, errors));
-    if tls.is_some() && !url.starts_with("mqtts://") {
-        errors.report(
-            f.origin(),
-            "mqtt.tls",
-            Problem::new("TLS settings with a plain mqtt:// url", "an mqtts:// url"),
-        );
-    }
-    let spool = f.table("spool", errors).map(|mut s| {
-        let dir = s.opt("dir", errors, path_value);
-        let max_messages = s.or("max_messages", 100_000, errors, |v| {
-            uint_in(v, 1, 100_000_000)
-        });
-        s.finish(errors);
-        SpoolConfig { dir, max_messages }
-    });
-    let snapshots = f.table("snapshots", errors).map(|mut s| {
-        let enabled = s.or("enabled", false, errors, boolean);
-        let min_interval = s.or("min_interval", Duration::from_secs(10), errors, duration);
-        s.finish(errors);
-        SnapshotConfig {
-            enabled,
-            min_interval,
-        }
-    });
-    f.finish(errors);
-    let client_id =
-        client_id.unwrap_or_else(|| format!("florence-edge-{}", node_id.unwrap_or("node")));
-    Some(MqttConfig {
-        url,
-        client_id,
-        username,
-        password,
-        topic_prefix,
-        qos: u8::try_from(qos).ok()?,
-        keep_alive,
-        tls: match tls {
-            Some(parsed) => Some(parsed?),
-            None => None,
-        },
-        spool: spool?,
-        snapshots: snapshots?,
-    })
-}
-
-fn tls(mut f: Fields, errors: &mut Errors) -> Option<MqttTls> {
-    let ca_file = f.opt("ca_file", errors, path_value);
-    let cert = f.opt("cert_file", errors, path_value);
-    let key = f.opt("key_file", errors, path_value);
-    let client_auth = match (cert, key) {
-        (Some(cert), Some(key)) => Some((cert, key)),
-        (None, None) => None,
-        (cert, _) => {
-            let missing = if cert.is_some() {
-                "key_file"
-            } else {
-                "cert_file"
-            };
-            errors.report(
-                f.origin(),
-                &f.key_path(missing),
-                Problem::new(
-                    "missing; a client certificate needs both",
-                    "cert_file and key_file together, or neither",
-                ),
-            );
-            None
-        }
-    };
-    f.finish(errors);
-    Some(MqttTls {
-        ca_file,
-        client_auth,
-    })
-}
-
 fn http(mut f: Fields, errors: &mut Errors) -> Option<HttpConfig> {
     let enabled = f.or("enabled", true, errors, boolean);
     let default: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9464));
@@ -581,96 +373,10 @@ fn cameras(root: &mut Fields, errors: &mut Errors) -> Option<Vec<CameraConfig>> 
     all_ok.then_some(compiled)
 }
 
-/// The scheme of a camera URL, checked, with what follows it.
-fn camera_url(value: &Value) -> Result<String, Problem> {
-    let allowed = CAMERA_SCHEMES
-        .iter()
-        .map(|s| format!("{s}://"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let url = string(value).map_err(|p| Problem::new(p.problem, allowed.clone()))?;
-    let shown = redact_url(&url);
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(Problem::new(format!("{shown:?} has no scheme"), allowed));
-    };
-    let scheme = scheme.to_ascii_lowercase();
-    if !CAMERA_SCHEMES.contains(&scheme.as_str()) {
-        return Err(Problem::new(
-            format!("scheme {scheme:?} is not supported"),
-            allowed,
-        ));
-    }
-    let needs_host = matches!(
-        scheme.as_str(),
-        "rtsp" | "rtsps" | "rtspt" | "http" | "https"
-    );
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if needs_host && host.rsplit('@').next().unwrap_or_default().is_empty() {
-        return Err(Problem::new(format!("{shown:?} has no host"), allowed));
-    }
-    if scheme == "file" && (rest.is_empty() || rest == "/") {
-        return Err(Problem::new(format!("{shown:?} has no path"), allowed));
-    }
-    if scheme == "v4l2" && !rest.starts_with("/dev/") {
-        return Err(Problem::new(
-            format!("{shown:?} does not name a /dev device"),
-            "v4l2:///dev/videoN",
-        ));
-    }
-    Ok(url)
-}
-
-fn url_has_userinfo(url: &str) -> bool {
-    url.split_once("://")
-        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or_default())
-        .is_some_and(|authority| authority.contains('@'))
-}
-
 fn camera(mut f: Fields, path: &str, errors: &mut Errors) -> Option<CameraConfig> {
     let id = f.required("id", ID_ALLOWED, errors, identifier);
     let enabled = f.or("enabled", true, errors, boolean);
-    let url = f.required(
-        "url",
-        "rtsp://, rtsps://, file://, http(s)://, v4l2://, test://, csi:// URL",
-        errors,
-        camera_url,
-    );
-    let username = f.opt("username", errors, non_empty_string);
-    let password = password(&mut f, errors);
-    let transport = f.or("transport", Transport::Tcp, errors, |v| {
-        one_of(v, &["tcp", "udp", "auto"]).map(|s| match s {
-            "udp" => Transport::Udp,
-            "auto" => Transport::Auto,
-            _ => Transport::Tcp,
-        })
-    });
-    let latency_ms = f.or("latency_ms", 200, errors, |v| uint_in(v, 0, 60_000));
-    let decoder = f.or("decoder", DecoderChoice::Auto, errors, |v| {
-        let name = string(v)?;
-        if name == "auto" {
-            return Ok(DecoderChoice::Auto);
-        }
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(Problem::new(
-                format!("{name:?} is not an element name"),
-                "\"auto\" or a GStreamer element name such as \"nvv4l2decoder\"",
-            ));
-        }
-        Ok(DecoderChoice::Element(name))
-    });
-    let min = Duration::from_millis(100);
-    let watchdog = f.or("watchdog", Duration::from_secs(5), errors, |v| {
-        duration_at_least(v, min)
-    });
-    let startup_timeout = f.or("startup_timeout", Duration::from_secs(15), errors, |v| {
-        duration_at_least(v, min)
-    });
-    let keyframe_skipping = f.or("keyframe_skipping", true, errors, boolean);
-    let reconnect = f.table("reconnect", errors).map(|r| reconnect(r, errors));
+    let stream = CameraSettings::from_section(&mut f, id.as_deref().unwrap_or(""), errors);
     let tasks_given = f.has("tasks");
     let tasks = match f.array("tasks", errors) {
         Some(items) => tasks(items, enabled, path, errors),
@@ -688,94 +394,44 @@ fn camera(mut f: Fields, path: &str, errors: &mut Errors) -> Option<CameraConfig
         }
         None => Some(Vec::new()),
     };
-    if let Some(url) = &url {
-        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        let takes_credentials = scheme
-            .as_deref()
-            .is_some_and(|s| CREDENTIAL_SCHEMES.contains(&s));
-        let has_credentials = username.is_some() || password.is_some() || url_has_userinfo(url);
-        if has_credentials && !takes_credentials {
-            errors.report(
-                f.origin(),
-                &format!("{path}.username"),
-                Problem::new(
-                    "credentials on a camera whose URL takes none",
-                    "credentials only with rtsp://, rtsps:// cameras",
-                ),
-            );
-        } else if username.is_some() && url_has_userinfo(url) {
-            errors.report(
-                f.origin(),
-                &format!("{path}.username"),
-                Problem::new(
-                    "set both here and in the URL",
-                    "credentials in the URL or in username/password, not both",
-                ),
-            );
-        }
-    }
-    if password.is_some() && username.is_none() {
-        errors.report(
-            f.origin(),
-            &format!("{path}.username"),
-            Problem::new(
-                "missing, but a password is set",
-                "a user name with the password",
-            ),
-        );
-    }
+    let origin = f.origin().map(str::to_string);
     f.finish(errors);
-    Some(CameraConfig {
+    let mut stream = stream?;
+    stream.analysis_fps = tasks.as_deref().and_then(analysis_fps);
+    // The ingest stage's own check, the one every camera start runs; also
+    // when the tasks are wrong, so that every problem is reported at once.
+    if let Err(e) = stream.check() {
+        let (key, problem) = match e {
+            IngestError::InvalidSetting {
+                setting, reason, ..
+            } => (setting, reason),
+            IngestError::UnsupportedUrl { url, reason, .. } => {
+                ("url", format!("{url:?}: {reason}; allowed: {URL_ALLOWED}"))
+            }
+            other => ("url", other.to_string()),
+        };
+        let key = format!("{path}.{key}");
+        if !errors.has_key(&key) {
+            errors.report(origin.as_deref(), &key, Problem::message(problem));
+        }
+        return None;
+    }
+    let camera = CameraConfig {
         id: id?,
         enabled,
-        stream: StreamConfig {
-            url: url?,
-            credentials: username.map(|username| CameraCredentials { username, password }),
-            transport,
-            latency: Duration::from_millis(latency_ms),
-            decoder,
-            watchdog,
-            startup_timeout,
-            reconnect: reconnect??,
-            keyframe_skipping,
-        },
+        stream,
         tasks: tasks?,
-    })
+    };
+    Some(camera)
 }
 
-fn reconnect(mut f: Fields, errors: &mut Errors) -> Option<ReconnectConfig> {
-    let initial = f.or("initial", Duration::from_secs(1), errors, duration);
-    let max = f.or("max", Duration::from_secs(30), errors, duration);
-    let multiplier = f.or("multiplier", 2.0, errors, |v| float_in(v, 1.0, 100.0));
-    let jitter = f.or("jitter", 0.2, errors, |v| float_in(v, 0.0, 1.0));
-    let max_attempts = f.or("max_attempts", 0, errors, |v| {
-        uint_in(v, 0, u64::from(u32::MAX))
-    });
-    if max < initial {
-        errors.report(
-            f.origin(),
-            &f.key_path("max"),
-            Problem::new(
-                format!(
-                    "{} is below initial {}",
-                    humantime::format_duration(max),
-                    humantime::format_duration(initial)
-                ),
-                "max >= initial",
-            ),
-        );
-    }
-    f.finish(errors);
-    Some(ReconnectConfig {
-        initial,
-        max,
-        multiplier,
-        jitter,
-        max_attempts: match u32::try_from(max_attempts).ok()? {
-            0 => None,
-            n => Some(n),
-        },
-    })
+/// Frames per second the tasks need at most.
+fn analysis_fps(tasks: &[TaskConfig]) -> Option<f64> {
+    tasks
+        .iter()
+        .map(|t| t.every)
+        .min()
+        .map(|every| 1.0 / every.as_secs_f64())
 }
 
 fn region(value: &Value) -> Result<Region, Problem> {
@@ -784,7 +440,7 @@ fn region(value: &Value) -> Result<Region, Problem> {
         return Err(Problem::new(
             format!(
                 "expected an array, found {}",
-                super::fields::describe(value)
+                crate::settings::describe(value)
             ),
             ALLOWED,
         ));

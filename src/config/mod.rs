@@ -10,122 +10,25 @@
 
 mod compile;
 mod diff;
-mod fields;
+mod plan;
+mod print;
 pub mod task;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use diff::{diff, CameraChange, ConfigDiff};
+pub use plan::{plan, Plan};
 pub use task::{Region, Task, TaskArgument, TaskInput, UnknownTask};
 
 /// Environment variables starting with this, then `__SECTION__KEY`, override
 /// the file (`FLORENCE_EDGE__MQTT__URL`).
 pub const ENV_PREFIX: &str = "FLORENCE_EDGE";
 
-/// One problem with a configuration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{file}: cannot read the file: {reason}")]
-    Unreadable { file: String, reason: String },
-    #[error("{file}: not valid TOML: {reason}")]
-    Syntax { file: String, reason: String },
-    /// `origin` is the file or `environment variable FLORENCE_EDGE__…`.
-    #[error("{origin}: {key}: {problem}{}", allowed_suffix(.allowed))]
-    Invalid {
-        origin: String,
-        key: String,
-        problem: String,
-        allowed: Option<String>,
-    },
-}
-
-fn allowed_suffix(allowed: &Option<String>) -> String {
-    match allowed {
-        Some(allowed) => format!(" (allowed: {allowed})"),
-        None => String::new(),
-    }
-}
-
-impl ConfigError {
-    /// The key path the error is about, if it is about one key.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            ConfigError::Invalid { key, .. } => Some(key),
-            _ => None,
-        }
-    }
-}
-
-/// A credential. Debug and Display print `***` so that a `{:?}` of any
-/// settings struct can go to a log.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The credential itself, for the one place that hands it to a library.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// A password given inline or as a file to read at start (the file keeps it
-/// out of the configuration, which is often world-readable or in git).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PasswordSource {
-    Inline(Secret),
-    File(PathBuf),
-}
-
-impl PasswordSource {
-    /// The password; a file's trailing newline is not part of it.
-    pub fn read(&self) -> std::io::Result<Secret> {
-        match self {
-            PasswordSource::Inline(secret) => Ok(secret.clone()),
-            PasswordSource::File(path) => {
-                let text = std::fs::read_to_string(path)?;
-                Ok(Secret::new(text.trim_end_matches(['\r', '\n'])))
-            }
-        }
-    }
-}
-
-/// `scheme://user:password@host/…` → `scheme://user:***@host/…`, for
-/// anything that prints a camera or broker URL.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-        None => url.to_string(),
-    }
-}
+pub use crate::settings::{redact_url, ConfigError, PasswordSource, Secret};
 
 /// The whole, checked configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -134,7 +37,7 @@ pub struct Config {
     pub file: PathBuf,
     pub node: NodeConfig,
     pub model: ModelConfig,
-    pub mqtt: MqttConfig,
+    pub mqtt: crate::publish::MqttSettings,
     pub http: HttpConfig,
     /// In file order, enabled or not.
     pub cameras: Vec<CameraConfig>,
@@ -256,80 +159,10 @@ pub struct ModelConfig {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MqttTls {
-    /// CA bundle; `None` uses the system's roots.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate and key, always both or neither.
-    pub client_auth: Option<(PathBuf, PathBuf)>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpoolConfig {
-    /// `None`: the spool lives in memory only and a restart loses it.
-    pub dir: Option<PathBuf>,
-    pub max_messages: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotConfig {
-    pub enabled: bool,
-    /// At most one snapshot per camera and task this often.
-    pub min_interval: Duration,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct MqttConfig {
-    /// `mqtt://host:port` or `mqtts://host:port`; never holds credentials.
-    pub url: String,
-    pub client_id: String,
-    pub username: Option<String>,
-    pub password: Option<PasswordSource>,
-    pub topic_prefix: String,
-    pub qos: u8,
-    pub keep_alive: Duration,
-    pub tls: Option<MqttTls>,
-    pub spool: SpoolConfig,
-    pub snapshots: SnapshotConfig,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
     /// `None` when `enabled = false`: no metrics or health endpoint.
     pub listen: Option<SocketAddr>,
     pub bearer_token_file: Option<PathBuf>,
-}
-
-/// RTSP lower transport.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    Tcp,
-    Udp,
-    Auto,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DecoderChoice {
-    Auto,
-    /// A GStreamer element name, e.g. `nvv4l2decoder`.
-    Element(String),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ReconnectConfig {
-    pub initial: Duration,
-    pub max: Duration,
-    pub multiplier: f64,
-    /// Fraction in `[0, 1]` each delay is spread by.
-    pub jitter: f64,
-    /// Consecutive failures before the camera is `failed`; `None` = forever.
-    pub max_attempts: Option<u32>,
-}
-
-/// User name and password of a camera, kept apart from its URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CameraCredentials {
-    pub username: String,
-    pub password: Option<PasswordSource>,
 }
 
 /// One configured task of a camera.
@@ -340,57 +173,43 @@ pub struct TaskConfig {
     pub every: Duration,
 }
 
-/// The settings that shape a camera's stream; a change restarts it.
-#[derive(Clone, PartialEq)]
-pub struct StreamConfig {
-    /// As written, possibly with `user:password@`; print [`redact_url`] of it.
-    pub url: String,
-    pub credentials: Option<CameraCredentials>,
-    pub transport: Transport,
-    pub latency: Duration,
-    pub decoder: DecoderChoice,
-    pub watchdog: Duration,
-    pub startup_timeout: Duration,
-    pub reconnect: ReconnectConfig,
-    pub keyframe_skipping: bool,
-}
-
-impl fmt::Debug for StreamConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Debug output ends up in logs; a password in the URL must not.
-        f.debug_struct("StreamConfig")
-            .field("url", &redact_url(&self.url))
-            .field("credentials", &self.credentials)
-            .field("transport", &self.transport)
-            .field("latency", &self.latency)
-            .field("decoder", &self.decoder)
-            .field("watchdog", &self.watchdog)
-            .field("startup_timeout", &self.startup_timeout)
-            .field("reconnect", &self.reconnect)
-            .field("keyframe_skipping", &self.keyframe_skipping)
-            .finish()
-    }
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct CameraConfig {
     /// `[A-Za-z0-9_-]`, unique; used in MQTT topics.
     pub id: String,
     pub enabled: bool,
-    pub stream: StreamConfig,
+    /// The stream settings, as the ingest stage defines them; a change
+    /// restarts the camera. `analysis_fps` is set from the tasks.
+    pub stream: crate::ingest::CameraSettings,
     /// Never empty.
     pub tasks: Vec<TaskConfig>,
+}
+
+impl HttpConfig {
+    /// The bearer token: the first line of `bearer_token_file`, trimmed.
+    /// The one reader of that file, for `validate` and the daemon.
+    pub fn read_bearer_token(&self) -> Result<Option<Secret>, String> {
+        let Some(path) = &self.bearer_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim();
+        if token.is_empty() {
+            return Err(format!(
+                "{} is empty; it must hold the token on its first line",
+                path.display()
+            ));
+        }
+        Ok(Some(Secret::new(token)))
+    }
 }
 
 impl CameraConfig {
     /// Frames per second the camera's tasks need at most: the ingest stage
     /// can drop the rest before decoding work is spent on them.
     pub fn analysis_fps(&self) -> Option<f64> {
-        self.tasks
-            .iter()
-            .map(|t| t.every)
-            .min()
-            .map(|every| 1.0 / every.as_secs_f64())
+        self.stream.analysis_fps
     }
 }
 
@@ -411,59 +230,6 @@ impl Config {
             .filter(|c| c.enabled)
             .map(|c| (Arc::from(c.id.as_str()), c.tasks.clone()))
             .collect()
-    }
-
-    /// Checks that the files the configuration names exist: the model
-    /// directory, password and token files, TLS files. Separate from
-    /// [`load`] so that example files validate on any machine; the
-    /// `validate` command runs both.
-    pub fn check_files(&self) -> Vec<ConfigError> {
-        let file = self.file.display().to_string();
-        let mut errors = Vec::new();
-        let mut need = |key: String, path: &Path, dir: bool| {
-            let ok = if dir { path.is_dir() } else { path.is_file() };
-            if !ok {
-                errors.push(ConfigError::Invalid {
-                    origin: file.clone(),
-                    key,
-                    problem: format!(
-                        "{} does not exist or is not a {}",
-                        path.display(),
-                        if dir { "directory" } else { "file" }
-                    ),
-                    allowed: None,
-                });
-            }
-        };
-        need("model.dir".into(), &self.model.dir, true);
-        if let Some(lib) = &self.model.ort_library {
-            need("model.ort_library".into(), lib, false);
-        }
-        if let Some(PasswordSource::File(path)) = &self.mqtt.password {
-            need("mqtt.password_file".into(), path, false);
-        }
-        if let Some(tls) = &self.mqtt.tls {
-            if let Some(ca) = &tls.ca_file {
-                need("mqtt.tls.ca_file".into(), ca, false);
-            }
-            if let Some((cert, key)) = &tls.client_auth {
-                need("mqtt.tls.cert_file".into(), cert, false);
-                need("mqtt.tls.key_file".into(), key, false);
-            }
-        }
-        if let Some(token) = &self.http.bearer_token_file {
-            need("http.bearer_token_file".into(), token, false);
-        }
-        for (i, camera) in self.cameras.iter().enumerate() {
-            if let Some(CameraCredentials {
-                password: Some(PasswordSource::File(path)),
-                ..
-            }) = &camera.stream.credentials
-            {
-                need(format!("cameras[{i}].password_file"), path, false);
-            }
-        }
-        errors
     }
 }
 
@@ -502,15 +268,18 @@ pub fn compile_str(
 
 /// Every problem with the file, one line each —
 /// `file: key: problem (allowed: …)` — empty when it is valid.
-/// `with_files` also checks that the files it names exist.
+/// `with_files` also runs [`plan`], exactly as `run` does before it opens
+/// a camera or a socket.
 pub fn validate(path: &Path, with_files: bool) -> Vec<String> {
-    match load(path) {
-        Ok(config) if with_files => config
-            .check_files()
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-        Ok(_) => Vec::new(),
+    let checked = load(path).and_then(|config| {
+        if with_files {
+            plan(config).map(drop)
+        } else {
+            Ok(())
+        }
+    });
+    match checked {
+        Ok(()) => Vec::new(),
         Err(errors) => errors.iter().map(ToString::to_string).collect(),
     }
 }

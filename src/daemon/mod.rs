@@ -260,15 +260,11 @@ impl Daemon {
         let watchdog = Watchdog::start(notifier.clone(), liveness.clone());
         let publisher = sink.publisher_stats();
         let sink: SharedSink = Arc::new(Mutex::new(sink));
-        let http_token = match &config.http.bearer_token_file {
-            None => None,
-            Some(path) => {
-                let token = std::fs::read_to_string(path).map_err(|e| {
-                    DaemonError::Http(format!("http.bearer_token_file {}: {e}", path.display()))
-                })?;
-                Some(token.lines().next().unwrap_or("").trim().to_string())
-            }
-        };
+        let http_token = config
+            .http
+            .read_bearer_token()
+            .map_err(|e| DaemonError::Http(format!("http.bearer_token_file: {e}")))?
+            .map(|t| t.expose().to_string());
 
         // The model lives on its own thread; it reports whether it loaded.
         let mut opts = load_options(&config)?;
@@ -527,10 +523,7 @@ impl Coordinator {
 
     /// Starts a camera's pipeline and schedules its tasks.
     fn start_camera(&mut self, camera: &CameraConfig, now: Instant) -> Result<(), DaemonError> {
-        let settings = cameras::camera_settings(camera).map_err(|reason| DaemonError::Camera {
-            camera: camera.id.clone(),
-            reason,
-        })?;
+        let settings = cameras::camera_settings(camera);
         let tasks: Vec<TaskSchedule> = camera.tasks.iter().map(TaskSchedule::from).collect();
         self.scheduler
             .set_camera(Arc::from(camera.id.as_str()), &tasks, now)

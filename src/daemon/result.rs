@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{MqttConfig, PasswordSource};
 use crate::florence2::engine::TaskResult;
 use crate::ingest::{CameraState as IngestState, CameraStatus, Frame};
 use crate::publish::{
@@ -151,9 +150,6 @@ impl ResultSink for FanOut {
 /// the rest stays in the spool.
 pub const PUBLISH_DRAIN: Duration = Duration::from_secs(5);
 
-/// JPEG quality of snapshots: small enough for MQTT, sharp enough for boxes.
-pub const SNAPSHOT_JPEG_QUALITY: u8 = 80;
-
 /// Results and statuses to MQTT (src/publish). A full queue is counted by
 /// the publisher and logged here; nothing blocks.
 ///
@@ -180,14 +176,14 @@ struct SnapshotWorker {
 }
 
 impl SnapshotWorker {
-    fn start(publisher: Arc<Publisher>) -> Result<SnapshotWorker, String> {
+    fn start(publisher: Arc<Publisher>, jpeg_quality: u8) -> Result<SnapshotWorker, String> {
         let (tx, rx) = mpsc::sync_channel::<SnapshotJob>(1);
         let thread = std::thread::Builder::new()
             .name("snapshots".into())
             .spawn(move || {
                 for job in rx {
                     let jpeg = frame_image(&job.frame).and_then(|img| {
-                        publish::render_snapshot(&img, &job.result, SNAPSHOT_JPEG_QUALITY)
+                        publish::render_snapshot(&img, &job.result, jpeg_quality)
                             .map_err(|e| e.to_string())
                     });
                     match jpeg {
@@ -240,11 +236,22 @@ fn frame_image(frame: &Frame) -> Result<image::RgbImage, String> {
 }
 
 impl MqttSink {
-    pub fn start(config: &MqttConfig, node: &str) -> Result<Self, String> {
-        let settings = mqtt_settings(config)?;
-        let publisher = Arc::new(Publisher::start(&settings, node).map_err(|e| e.to_string())?);
-        let snapshots = if config.snapshots.enabled {
-            Some(SnapshotWorker::start(publisher.clone())?)
+    pub fn start(settings: &MqttSettings, node: &str) -> Result<Self, String> {
+        let config = settings
+            .validate(node)
+            .map_err(|p| publish::PublishError::Settings(p).to_string())?;
+        MqttSink::start_validated(config)
+    }
+
+    /// From settings checked already (by `config::plan`).
+    pub fn start_validated(config: publish::PublisherConfig) -> Result<Self, String> {
+        let snapshot = config.snapshot.clone();
+        let publisher = Arc::new(Publisher::start_validated(config).map_err(|e| e.to_string())?);
+        let snapshots = if snapshot.enabled {
+            Some(SnapshotWorker::start(
+                publisher.clone(),
+                snapshot.jpeg_quality,
+            )?)
         } else {
             None
         };
@@ -282,49 +289,6 @@ impl MqttSink {
             tracing::debug!(camera = %result.camera, task = %result.task, "Snapshot skipped: the previous one is still being rendered.");
         }
     }
-}
-
-/// The publisher's settings from the `[mqtt]` section.
-pub fn mqtt_settings(c: &MqttConfig) -> Result<MqttSettings, String> {
-    let mut s = MqttSettings {
-        url: c.url.clone(),
-        client_id: Some(c.client_id.clone()),
-        username: c.username.clone(),
-        keep_alive: humantime::format_duration(c.keep_alive).to_string(),
-        qos: c.qos,
-        topic_prefix: c.topic_prefix.clone(),
-        ..MqttSettings::default()
-    };
-    match &c.password {
-        None => {}
-        Some(PasswordSource::File(p)) => s.password_file = Some(p.clone()),
-        Some(inline @ PasswordSource::Inline(_)) => {
-            s.password = Some(
-                inline
-                    .read()
-                    .map_err(|e| format!("mqtt.password: {e}"))?
-                    .expose()
-                    .to_string(),
-            )
-        }
-    }
-    if let Some(tls) = &c.tls {
-        s.tls.ca_file = tls.ca_file.clone();
-        if let Some((cert, key)) = &tls.client_auth {
-            s.tls.client_cert_file = Some(cert.clone());
-            s.tls.client_key_file = Some(key.clone());
-        }
-    }
-    s.spool.dir = Some(
-        c.spool
-            .dir
-            .clone()
-            .unwrap_or_else(|| std::path::PathBuf::from("/var/lib/florence-edge/spool")),
-    );
-    s.spool.max_messages = c.spool.max_messages;
-    s.snapshot.enabled = c.snapshots.enabled;
-    s.snapshot.min_interval = humantime::format_duration(c.snapshots.min_interval).to_string();
-    Ok(s)
 }
 
 impl ResultSink for MqttSink {

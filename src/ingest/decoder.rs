@@ -39,6 +39,7 @@ impl Codec {
         }
     }
 
+    #[cfg(feature = "gstreamer")]
     pub(crate) fn depayloader(self) -> &'static str {
         match self {
             Codec::H264 => "rtph264depay",
@@ -48,6 +49,7 @@ impl Codec {
     }
 
     /// Parser between depayloader and decoder; JPEG needs none over RTP.
+    #[cfg(feature = "gstreamer")]
     pub(crate) fn parser(self) -> Option<&'static str> {
         match self {
             Codec::H264 => Some("h264parse"),
@@ -57,6 +59,7 @@ impl Codec {
     }
 
     /// Caps a decoder's sink template must accept for this codec.
+    #[cfg(feature = "gstreamer")]
     pub(crate) fn caps_name(self) -> &'static str {
         match self {
             Codec::H264 => "video/x-h264",

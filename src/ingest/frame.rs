@@ -5,28 +5,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-
-/// Pixel layout of frames handed over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PixelFormat {
-    /// Packed 8-bit RGB, what the CPU preprocessing reads.
-    #[default]
-    Rgb,
-    /// Y plane then interleaved UV at half resolution, what GPU decoders emit
-    /// and the CUDA preprocessing kernel reads without a conversion.
-    Nv12,
-}
-
-impl PixelFormat {
-    pub(crate) fn gst_format(self) -> &'static str {
-        match self {
-            PixelFormat::Rgb => "RGB",
-            PixelFormat::Nv12 => "NV12",
-        }
-    }
-}
+pub use super::settings::PixelFormat;
 
 /// Where the UV plane of an NV12 frame sits inside [`Frame::data`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,18 +18,26 @@
 //! an event or a status.
 
 mod decoder;
+#[cfg(feature = "gstreamer")]
 mod frame;
+#[cfg(feature = "gstreamer")]
 mod pipeline;
 pub mod settings;
 pub mod state;
+#[cfg(feature = "gstreamer")]
 mod supervisor;
 
 pub use decoder::{select_decoder, Codec, DecodeChain, DecoderChoice};
-pub use frame::{ChromaPlane, Frame, FrameData, PixelFormat};
-pub use settings::{redact_url, CameraSettings, CameraSource, Credentials, MaxAttempts, Transport};
+#[cfg(feature = "gstreamer")]
+pub use frame::{ChromaPlane, Frame, FrameData};
+pub use settings::{
+    CameraSettings, CameraSource, Credentials, Login, MaxAttempts, PixelFormat, ResolvedCamera,
+    Transport,
+};
 pub use state::{
     AnalysisRate, BackoffPolicy, CameraMachine, CameraState, Command, KeyframeSkip, Transition,
 };
+#[cfg(feature = "gstreamer")]
 pub use supervisor::{
     spawn_camera, CameraCounters, CameraEvent, CameraHandle, CameraStatus, StatusReader,
 };

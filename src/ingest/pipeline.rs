@@ -155,7 +155,7 @@ pub(crate) fn build(ctx: &Arc<PipelineContext>) -> Result<LivePipeline, IngestEr
             src.set_property("tcp-timeout", 5_000_000u64);
             if let Some(c) = &ctx.camera.credentials {
                 src.set_property("user-id", &c.username);
-                src.set_property("user-pw", &c.password);
+                src.set_property("user-pw", c.password.expose());
             }
             pipeline.add(&src).map_err(|e| pipeline_error(ctx, e))?;
             let weak = pipeline.downgrade();

@@ -1,17 +1,47 @@
 //! What the operator configured for a camera, and the checked form of it.
 //!
-//! [`CameraSettings`] mirrors the `[[cameras]]` table; [`CameraSettings::resolve`]
-//! checks it once, before any pipeline exists, and splits credentials out of
-//! the URL so that nothing downstream ever holds a URL with a password in it.
+//! [`CameraSettings`] is the one definition of a camera's stream settings,
+//! read from its `[[cameras]]` table by [`CameraSettings::from_section`];
+//! [`CameraSettings::check`] (run by `validate` and by every start) checks
+//! it before any pipeline exists, and splits credentials out of the URL so
+//! that nothing downstream ever holds a URL with a password in it. Nothing
+//! here needs GStreamer.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::Serialize;
+
 use super::decoder::DecoderChoice;
-use super::frame::PixelFormat;
 use super::state::{BackoffPolicy, SupervisionPolicy};
 use super::IngestError;
+use crate::settings::{
+    boolean, duration, duration_at_least, float_in, non_empty_string, one_of, password, redact_url,
+    string, uint_in, Errors, Fields, PasswordSource, Problem, Secret,
+};
+
+/// Pixel layout of frames handed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelFormat {
+    /// Packed 8-bit RGB, what the CPU preprocessing reads.
+    #[default]
+    Rgb,
+    /// Y plane then interleaved UV at half resolution, what GPU decoders emit
+    /// and the CUDA preprocessing kernel reads without a conversion.
+    Nv12,
+}
+
+impl PixelFormat {
+    #[cfg(feature = "gstreamer")]
+    pub(crate) fn gst_format(self) -> &'static str {
+        match self {
+            PixelFormat::Rgb => "RGB",
+            PixelFormat::Nv12 => "NV12",
+        }
+    }
+}
 
 /// RTSP lower transport. `Auto` lets rtspsrc try UDP first and fall back to TCP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -24,6 +54,7 @@ pub enum Transport {
 
 impl Transport {
     /// The value of rtspsrc's `protocols` flags property.
+    #[cfg(feature = "gstreamer")]
     pub(crate) fn rtspsrc_protocols(self) -> &'static str {
         match self {
             Transport::Tcp => "tcp",
@@ -43,25 +74,61 @@ pub enum MaxAttempts {
     Limit(u32),
 }
 
-/// User name and password for a camera, kept apart from its URL.
-#[derive(Clone, PartialEq, Eq)]
+/// User name and password of a camera as configured, kept apart from its
+/// URL; the password may be a file read when the camera starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
-    pub password: String,
+    /// `None`: a user name alone.
+    pub password: Option<PasswordSource>,
 }
 
-impl fmt::Debug for Credentials {
+impl Credentials {
+    /// A user name with an inline password.
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Credentials {
+        Credentials {
+            username: username.into(),
+            password: Some(PasswordSource::Inline(Secret::new(password))),
+        }
+    }
+}
+
+/// The user name and password a running camera logs in with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    pub username: String,
+    pub password: Secret,
+}
+
+impl fmt::Debug for Login {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Debug output ends up in logs; the password must not.
-        f.debug_struct("Credentials")
+        // Debug output ends up in logs; the password must not (Secret
+        // prints ***).
+        f.debug_struct("Login")
             .field("username", &self.username)
-            .field("password", &"***")
+            .field("password", &self.password)
             .finish()
     }
 }
 
+/// `latency` when unset: rtspsrc's jitter buffer.
+pub const DEFAULT_LATENCY: Duration = Duration::from_millis(200);
+pub const MAX_LATENCY: Duration = Duration::from_secs(60);
+/// `watchdog` when unset: rtspsrc alone notices a dead camera only after
+/// ~25 s.
+pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(5);
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Shortest `watchdog` and `startup_timeout`.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+/// Highest analysis rate a camera's tasks may ask for (the shortest
+/// `every`, 1 ms).
+pub const MAX_ANALYSIS_FPS: f64 = 1000.0;
+
+/// URL shapes, for messages.
+pub const URL_ALLOWED: &str = "rtsp://, rtsps://, file://, http(s)://, v4l2:///dev/videoN, test://?pattern=..&width=..&height=..&fps=.., csi://N";
+
 /// One camera as configured. Never changes while the camera runs.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct CameraSettings {
     /// Camera id, used in topics, logs and frames.
     pub id: String,
@@ -71,24 +138,24 @@ pub struct CameraSettings {
     /// rtspsrc jitter-buffer latency.
     pub latency: Duration,
     pub decoder: DecoderChoice,
-    /// Credentials given separately from the URL; they win over URL userinfo.
+    /// Credentials given separately from the URL (not both).
     pub credentials: Option<Credentials>,
     pub output: PixelFormat,
     /// Frames per second the camera's tasks need; `None` hands over every frame.
     pub analysis_fps: Option<f64>,
     /// Time without a decoded frame after which a streaming camera is stalled.
     pub watchdog: Duration,
-    /// Time a new pipeline gets to produce its first frame.
+    /// Time a new pipeline gets to deliver its first frame.
     pub startup_timeout: Duration,
     pub backoff: BackoffPolicy,
     pub max_attempts: MaxAttempts,
-    /// Decode only keyframes when they alone cover the analysis rate (see
-    /// [`KeyframeSkip`](super::state::KeyframeSkip)); RTSP sources only.
+    /// Decode only keyframes when the analysis rate is below the keyframe rate.
     pub keyframe_skipping: bool,
 }
 
 impl fmt::Debug for CameraSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Debug output ends up in logs; a password in the URL must not.
         f.debug_struct("CameraSettings")
             .field("id", &self.id)
             .field("url", &redact_url(&self.url))
@@ -118,22 +185,118 @@ impl CameraSettings {
             id: id.into(),
             url: url.into(),
             transport: Transport::Tcp,
-            latency: Duration::from_millis(200),
+            latency: DEFAULT_LATENCY,
             decoder: DecoderChoice::Auto,
             credentials: None,
             output: PixelFormat::Rgb,
             analysis_fps: None,
-            watchdog: Duration::from_secs(5),
-            startup_timeout: Duration::from_secs(15),
+            watchdog: DEFAULT_WATCHDOG,
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             backoff: BackoffPolicy::default(),
             max_attempts: MaxAttempts::Unlimited,
             keyframe_skipping: true,
         }
     }
 
-    /// Checks every setting and parses the URL. Runs before any pipeline exists
-    /// so a bad setting is an error at start, not a reconnect loop.
+    /// Reads the stream keys of a `[[cameras]]` table (`f`, at key path
+    /// `path`): `url`, `username`, `password`/`password_file`, `transport`,
+    /// `latency_ms`, `decoder`, `watchdog`, `startup_timeout`,
+    /// `keyframe_skipping`, `reconnect`. Types are checked here, values by
+    /// [`CameraSettings::check`], which the caller runs once the camera's
+    /// analysis rate is known. `None` when a key is unusable (reported).
+    pub(crate) fn from_section(
+        f: &mut Fields,
+        id: &str,
+        errors: &mut Errors,
+    ) -> Option<CameraSettings> {
+        let d = CameraSettings::new(id, "");
+        let url = f.required("url", URL_ALLOWED, errors, string);
+        let username = f.opt("username", errors, non_empty_string);
+        let password = password(f, errors);
+        if password.is_some() && username.is_none() {
+            errors.report(
+                f.origin(),
+                &f.key_path("username"),
+                Problem::new(
+                    "missing, but a password is set",
+                    "a user name with the password",
+                ),
+            );
+        }
+        let transport = f.or("transport", d.transport, errors, |v| {
+            one_of(v, &["tcp", "udp", "auto"]).map(|s| match s {
+                "udp" => Transport::Udp,
+                "auto" => Transport::Auto,
+                _ => Transport::Tcp,
+            })
+        });
+        let latency_ms = f.or("latency_ms", d.latency.as_millis() as u64, errors, |v| {
+            uint_in(v, 0, MAX_LATENCY.as_millis() as u64)
+        });
+        let decoder = f.or("decoder", DecoderChoice::Auto, errors, |v| {
+            string(v).map(|name| match name.as_str() {
+                "auto" => DecoderChoice::Auto,
+                _ => DecoderChoice::Element(name),
+            })
+        });
+        let watchdog = f.or("watchdog", d.watchdog, errors, |v| {
+            duration_at_least(v, MIN_TIMEOUT)
+        });
+        let startup_timeout = f.or("startup_timeout", d.startup_timeout, errors, |v| {
+            duration_at_least(v, MIN_TIMEOUT)
+        });
+        let keyframe_skipping = f.or("keyframe_skipping", d.keyframe_skipping, errors, boolean);
+        let reconnect = f.table("reconnect", errors).map(|mut r| {
+            let b = BackoffPolicy::default();
+            let backoff = BackoffPolicy {
+                initial: r.or("initial", b.initial, errors, duration),
+                max: r.or("max", b.max, errors, duration),
+                multiplier: r.or("multiplier", b.multiplier, errors, |v| {
+                    float_in(v, 1.0, 100.0)
+                }),
+                jitter: r.or("jitter", b.jitter, errors, |v| float_in(v, 0.0, 1.0)),
+            };
+            let max_attempts = r.or("max_attempts", 0, errors, |v| {
+                uint_in(v, 0, u64::from(u32::MAX))
+            });
+            r.finish(errors);
+            let max_attempts = match u32::try_from(max_attempts).unwrap_or(u32::MAX) {
+                0 => MaxAttempts::Unlimited,
+                n => MaxAttempts::Limit(n),
+            };
+            (backoff, max_attempts)
+        });
+        let (backoff, max_attempts) = reconnect?;
+        Some(CameraSettings {
+            url: url?,
+            transport,
+            latency: Duration::from_millis(latency_ms),
+            decoder,
+            credentials: username.map(|username| Credentials { username, password }),
+            watchdog,
+            startup_timeout,
+            backoff,
+            max_attempts,
+            keyframe_skipping,
+            ..d
+        })
+    }
+
+    /// Checks every setting and parses the URL, reading no file. Runs in
+    /// `validate` and before any pipeline exists, so a bad setting is a
+    /// configuration error, not a reconnect loop. The error's `setting` is
+    /// the key of the `[[cameras]]` table it is about.
+    pub fn check(&self) -> Result<ResolvedCamera, IngestError> {
+        self.resolve_inner(false)
+    }
+
+    /// [`CameraSettings::check`], then reads the password file, if any: what
+    /// a camera runs with.
     pub fn resolve(&self) -> Result<ResolvedCamera, IngestError> {
+        self.resolve_inner(true)
+    }
+
+    fn resolve_inner(&self, read_password: bool) -> Result<ResolvedCamera, IngestError> {
         let invalid = |setting: &'static str, reason: String| IngestError::InvalidSetting {
             camera: self.id.clone(),
             setting,
@@ -143,20 +306,22 @@ impl CameraSettings {
             return Err(invalid("id", "must not be empty".into()));
         }
         if let Some(fps) = self.analysis_fps {
-            if !(fps.is_finite() && fps > 0.0 && fps <= 1000.0) {
+            if !(fps.is_finite() && fps > 0.0 && fps <= MAX_ANALYSIS_FPS) {
                 return Err(invalid(
-                    "analysis_fps",
-                    format!("{fps} is not a rate; allowed: 0 < fps <= 1000"),
+                    "tasks",
+                    format!(
+                        "the shortest `every` asks for {fps} frames per second; allowed: at most {MAX_ANALYSIS_FPS} (every >= 1ms)"
+                    ),
                 ));
             }
         }
-        if self.watchdog < Duration::from_millis(100) {
+        if self.watchdog < MIN_TIMEOUT {
             return Err(invalid(
                 "watchdog",
                 format!("{:?} is too short; allowed: at least 100ms", self.watchdog),
             ));
         }
-        if self.startup_timeout < Duration::from_millis(100) {
+        if self.startup_timeout < MIN_TIMEOUT {
             return Err(invalid(
                 "startup_timeout",
                 format!(
@@ -165,18 +330,18 @@ impl CameraSettings {
                 ),
             ));
         }
-        if self.latency > Duration::from_secs(60) {
+        if self.latency > MAX_LATENCY {
             return Err(invalid(
-                "latency",
+                "latency_ms",
                 format!("{:?} is too long; allowed: at most 60s", self.latency),
             ));
         }
         self.backoff
             .check()
-            .map_err(|reason| invalid("backoff", reason))?;
+            .map_err(|(setting, reason)| invalid(setting, reason))?;
         if let MaxAttempts::Limit(0) = self.max_attempts {
             return Err(invalid(
-                "max_attempts",
+                "reconnect.max_attempts",
                 "0 would never start the camera; allowed: at least 1, or unlimited".into(),
             ));
         }
@@ -188,7 +353,7 @@ impl CameraSettings {
             {
                 return Err(invalid(
                     "decoder",
-                    format!("`{name}` is not an element name; allowed: auto or a GStreamer element name"),
+                    format!("`{name}` is not an element name; allowed: \"auto\" or a GStreamer element name such as \"nvv4l2decoder\""),
                 ));
             }
         }
@@ -200,11 +365,32 @@ impl CameraSettings {
             url: redacted.clone(),
             reason,
         })?;
-        let credentials = self.credentials.clone().or(url_credentials);
+        if url_credentials.is_some() && self.credentials.is_some() {
+            return Err(invalid(
+                "username",
+                "set both here and in the URL; allowed: credentials in the URL or in username/password, not both".into(),
+            ));
+        }
+        let credentials = match (&self.credentials, url_credentials) {
+            (Some(c), _) => {
+                let password = match &c.password {
+                    None => Secret::new(""),
+                    Some(p) if read_password => p.read().map_err(|e| {
+                        invalid("password_file", format!("cannot read the password: {e}"))
+                    })?,
+                    Some(_) => Secret::new(""),
+                };
+                Some(Login {
+                    username: c.username.clone(),
+                    password,
+                })
+            }
+            (None, from_url) => from_url,
+        };
         if credentials.is_some() && !matches!(source, CameraSource::Rtsp { .. }) {
             return Err(invalid(
-                "credentials",
-                "only rtsp:// cameras take credentials".into(),
+                "username",
+                "credentials on a camera whose URL takes none; allowed: credentials only with rtsp://, rtsps:// cameras".into(),
             ));
         }
         Ok(ResolvedCamera {
@@ -227,7 +413,7 @@ impl CameraSettings {
 pub struct ResolvedCamera {
     pub id: String,
     pub source: CameraSource,
-    pub credentials: Option<Credentials>,
+    pub credentials: Option<Login>,
     /// The URL as it may be shown to people.
     pub redacted_url: String,
     pub policy: SupervisionPolicy,
@@ -414,8 +600,8 @@ fn authority(rest: &str) -> &str {
 }
 
 /// Splits `scheme://user:pass@host/...` into the URL without userinfo and the
-/// percent-decoded credentials.
-pub(crate) fn split_credentials(url: &str) -> (String, Option<Credentials>) {
+/// percent-decoded login.
+pub(crate) fn split_credentials(url: &str) -> (String, Option<Login>) {
     let Some((scheme, rest)) = url.split_once("://") else {
         return (url.to_string(), None);
     };
@@ -428,23 +614,11 @@ pub(crate) fn split_credentials(url: &str) -> (String, Option<Credentials>) {
     let stripped = format!("{scheme}://{}", &rest[at + 1..]);
     (
         stripped,
-        Some(Credentials {
+        Some(Login {
             username: percent_decode(user),
-            password: percent_decode(pass),
+            password: Secret::new(percent_decode(pass)),
         }),
     )
-}
-
-/// The URL as it may appear in logs, errors and status: userinfo replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let auth = authority(rest);
-    match auth.rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_string(),
-    }
 }
 
 fn percent_decode(s: &str) -> String {
@@ -470,40 +644,10 @@ fn percent_decode(s: &str) -> String {
 
 /// Removes secrets from text that came from GStreamer (error messages and
 /// debug strings can quote URLs or properties).
-pub(crate) fn scrub(text: &str, credentials: Option<&Credentials>) -> String {
-    let mut out = redact_inline_urls(text);
-    if let Some(c) = credentials {
-        if !c.password.is_empty() {
-            out = out.replace(&c.password, "***");
-        }
-    }
-    out
-}
-
-/// Redacts every `scheme://user:pass@` inside free text.
-fn redact_inline_urls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("://") {
-        let (head, tail) = rest.split_at(pos + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| {
-                c.is_whitespace() || matches!(c, '/' | '?' | '#' | '"' | '\'' | ')' | '>')
-            })
-            .unwrap_or(tail.len());
-        let auth = &tail[..end];
-        match auth.rfind('@') {
-            Some(at) => {
-                out.push_str("***@");
-                out.push_str(&auth[at + 1..]);
-            }
-            None => out.push_str(auth),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
+#[cfg(feature = "gstreamer")]
+pub(crate) fn scrub(text: &str, login: Option<&Login>) -> String {
+    let password = login.map_or("", |l| l.password.expose());
+    crate::settings::redact_text(text, &[password])
 }
 
 #[cfg(test)]
@@ -516,24 +660,25 @@ mod tests {
         assert_eq!(url, "rtsp://10.0.0.2:554/stream1?x=1");
         let creds = creds.expect("credentials");
         assert_eq!(creds.username, "admin");
-        assert_eq!(creds.password, "p@ss:w");
+        assert_eq!(creds.password.expose(), "p@ss:w");
     }
 
+    #[cfg(feature = "gstreamer")]
     #[test]
-    fn redaction_hides_userinfo_everywhere() {
-        assert_eq!(redact_url("rtsp://u:secret@cam/x"), "rtsp://***@cam/x");
-        assert_eq!(redact_url("rtsp://cam/x"), "rtsp://cam/x");
+    fn gstreamer_text_is_scrubbed_of_urls_and_the_password() {
         let text = "could not open rtsp://u:secret@cam:554/a (rtsp://cam/b)";
         let scrubbed = scrub(text, None);
         assert_eq!(
             scrubbed,
-            "could not open rtsp://***@cam:554/a (rtsp://cam/b)"
+            "could not open rtsp://u:***@cam:554/a (rtsp://cam/b)"
         );
-        let creds = Credentials {
+        let login = Login {
             username: "u".into(),
-            password: "hunter2".into(),
+            password: Secret::new("hunter2"),
         };
-        assert_eq!(scrub("pw=hunter2!", Some(&creds)), "pw=***!");
+        assert_eq!(scrub("pw=hunter2!", Some(&login)), "pw=***!");
+        assert!(!format!("{login:?}").contains("hunter2"));
+        let creds = Credentials::new("u", "hunter2");
         assert!(!format!("{creds:?}").contains("hunter2"));
     }
 
@@ -549,18 +694,59 @@ mod tests {
                 location: "rtsp://cam/x".into()
             }
         );
-        assert_eq!(r.credentials.map(|c| c.password), Some("hunter2".into()));
+        assert_eq!(
+            r.credentials.map(|c| c.password.expose().to_string()),
+            Some("hunter2".into())
+        );
     }
 
     #[test]
-    fn separate_credentials_win_over_url_userinfo() {
+    fn credentials_in_the_url_and_beside_it_are_refused() {
         let mut s = CameraSettings::new("door", "rtsp://a:b@cam/x");
-        s.credentials = Some(Credentials {
-            username: "c".into(),
-            password: "d".into(),
-        });
+        s.credentials = Some(Credentials::new("c", "d"));
+        let e = s.check().expect_err("both");
+        assert!(
+            matches!(
+                e,
+                IngestError::InvalidSetting {
+                    setting: "username",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let mut s = CameraSettings::new("door", "rtsp://cam/x");
+        s.credentials = Some(Credentials::new("c", "d"));
         let r = s.resolve().expect("valid");
         assert_eq!(r.credentials.map(|c| c.username), Some("c".into()));
+    }
+
+    #[test]
+    fn a_password_file_is_read_by_resolve_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = CameraSettings::new("door", "rtsp://cam/x");
+        s.credentials = Some(Credentials {
+            username: "viewer".into(),
+            password: Some(PasswordSource::File(dir.path().join("missing"))),
+        });
+        assert!(s.check().is_ok(), "check reads no file");
+        let e = s.resolve().expect_err("missing file");
+        assert!(
+            matches!(
+                e,
+                IngestError::InvalidSetting {
+                    setting: "password_file",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("missing"), "s3cret\n").expect("write");
+        let r = s.resolve().expect("readable");
+        assert_eq!(
+            r.credentials.map(|c| c.password.expose().to_string()),
+            Some("s3cret".to_string())
+        );
     }
 
     #[test]
@@ -603,11 +789,11 @@ mod tests {
     #[test]
     fn bad_settings_are_errors_that_name_the_camera_and_the_setting() {
         let mut s = CameraSettings::new("yard", "test://");
-        s.analysis_fps = Some(0.0);
-        let e = s.resolve().expect_err("fps 0");
+        s.analysis_fps = Some(2000.0);
+        let e = s.resolve().expect_err("every = 500us");
         let text = e.to_string();
         assert!(
-            text.contains("yard") && text.contains("analysis_fps"),
+            text.contains("yard") && text.contains("`tasks`") && text.contains("every >= 1ms"),
             "{text}"
         );
 
@@ -621,10 +807,7 @@ mod tests {
         assert!(text.contains("yard"), "{text}");
 
         let mut s = CameraSettings::new("yard", "test://");
-        s.credentials = Some(Credentials {
-            username: "a".into(),
-            password: "b".into(),
-        });
+        s.credentials = Some(Credentials::new("a", "b"));
         assert!(s.resolve().is_err());
     }
 }

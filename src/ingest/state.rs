@@ -62,22 +62,33 @@ impl Default for BackoffPolicy {
 }
 
 impl BackoffPolicy {
-    /// Says what is wrong with the policy, if anything.
-    pub fn check(&self) -> Result<(), String> {
+    /// Says what is wrong with the policy, if anything: the key of the
+    /// camera's `reconnect` table and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
         if self.initial.is_zero() {
-            return Err("initial delay must be above 0".into());
+            return Err(("reconnect.initial", "must be above 0".into()));
         }
         if self.max < self.initial {
-            return Err(format!(
-                "max {:?} is below initial {:?}; allowed: max >= initial",
-                self.max, self.initial
+            return Err((
+                "reconnect.max",
+                format!(
+                    "{} is below initial {}; allowed: max >= initial",
+                    humantime::format_duration(self.max),
+                    humantime::format_duration(self.initial)
+                ),
             ));
         }
         if !(self.multiplier.is_finite() && self.multiplier >= 1.0 && self.multiplier <= 100.0) {
-            return Err(format!("multiplier {} is outside 1..=100", self.multiplier));
+            return Err((
+                "reconnect.multiplier",
+                format!("{} is outside 1..=100", self.multiplier),
+            ));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(format!("jitter {} is outside 0..=1", self.jitter));
+            return Err((
+                "reconnect.jitter",
+                format!("{} is outside 0..=1", self.jitter),
+            ));
         }
         Ok(())
     }

@@ -1,22 +1,75 @@
-//! The `[mqtt]` table as written by the operator ([`MqttSettings`]) and its
-//! checked form ([`PublisherConfig`]).
+//! The `[mqtt]` section: its one definition ([`MqttSettings`], with the
+//! `DEFAULT_*` values beside it), how it is read from the configuration file
+//! ([`MqttSettings::from_section`]) and its checked, ready-to-connect form
+//! ([`PublisherConfig`]).
 //!
-//! Validation collects every problem at once, each naming its key and what is
-//! allowed, so `florence-edge validate` can print them all; and it runs before
-//! anything reaches rumqttc, whose option setters assert (keep-alive under a
-//! second, zero in-flight messages) instead of returning errors.
+//! Every bound is written once, in [`MqttSettings::check`], which both the
+//! file compiler and programmatic callers go through, so `validate` and `run`
+//! can never disagree. [`MqttSettings::validate`] adds what needs the disk
+//! (password and TLS files) and runs before anything reaches rumqttc, whose
+//! option setters assert (keep-alive under a second, zero in-flight messages)
+//! instead of returning errors.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::Serialize;
 
 use super::connection::BackoffPolicy;
 use super::topic::{check_level, Topics};
+use crate::settings::{
+    boolean, duration_in, non_empty_string, password, path_value, string, uint_in, Errors, Fields,
+    PasswordSource, Problem,
+};
 
-/// One thing wrong with the settings: the key and a sentence that says what is
-/// wrong and what is allowed. Never contains a password.
+/// The broker when `url` is not set.
+pub const DEFAULT_URL: &str = "mqtt://127.0.0.1:1883";
+/// `keep_alive`: MQTT counts it in whole seconds, `0s` turns it off.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(30);
+pub const MAX_KEEP_ALIVE_SECS: u64 = u16::MAX as u64;
+pub const DEFAULT_QOS: u8 = 1;
+pub const DEFAULT_TOPIC_PREFIX: &str = "florence-edge";
+/// `spool.dir` when unset: under systemd's `StateDirectory=florence-edge`,
+/// so results spooled during an outage survive a restart.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/florence-edge/spool";
+pub const DEFAULT_SPOOL_MAX_MESSAGES: u64 = 100_000;
+/// Bounds of `spool.max_messages` (one file per message).
+pub const SPOOL_MAX_MESSAGES: (u64, u64) = (1, 10_000_000);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds of `connect_timeout`, whole seconds (rumqttc counts seconds).
+pub const CONNECT_TIMEOUT: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(300));
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+pub const QUEUE_CAPACITY: (usize, usize) = (1, 1_000_000);
+/// Publishes awaiting acknowledgement at once: mosquitto's own
+/// `max_inflight_messages`. With QoS 2 mosquitto drops a client that has
+/// more unreleased messages in flight than that.
+pub const DEFAULT_MAX_INFLIGHT: u16 = 20;
+pub const DEFAULT_RECONNECT: BackoffPolicy = BackoffPolicy {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(30),
+    stable_after: Duration::from_secs(10),
+};
+/// Bounds of `reconnect.initial` and `reconnect.max`.
+pub const RECONNECT_DELAY: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(3600));
+/// Bounds of `reconnect.stable_after`.
+pub const RECONNECT_STABLE_AFTER: (Duration, Duration) =
+    (Duration::ZERO, Duration::from_secs(3600));
+pub const DEFAULT_SNAPSHOT_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Bounds of `snapshots.min_interval`.
+pub const SNAPSHOT_MIN_INTERVAL: (Duration, Duration) =
+    (Duration::ZERO, Duration::from_secs(86_400));
+pub const DEFAULT_JPEG_QUALITY: u8 = 80;
+
+/// Longest duration read before the bounds are checked (a typo beyond it
+/// is refused by the reader, a value within it by [`MqttSettings::check`]).
+const ANY_DURATION: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(365 * 86_400));
+
+/// One thing wrong with the settings: the key as written in the file
+/// (`mqtt.keep_alive`) and a sentence that says what is wrong and what is
+/// allowed. Never contains a password.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SettingsProblem {
     pub key: String,
@@ -72,9 +125,8 @@ impl QualityOfService {
     }
 }
 
-/// Which kinds of topic are published with the retain flag.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// `[mqtt.retain]`: which kinds of topic are published with the retain flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct RetainSettings {
     /// `{prefix}/{node}/status` (`online`/`offline`); retained so a late
     /// subscriber learns whether the node is up.
@@ -100,24 +152,24 @@ impl Default for RetainSettings {
 }
 
 /// `[mqtt.tls]`: files for `mqtts://`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TlsSettings {
     /// PEM file of the CA(s) that signed the broker's certificate; without it
     /// the system's roots are used.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate, for brokers that require one.
-    pub client_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
     /// PEM private key of the client certificate.
-    pub client_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[mqtt.spool]`: where results wait while the broker is away.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SpoolSettings {
-    /// A directory under the state directory, so a restart keeps the spool.
-    pub dir: Option<PathBuf>,
+    pub dir: PathBuf,
     /// Bound on spooled results; beyond it the oldest are dropped and counted.
     pub max_messages: u64,
 }
@@ -125,41 +177,19 @@ pub struct SpoolSettings {
 impl Default for SpoolSettings {
     fn default() -> Self {
         SpoolSettings {
-            dir: None,
-            max_messages: 100_000,
+            dir: PathBuf::from(DEFAULT_SPOOL_DIR),
+            max_messages: DEFAULT_SPOOL_MAX_MESSAGES,
         }
     }
 }
 
-/// `[mqtt.reconnect]`: exponential backoff between connection attempts.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ReconnectSettings {
-    /// First delay, e.g. "500ms".
-    pub initial: String,
-    /// Ceiling of the delay, e.g. "30s".
-    pub max: String,
-    /// A connection that lasted this long resets the backoff.
-    pub stable_after: String,
-}
-
-impl Default for ReconnectSettings {
-    fn default() -> Self {
-        ReconnectSettings {
-            initial: "500ms".into(),
-            max: "30s".into(),
-            stable_after: "10s".into(),
-        }
-    }
-}
-
-/// `[mqtt.snapshot]`: annotated JPEGs, rate-limited per camera and task.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// `[mqtt.snapshots]`: annotated JPEGs, rate-limited per camera and task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SnapshotSettings {
     pub enabled: bool,
-    /// At most one snapshot per camera and task in this interval, e.g. "5s".
-    pub min_interval: String,
+    /// At most one snapshot per camera and task in this interval.
+    #[serde(with = "humantime_text")]
+    pub min_interval: Duration,
     /// JPEG quality, 1–100.
     pub jpeg_quality: u8,
 }
@@ -168,77 +198,80 @@ impl Default for SnapshotSettings {
     fn default() -> Self {
         SnapshotSettings {
             enabled: false,
-            min_interval: "5s".into(),
-            jpeg_quality: 80,
+            min_interval: DEFAULT_SNAPSHOT_MIN_INTERVAL,
+            jpeg_quality: DEFAULT_JPEG_QUALITY,
         }
     }
 }
 
-/// The `[mqtt]` table as the operator wrote it. Nothing here is trusted until
-/// [`MqttSettings::validate`] has checked it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// The `[mqtt]` section. Nothing here is trusted until
+/// [`MqttSettings::check`] (or [`MqttSettings::validate`], which runs it)
+/// has passed.
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct MqttSettings {
     /// `mqtt://host:port` or `mqtts://host:port` (TLS).
     pub url: String,
     /// Defaults to `florence-edge-{node}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// Prefer `password_file`: a password here ends up in the config file.
-    pub password: Option<String>,
-    pub password_file: Option<PathBuf>,
-    /// "30s"; "0s" disables keep-alive.
-    pub keep_alive: String,
+    /// `password` or `password_file` (preferred: a password in the
+    /// configuration file ends up in backups and git).
+    #[serde(skip)]
+    pub password: Option<PasswordSource>,
+    /// Whole seconds; zero disables keep-alive.
+    #[serde(with = "humantime_text")]
+    pub keep_alive: Duration,
     /// 0, 1 or 2.
     pub qos: u8,
     pub topic_prefix: String,
     pub retain: RetainSettings,
     pub tls: TlsSettings,
     pub spool: SpoolSettings,
-    pub reconnect: ReconnectSettings,
+    #[serde(with = "backoff_text")]
+    pub reconnect: BackoffPolicy,
     /// How long one connection attempt (TCP, TLS, CONNACK) may take.
-    pub connect_timeout: String,
+    #[serde(with = "humantime_text")]
+    pub connect_timeout: Duration,
     /// Results queued between the inference side and the publisher thread.
     pub queue_capacity: usize,
-    /// Publishes awaiting acknowledgement at once. The default, 20, is
-    /// mosquitto's own `max_inflight_messages`: with QoS 2 mosquitto drops a
-    /// client that has more unreleased messages in flight than that.
+    /// Publishes awaiting acknowledgement at once.
     pub max_inflight: u16,
-    pub snapshot: SnapshotSettings,
+    pub snapshots: SnapshotSettings,
 }
 
 impl Default for MqttSettings {
     fn default() -> Self {
         MqttSettings {
-            url: "mqtt://127.0.0.1:1883".into(),
+            url: DEFAULT_URL.into(),
             client_id: None,
             username: None,
             password: None,
-            password_file: None,
-            keep_alive: "30s".into(),
-            qos: 1,
-            topic_prefix: "florence-edge".into(),
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            qos: DEFAULT_QOS,
+            topic_prefix: DEFAULT_TOPIC_PREFIX.into(),
             retain: RetainSettings::default(),
             tls: TlsSettings::default(),
             spool: SpoolSettings::default(),
-            reconnect: ReconnectSettings::default(),
-            connect_timeout: "5s".into(),
-            queue_capacity: 1024,
-            max_inflight: 20,
-            snapshot: SnapshotSettings::default(),
+            reconnect: DEFAULT_RECONNECT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            snapshots: SnapshotSettings::default(),
         }
     }
 }
 
 impl fmt::Debug for MqttSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Debug output ends up in logs; the password must not.
+        // Debug output ends up in logs; the password must not (PasswordSource
+        // prints an inline one as ***).
         f.debug_struct("MqttSettings")
-            .field("url", &self.url)
+            .field("url", &crate::settings::redact_url(&self.url))
             .field("client_id", &self.client_id)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("password_file", &self.password_file)
+            .field("password", &self.password)
             .field("keep_alive", &self.keep_alive)
             .field("qos", &self.qos)
             .field("topic_prefix", &self.topic_prefix)
@@ -246,10 +279,170 @@ impl fmt::Debug for MqttSettings {
             .field("tls", &self.tls)
             .field("spool", &self.spool)
             .field("reconnect", &self.reconnect)
+            .field("connect_timeout", &self.connect_timeout)
             .field("queue_capacity", &self.queue_capacity)
             .field("max_inflight", &self.max_inflight)
-            .field("snapshot", &self.snapshot)
+            .field("snapshots", &self.snapshots)
             .finish()
+    }
+}
+
+/// Durations shown as operators write them (`30s`, `1m 30s`) in
+/// `validate --print`.
+mod humantime_text {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}
+
+mod backoff_text {
+    use serde::ser::SerializeStruct;
+
+    use super::BackoffPolicy;
+
+    pub fn serialize<S: serde::Serializer>(b: &BackoffPolicy, s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_struct("reconnect", 3)?;
+        t.serialize_field(
+            "initial",
+            &humantime::format_duration(b.initial).to_string(),
+        )?;
+        t.serialize_field("max", &humantime::format_duration(b.max).to_string())?;
+        t.serialize_field(
+            "stable_after",
+            &humantime::format_duration(b.stable_after).to_string(),
+        )?;
+        t.end()
+    }
+}
+
+fn any_duration(value: &::config::Value) -> Result<Duration, Problem> {
+    duration_in(value, ANY_DURATION.0, ANY_DURATION.1)
+}
+
+/// A whole number of the field's type; its bounds are checked by
+/// [`MqttSettings::check`].
+fn whole_number<T: TryFrom<u64>>(value: &::config::Value) -> Result<T, Problem> {
+    let n = uint_in(value, 0, u64::MAX)
+        .map_err(|p| Problem::new(p.problem, "a whole number, see docs/MQTT.md"))?;
+    T::try_from(n).map_err(|_| Problem::new(format!("{n} is too large"), "see docs/MQTT.md"))
+}
+
+impl MqttSettings {
+    /// Reads the `[mqtt]` table of the configuration file (`f`, at key path
+    /// `mqtt`): the types of its keys here, their bounds and relations in
+    /// [`MqttSettings::check`], every problem reported under the key as
+    /// written in the file.
+    pub(crate) fn from_section(
+        mut f: Fields,
+        node_id: Option<&str>,
+        errors: &mut Errors,
+    ) -> Option<MqttSettings> {
+        let origins = f.origins();
+        let d = MqttSettings::default();
+        let url = f.or("url", d.url, errors, string);
+        let client_id = f.opt("client_id", errors, non_empty_string);
+        let username = f.opt("username", errors, non_empty_string);
+        let password = password(&mut f, errors);
+        let keep_alive = f.or("keep_alive", d.keep_alive, errors, any_duration);
+        let qos = f.or("qos", d.qos, errors, whole_number);
+        let topic_prefix = f.or("topic_prefix", d.topic_prefix, errors, string);
+        let retain = f.table("retain", errors).map(|mut t| {
+            let r = RetainSettings::default();
+            let out = RetainSettings {
+                node_status: t.or("node_status", r.node_status, errors, boolean),
+                camera_status: t.or("camera_status", r.camera_status, errors, boolean),
+                results: t.or("results", r.results, errors, boolean),
+                snapshots: t.or("snapshots", r.snapshots, errors, boolean),
+            };
+            t.finish(errors);
+            out
+        });
+        let tls = f.table("tls", errors).map(|mut t| {
+            let out = TlsSettings {
+                ca_file: t.opt("ca_file", errors, path_value),
+                cert_file: t.opt("cert_file", errors, path_value),
+                key_file: t.opt("key_file", errors, path_value),
+            };
+            t.finish(errors);
+            out
+        });
+        let spool = f.table("spool", errors).map(|mut t| {
+            let out = SpoolSettings {
+                dir: t.or("dir", d.spool.dir, errors, path_value),
+                max_messages: t.or("max_messages", d.spool.max_messages, errors, whole_number),
+            };
+            t.finish(errors);
+            out
+        });
+        let reconnect = f.table("reconnect", errors).map(|mut t| {
+            let out = BackoffPolicy {
+                initial: t.or("initial", d.reconnect.initial, errors, any_duration),
+                max: t.or("max", d.reconnect.max, errors, any_duration),
+                stable_after: t.or(
+                    "stable_after",
+                    d.reconnect.stable_after,
+                    errors,
+                    any_duration,
+                ),
+            };
+            t.finish(errors);
+            out
+        });
+        let connect_timeout = f.or("connect_timeout", d.connect_timeout, errors, any_duration);
+        let queue_capacity = f.or("queue_capacity", d.queue_capacity, errors, whole_number);
+        let max_inflight = f.or("max_inflight", d.max_inflight, errors, whole_number);
+        let snapshots = f.table("snapshots", errors).map(|mut t| {
+            let s = SnapshotSettings::default();
+            let out = SnapshotSettings {
+                enabled: t.or("enabled", s.enabled, errors, boolean),
+                min_interval: t.or("min_interval", s.min_interval, errors, any_duration),
+                jpeg_quality: t.or("jpeg_quality", s.jpeg_quality, errors, whole_number),
+            };
+            t.finish(errors);
+            out
+        });
+        let section_origin = f.origin().map(str::to_string);
+        f.finish(errors);
+        let settings = MqttSettings {
+            url,
+            client_id,
+            username,
+            password,
+            keep_alive,
+            qos,
+            topic_prefix,
+            retain: retain?,
+            tls: tls?,
+            spool: spool?,
+            reconnect: reconnect?,
+            connect_timeout,
+            queue_capacity,
+            max_inflight,
+            snapshots: snapshots?,
+        };
+        // The node id is checked by its own section; only the MQTT keys here.
+        let node = node_id.unwrap_or("node");
+        for p in settings.check(node) {
+            if p.key == "node.id" || errors.has_key(&p.key) {
+                continue;
+            }
+            let origin = origins
+                .iter()
+                .find(|(key, _)| *key == p.key)
+                .map(|(_, origin)| origin.as_str())
+                .or(section_origin.as_deref());
+            errors.report(origin, &p.key, Problem::message(p.problem));
+        }
+        Some(settings)
+    }
+
+    /// The client id used with the broker.
+    pub fn client_id_for(&self, node_id: &str) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| format!("florence-edge-{node_id}"))
     }
 }
 
@@ -330,23 +523,6 @@ pub struct PublisherConfig {
     pub snapshot: SnapshotConfig,
 }
 
-/// Parses "250ms", "30s", "5m", "1h" (an integer and a unit).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(number)),
-        "s" => Some(Duration::from_secs(number)),
-        "m" => number.checked_mul(60).map(Duration::from_secs),
-        "h" => number.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
-    }
-}
-
-/// Splits `mqtt://host:port` / `mqtts://host:port`. Never echoes the URL in
-/// an error: a URL with `user:password@` would leak the password.
 pub fn parse_broker_url(url: &str) -> Result<BrokerAddress, String> {
     let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
         (true, rest)
@@ -402,9 +578,9 @@ pub fn parse_broker_url(url: &str) -> Result<BrokerAddress, String> {
 }
 
 impl MqttSettings {
-    /// Checks everything, reads the password and TLS files, and returns the
-    /// settings rumqttc can take, or every problem found.
-    pub fn validate(&self, node_id: &str) -> Result<PublisherConfig, Vec<SettingsProblem>> {
+    /// Every problem that needs no file: each bound and relation of the
+    /// section, written once. Keys are as in the configuration file.
+    pub fn check(&self, node_id: &str) -> Vec<SettingsProblem> {
         let mut problems = Vec::new();
         let mut problem = |key: &str, text: String| {
             problems.push(SettingsProblem {
@@ -412,18 +588,13 @@ impl MqttSettings {
                 problem: text,
             })
         };
-
         if let Err(e) = check_level("node id", node_id) {
             problem("node.id", e.to_string());
         }
         let broker = parse_broker_url(&self.url)
             .map_err(|e| problem("mqtt.url", e))
             .ok();
-
-        let client_id = self
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("florence-edge-{node_id}"));
+        let client_id = self.client_id_for(node_id);
         if client_id.is_empty()
             || client_id.len() > 256
             || client_id
@@ -435,17 +606,157 @@ impl MqttSettings {
                 "must be 1 to 256 bytes without spaces or control characters".into(),
             );
         }
-
-        let password = match (&self.password, &self.password_file) {
-            (Some(_), Some(_)) => {
+        if self.password.is_some() && self.username.as_deref().is_none_or(str::is_empty) {
+            problem(
+                "mqtt.username",
+                "missing, but a password is set; allowed: a user name with the password".into(),
+            );
+        }
+        let k = self.keep_alive;
+        if !(k.subsec_nanos() == 0 && k.as_secs() <= MAX_KEEP_ALIVE_SECS) {
+            problem(
+                "mqtt.keep_alive",
+                format!(
+                    "{} is not allowed; allowed: \"0s\" (off) or whole seconds from \"1s\" to \"{MAX_KEEP_ALIVE_SECS}s\" (MQTT counts keep-alive in seconds)",
+                    humantime::format_duration(k)
+                ),
+            );
+        }
+        if QualityOfService::from_level(self.qos).is_none() {
+            problem(
+                "mqtt.qos",
+                format!("{} is not allowed; allowed: 0, 1 or 2", self.qos),
+            );
+        }
+        if let Err(e) = Topics::new(&self.topic_prefix, node_id) {
+            problem("mqtt.topic_prefix", e.to_string());
+        }
+        let tls_wanted = broker.as_ref().is_some_and(|b| b.tls);
+        let t = &self.tls;
+        if broker.is_some()
+            && !tls_wanted
+            && (t.ca_file.is_some() || t.cert_file.is_some() || t.key_file.is_some())
+        {
+            problem(
+                "mqtt.tls",
+                "TLS files are set but mqtt.url is mqtt://; allowed: an mqtts:// url, or no [mqtt.tls]".into(),
+            );
+        }
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            let missing = if t.cert_file.is_some() {
+                "mqtt.tls.key_file"
+            } else {
+                "mqtt.tls.cert_file"
+            };
+            problem(
+                missing,
+                "missing; a client certificate needs both; allowed: cert_file and key_file together, or neither".into(),
+            );
+        }
+        if self.spool.dir.as_os_str().is_empty() {
+            problem(
+                "mqtt.spool.dir",
+                format!("is empty; allowed: a writable directory, by default {DEFAULT_SPOOL_DIR}"),
+            );
+        }
+        let (lo, hi) = SPOOL_MAX_MESSAGES;
+        if !(lo..=hi).contains(&self.spool.max_messages) {
+            problem(
+                "mqtt.spool.max_messages",
+                format!(
+                    "{} is not allowed; allowed: {lo} to {hi}",
+                    self.spool.max_messages
+                ),
+            );
+        }
+        let mut range = |key: &str, d: Duration, (lo, hi): (Duration, Duration)| {
+            if d < lo || d > hi {
                 problem(
-                    "mqtt.password_file",
-                    "give either password or password_file, not both".into(),
+                    key,
+                    format!(
+                        "{} is not allowed; allowed: {} to {}",
+                        humantime::format_duration(d),
+                        humantime::format_duration(lo),
+                        humantime::format_duration(hi)
+                    ),
                 );
-                None
             }
-            (Some(p), None) => Some(Password(p.clone())),
-            (None, Some(path)) => match std::fs::read_to_string(path) {
+        };
+        range(
+            "mqtt.reconnect.initial",
+            self.reconnect.initial,
+            RECONNECT_DELAY,
+        );
+        range("mqtt.reconnect.max", self.reconnect.max, RECONNECT_DELAY);
+        range(
+            "mqtt.reconnect.stable_after",
+            self.reconnect.stable_after,
+            RECONNECT_STABLE_AFTER,
+        );
+        range(
+            "mqtt.connect_timeout",
+            self.connect_timeout,
+            CONNECT_TIMEOUT,
+        );
+        range(
+            "mqtt.snapshots.min_interval",
+            self.snapshots.min_interval,
+            SNAPSHOT_MIN_INTERVAL,
+        );
+        if self.reconnect.max < self.reconnect.initial {
+            problem(
+                "mqtt.reconnect.max",
+                "is below mqtt.reconnect.initial; allowed: max >= initial".into(),
+            );
+        }
+        if self.connect_timeout.subsec_nanos() != 0 {
+            problem(
+                "mqtt.connect_timeout",
+                "must be whole seconds (rumqttc counts it in seconds)".into(),
+            );
+        }
+        if !(1..=100).contains(&self.snapshots.jpeg_quality) {
+            problem(
+                "mqtt.snapshots.jpeg_quality",
+                format!(
+                    "{} is not allowed; allowed: 1 to 100",
+                    self.snapshots.jpeg_quality
+                ),
+            );
+        }
+        let (lo, hi) = QUEUE_CAPACITY;
+        if !(lo..=hi).contains(&self.queue_capacity) {
+            problem(
+                "mqtt.queue_capacity",
+                format!(
+                    "{} is not allowed; allowed: {lo} to {hi}",
+                    self.queue_capacity
+                ),
+            );
+        }
+        if self.max_inflight == 0 {
+            problem(
+                "mqtt.max_inflight",
+                "0 is not allowed; allowed: 1 to 65535".into(),
+            );
+        }
+        problems
+    }
+
+    /// [`MqttSettings::check`], then reads the password and TLS files, and
+    /// returns the settings rumqttc can take, or every problem found.
+    pub fn validate(&self, node_id: &str) -> Result<PublisherConfig, Vec<SettingsProblem>> {
+        let mut problems = self.check(node_id);
+        let mut problem = |key: &str, text: String| {
+            problems.push(SettingsProblem {
+                key: key.to_owned(),
+                problem: text,
+            })
+        };
+        let password = match &self.password {
+            None => None,
+            Some(PasswordSource::Inline(secret)) => Some(Password(secret.expose().to_string())),
+            Some(PasswordSource::File(path)) => match std::fs::read_to_string(path) {
                 Ok(text) => {
                     let secret = text.trim_end_matches(['\r', '\n']).to_owned();
                     if secret.is_empty() {
@@ -464,230 +775,50 @@ impl MqttSettings {
                     None
                 }
             },
-            (None, None) => None,
         };
-        if password.is_some() && self.username.as_deref().is_none_or(str::is_empty) {
-            problem(
-                "mqtt.username",
-                "a password needs a username; set mqtt.username".into(),
-            );
-        }
-
-        let keep_alive = match parse_duration(&self.keep_alive) {
-            Some(d)
-                if d.is_zero()
-                    || (d.subsec_nanos() == 0 && (1..=65_535).contains(&d.as_secs())) =>
-            {
-                Some(d)
-            }
-            _ => {
-                problem(
-                    "mqtt.keep_alive",
-                    format!(
-                        "{:?} is not allowed; allowed: \"0s\" (off) or whole seconds from \"1s\" to \"65535s\"",
-                        self.keep_alive
-                    ),
-                );
-                None
-            }
-        };
-
+        let broker = parse_broker_url(&self.url).ok();
+        let tls = self.read_tls(broker.as_ref(), &mut problem);
+        let topics = Topics::new(&self.topic_prefix, node_id).ok();
         let qos = QualityOfService::from_level(self.qos);
-        if qos.is_none() {
-            problem(
-                "mqtt.qos",
-                format!("{} is not allowed; allowed: 0, 1 or 2", self.qos),
-            );
-        }
-
-        let topics = match Topics::new(&self.topic_prefix, node_id) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                problem("mqtt.topic_prefix", e.to_string());
-                None
+        match (broker, qos, topics, tls) {
+            (Some(broker), Some(qos), Some(topics), Some(tls)) if problems.is_empty() => {
+                Ok(PublisherConfig {
+                    broker,
+                    client_id: self.client_id_for(node_id),
+                    username: self.username.clone().filter(|u| !u.is_empty()),
+                    password,
+                    keep_alive: self.keep_alive,
+                    qos,
+                    retain: self.retain,
+                    tls,
+                    topics,
+                    spool: SpoolConfig {
+                        dir: self.spool.dir.clone(),
+                        max_messages: self.spool.max_messages,
+                    },
+                    reconnect: self.reconnect,
+                    connect_timeout: self.connect_timeout,
+                    queue_capacity: self.queue_capacity,
+                    max_inflight: self.max_inflight,
+                    snapshot: SnapshotConfig {
+                        enabled: self.snapshots.enabled,
+                        min_interval: self.snapshots.min_interval,
+                        jpeg_quality: self.snapshots.jpeg_quality,
+                    },
+                })
             }
-        };
-
-        let tls = self.validate_tls(broker.as_ref(), &mut problem);
-
-        let spool_dir = match &self.spool.dir {
-            Some(dir) if !dir.as_os_str().is_empty() => Some(dir.clone()),
-            _ => {
-                problem(
-                    "mqtt.spool.dir",
-                    "missing; allowed: a writable directory under the state directory, e.g. /var/lib/florence-edge/spool".into(),
-                );
-                None
-            }
-        };
-        if !(1..=10_000_000).contains(&self.spool.max_messages) {
-            problem(
-                "mqtt.spool.max_messages",
-                format!(
-                    "{} is not allowed; allowed: 1 to 10000000",
-                    self.spool.max_messages
-                ),
-            );
-        }
-
-        let mut duration = |key: &str, text: &str, min: Duration, max: Duration| {
-            match parse_duration(text) {
-                Some(d) if d >= min && d <= max => Some(d),
-                _ => {
-                    problem(
-                        key,
-                        format!("{text:?} is not allowed; allowed: {min:?} to {max:?}, written like \"500ms\", \"30s\", \"5m\""),
-                    );
-                    None
-                }
-            }
-        };
-        let initial = duration(
-            "mqtt.reconnect.initial",
-            &self.reconnect.initial,
-            Duration::from_millis(10),
-            Duration::from_secs(3600),
-        );
-        let max = duration(
-            "mqtt.reconnect.max",
-            &self.reconnect.max,
-            Duration::from_millis(10),
-            Duration::from_secs(3600),
-        );
-        let stable_after = duration(
-            "mqtt.reconnect.stable_after",
-            &self.reconnect.stable_after,
-            Duration::ZERO,
-            Duration::from_secs(3600),
-        );
-        let connect_timeout = duration(
-            "mqtt.connect_timeout",
-            &self.connect_timeout,
-            Duration::from_secs(1),
-            Duration::from_secs(300),
-        );
-        let min_interval = duration(
-            "mqtt.snapshot.min_interval",
-            &self.snapshot.min_interval,
-            Duration::ZERO,
-            Duration::from_secs(86_400),
-        );
-        if let (Some(i), Some(m)) = (initial, max) {
-            if m < i {
-                problem(
-                    "mqtt.reconnect.max",
-                    "must not be below mqtt.reconnect.initial".into(),
-                );
-            }
-        }
-        if connect_timeout.is_some_and(|d| d.subsec_nanos() != 0) {
-            problem(
-                "mqtt.connect_timeout",
-                "must be whole seconds (rumqttc counts it in seconds)".into(),
-            );
-        }
-        if !(1..=100).contains(&self.snapshot.jpeg_quality) {
-            problem(
-                "mqtt.snapshot.jpeg_quality",
-                format!(
-                    "{} is not allowed; allowed: 1 to 100",
-                    self.snapshot.jpeg_quality
-                ),
-            );
-        }
-        if !(1..=1_000_000).contains(&self.queue_capacity) {
-            problem(
-                "mqtt.queue_capacity",
-                format!(
-                    "{} is not allowed; allowed: 1 to 1000000",
-                    self.queue_capacity
-                ),
-            );
-        }
-        if self.max_inflight == 0 {
-            problem(
-                "mqtt.max_inflight",
-                "0 is not allowed; allowed: 1 to 65535".into(),
-            );
-        }
-
-        match (
-            broker,
-            keep_alive,
-            qos,
-            topics,
-            tls,
-            spool_dir,
-            initial,
-            max,
-            stable_after,
-            connect_timeout,
-            min_interval,
-        ) {
-            (
-                Some(broker),
-                Some(keep_alive),
-                Some(qos),
-                Some(topics),
-                Some(tls),
-                Some(dir),
-                Some(initial),
-                Some(max),
-                Some(stable_after),
-                Some(connect_timeout),
-                Some(min_interval),
-            ) if problems.is_empty() => Ok(PublisherConfig {
-                broker,
-                client_id,
-                username: self.username.clone().filter(|u| !u.is_empty()),
-                password,
-                keep_alive,
-                qos,
-                retain: self.retain,
-                tls,
-                topics,
-                spool: SpoolConfig {
-                    dir,
-                    max_messages: self.spool.max_messages,
-                },
-                reconnect: BackoffPolicy {
-                    initial,
-                    max,
-                    stable_after,
-                },
-                connect_timeout,
-                queue_capacity: self.queue_capacity,
-                max_inflight: self.max_inflight,
-                snapshot: SnapshotConfig {
-                    enabled: self.snapshot.enabled,
-                    min_interval,
-                    jpeg_quality: self.snapshot.jpeg_quality,
-                },
-            }),
             _ => Err(problems),
         }
     }
 
     /// `Some(None)`: plain MQTT; `Some(Some(_))`: TLS material read;
     /// `None`: a problem was recorded.
-    fn validate_tls(
+    fn read_tls(
         &self,
         broker: Option<&BrokerAddress>,
         problem: &mut impl FnMut(&str, String),
     ) -> Option<Option<TlsMaterial>> {
-        let tls_wanted = broker.is_some_and(|b| b.tls);
-        let any_file = self.tls.ca_file.is_some()
-            || self.tls.client_cert_file.is_some()
-            || self.tls.client_key_file.is_some();
-        if !tls_wanted {
-            if any_file && broker.is_some() {
-                problem(
-                    "mqtt.tls",
-                    "TLS files are set but mqtt.url is mqtt://; use mqtts:// or remove [mqtt.tls]"
-                        .into(),
-                );
-                return None;
-            }
+        if !broker.is_some_and(|b| b.tls) {
             return Some(None);
         }
         let mut ok = true;
@@ -707,33 +838,19 @@ impl MqttSettings {
                 }
             }
         };
+        const CERT: &str = "-----BEGIN CERTIFICATE-----";
         let ca_pem = match &self.tls.ca_file {
             Some(path) => {
-                let pem = read(
-                    "mqtt.tls.ca_file",
-                    path,
-                    "-----BEGIN CERTIFICATE-----",
-                    "certificate",
-                );
+                let pem = read("mqtt.tls.ca_file", path, CERT, "certificate");
                 ok &= pem.is_some();
                 pem
             }
             None => None,
         };
-        let client_auth = match (&self.tls.client_cert_file, &self.tls.client_key_file) {
+        let client_auth = match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(cert), Some(key)) => {
-                let cert = read(
-                    "mqtt.tls.client_cert_file",
-                    cert,
-                    "-----BEGIN CERTIFICATE-----",
-                    "certificate",
-                );
-                let key = read(
-                    "mqtt.tls.client_key_file",
-                    key,
-                    "PRIVATE KEY-----",
-                    "private key",
-                );
+                let cert = read("mqtt.tls.cert_file", cert, CERT, "certificate");
+                let key = read("mqtt.tls.key_file", key, "PRIVATE KEY-----", "private key");
                 match (cert, key) {
                     (Some(c), Some(k)) => Some((c, k)),
                     _ => {
@@ -742,15 +859,7 @@ impl MqttSettings {
                     }
                 }
             }
-            (None, None) => None,
-            _ => {
-                problem(
-                    "mqtt.tls",
-                    "client_cert_file and client_key_file go together; set both or neither".into(),
-                );
-                ok = false;
-                None
-            }
+            _ => None,
         };
         ok.then_some(Some(TlsMaterial {
             ca_pem,
@@ -770,7 +879,7 @@ mod tests {
     fn with_spool() -> MqttSettings {
         MqttSettings {
             spool: SpoolSettings {
-                dir: Some("/tmp/spool".into()),
+                dir: "/tmp/spool".into(),
                 max_messages: 10,
             },
             ..MqttSettings::default()
@@ -778,8 +887,8 @@ mod tests {
     }
 
     #[test]
-    fn defaults_with_a_spool_dir_validate() {
-        let config = with_spool().validate("edge-01").expect("valid");
+    fn defaults_validate() {
+        let config = MqttSettings::default().validate("edge-01").expect("valid");
         assert_eq!(
             config.broker,
             BrokerAddress {
@@ -792,18 +901,25 @@ mod tests {
         assert_eq!(config.keep_alive, Duration::from_secs(30));
         assert_eq!(config.qos, QualityOfService::AtLeastOnce);
         assert_eq!(config.topics.node_status(), "florence-edge/edge-01/status");
+        assert_eq!(config.spool.dir, PathBuf::from(DEFAULT_SPOOL_DIR));
     }
 
     #[test]
     fn every_problem_is_reported_at_once_with_its_key() {
         let settings = MqttSettings {
             url: "http://broker".into(),
-            keep_alive: "500ms".into(),
+            keep_alive: Duration::from_millis(500),
             qos: 3,
             topic_prefix: "a/+/b".into(),
-            password: Some("hunter2".into()),
+            password: Some(PasswordSource::Inline(crate::settings::Secret::new(
+                "hunter2",
+            ))),
             queue_capacity: 0,
             max_inflight: 0,
+            spool: SpoolSettings {
+                dir: PathBuf::new(),
+                max_messages: 0,
+            },
             ..MqttSettings::default()
         };
         let problems = settings.validate("edge/01").expect_err("invalid");
@@ -816,6 +932,7 @@ mod tests {
             "mqtt.qos",
             "mqtt.topic_prefix",
             "mqtt.spool.dir",
+            "mqtt.spool.max_messages",
             "mqtt.queue_capacity",
             "mqtt.max_inflight",
         ] {
@@ -853,23 +970,13 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("30"), None);
-        assert_eq!(parse_duration("1.5s"), None);
-        assert_eq!(parse_duration("s"), None);
-    }
-
-    #[test]
     fn password_file_is_read_and_trimmed_and_never_shown() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("pass");
         std::fs::write(&path, "s3cret\n").expect("write");
         let settings = MqttSettings {
             username: Some("edge".into()),
-            password_file: Some(path),
+            password: Some(PasswordSource::File(path)),
             ..with_spool()
         };
         let config = settings.validate("edge-01").expect("valid");
@@ -890,14 +997,18 @@ mod tests {
             url: "mqtts://127.0.0.1:8883".into(),
             tls: TlsSettings {
                 ca_file: Some(not_pem),
-                client_cert_file: Some(dir.path().join("missing.pem")),
-                client_key_file: None,
+                cert_file: Some(dir.path().join("missing.pem")),
+                key_file: None,
             },
             ..with_spool()
         };
         let problems = settings.validate("edge-01").expect_err("invalid");
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["mqtt.tls.ca_file", "mqtt.tls"], "{problems:?}");
+        assert_eq!(
+            keys,
+            ["mqtt.tls.key_file", "mqtt.tls.ca_file"],
+            "{problems:?}"
+        );
 
         let plain = MqttSettings {
             tls: TlsSettings {
@@ -911,19 +1022,29 @@ mod tests {
     }
 
     #[test]
-    fn keep_alive_below_a_second_never_reaches_rumqttc() {
-        for bad in ["500ms", "1500ms", "70000s", "x"] {
+    fn keep_alive_is_whole_seconds_and_never_below_one_unless_off() {
+        for bad in [
+            Duration::from_millis(500),
+            Duration::from_millis(1500),
+            Duration::from_secs(70_000),
+        ] {
             let settings = MqttSettings {
-                keep_alive: bad.into(),
+                keep_alive: bad,
                 ..with_spool()
             };
-            let problems = settings.validate("n").expect_err(bad);
-            assert_eq!(problems[0].key, "mqtt.keep_alive");
+            let problems = settings.check("n");
+            assert_eq!(problems[0].key, "mqtt.keep_alive", "{bad:?}");
         }
-        let off = MqttSettings {
-            keep_alive: "0s".into(),
-            ..with_spool()
-        };
-        assert_eq!(off.validate("n").expect("0s").keep_alive, Duration::ZERO);
+        for good in [
+            Duration::ZERO,
+            Duration::from_secs(90),
+            Duration::from_secs(1),
+        ] {
+            let settings = MqttSettings {
+                keep_alive: good,
+                ..with_spool()
+            };
+            assert_eq!(settings.validate("n").expect("valid").keep_alive, good);
+        }
     }
 }

@@ -494,19 +494,20 @@ impl TestCertificates {
 
 /// Settings for a publisher under test: QoS 1, fast backoff, a spool in `spool_dir`.
 pub fn test_settings(url: &str, spool_dir: &Path) -> florence_edge::publish::MqttSettings {
-    use florence_edge::publish::settings::{ReconnectSettings, SpoolSettings};
+    use florence_edge::publish::settings::SpoolSettings;
+    use florence_edge::publish::BackoffPolicy;
     florence_edge::publish::MqttSettings {
         url: url.to_owned(),
         topic_prefix: "fe-test".into(),
-        keep_alive: "5s".into(),
+        keep_alive: std::time::Duration::from_secs(5),
         spool: SpoolSettings {
-            dir: Some(spool_dir.to_owned()),
+            dir: spool_dir.to_owned(),
             max_messages: 100_000,
         },
-        reconnect: ReconnectSettings {
-            initial: "200ms".into(),
-            max: "1s".into(),
-            stable_after: "5s".into(),
+        reconnect: BackoffPolicy {
+            initial: std::time::Duration::from_millis(200),
+            max: std::time::Duration::from_secs(1),
+            stable_after: std::time::Duration::from_secs(5),
         },
         ..florence_edge::publish::MqttSettings::default()
     }

@@ -35,6 +35,14 @@ impl Problem {
             allowed: Some(allowed.into()),
         }
     }
+
+    /// A problem whose sentence already says what is allowed.
+    pub fn message(problem: impl Into<String>) -> Problem {
+        Problem {
+            problem: problem.into(),
+            allowed: None,
+        }
+    }
 }
 
 /// Collects every problem found while compiling one configuration.
@@ -64,6 +72,12 @@ impl Errors {
             ),
             _ => self.file.clone(),
         }
+    }
+
+    /// Whether a problem with `key` was reported already (a later check of
+    /// the same value would only repeat it).
+    pub fn has_key(&self, key: &str) -> bool {
+        self.list.iter().any(|e| e.key() == Some(key))
     }
 
     pub fn report(&mut self, origin: Option<&str>, key: &str, problem: Problem) {
@@ -199,13 +213,6 @@ impl Fields {
         }
     }
 
-    /// A nested table, `None` when absent (an optional feature such as TLS).
-    pub fn opt_table(&mut self, key: &'static str, errors: &mut Errors) -> Option<Fields> {
-        let path = self.key_path(key);
-        let value = self.take(key)?;
-        Fields::of(value, &path, errors)
-    }
-
     /// An array of values with their `key[i]` paths.
     pub fn array(
         &mut self,
@@ -246,6 +253,30 @@ impl Fields {
 
     pub fn origin(&self) -> Option<&str> {
         self.origin.as_deref()
+    }
+
+    /// Where each value under this table came from, by key path, for
+    /// problems found after the values were read (call before reading).
+    pub fn origins(&self) -> Vec<(String, String)> {
+        fn walk(path: String, value: &Value, out: &mut Vec<(String, String)>) {
+            match &value.kind {
+                ValueKind::Table(map) => {
+                    for (k, v) in map {
+                        walk(format!("{path}.{k}"), v, out);
+                    }
+                }
+                _ => {
+                    if let Some(origin) = origin_of(value) {
+                        out.push((path, origin.to_string()));
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (key, value) in &self.entries {
+            walk(self.key_path(key), value, &mut out);
+        }
+        out
     }
 
     /// Reports every key that no accessor asked for.
@@ -427,6 +458,46 @@ pub(crate) fn duration_at_least(value: &Value, min: Duration) -> Result<Duration
             humantime::format_duration(min)
         )
     };
+    let (text, parsed) = duration_text(value, &allowed)?;
+    if parsed.is_zero() {
+        return Err(Problem::new(format!("{text:?} is zero"), allowed));
+    }
+    if parsed < min {
+        return Err(Problem::new(format!("{text:?} is too short"), allowed));
+    }
+    if parsed > MAX_DURATION {
+        return Err(Problem::new(
+            format!("{text:?} is too long"),
+            "at most 365d",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// A humantime duration from `min` to `max`, both included (zero only when
+/// `min` is zero, for settings where `"0s"` means off).
+pub(crate) fn duration_in(
+    value: &Value,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, Problem> {
+    let allowed = format!(
+        "a duration from {} to {}, such as \"500ms\", \"2s\", \"1m 30s\"",
+        humantime::format_duration(min),
+        humantime::format_duration(max)
+    );
+    let (text, parsed) = duration_text(value, &allowed)?;
+    if parsed < min {
+        return Err(Problem::new(format!("{text:?} is too short"), allowed));
+    }
+    if parsed > max {
+        return Err(Problem::new(format!("{text:?} is too long"), allowed));
+    }
+    Ok(parsed)
+}
+
+/// The text of a duration value and what humantime makes of it.
+fn duration_text(value: &Value, allowed: &str) -> Result<(String, Duration), Problem> {
     let text = match &value.kind {
         ValueKind::String(s) => s,
         other => {
@@ -448,20 +519,8 @@ pub(crate) fn duration_at_least(value: &Value, min: Duration) -> Result<Duration
         return Err(Problem::new(format!("{text:?} is negative"), allowed));
     }
     let parsed = humantime::parse_duration(trimmed)
-        .map_err(|e| Problem::new(format!("{text:?} is not a duration: {e}"), allowed.clone()))?;
-    if parsed.is_zero() {
-        return Err(Problem::new(format!("{text:?} is zero"), allowed));
-    }
-    if parsed < min {
-        return Err(Problem::new(format!("{text:?} is too short"), allowed));
-    }
-    if parsed > MAX_DURATION {
-        return Err(Problem::new(
-            format!("{text:?} is too long"),
-            "at most 365d",
-        ));
-    }
-    Ok(parsed)
+        .map_err(|e| Problem::new(format!("{text:?} is not a duration: {e}"), allowed))?;
+    Ok((text.clone(), parsed))
 }
 
 /// Any positive duration.

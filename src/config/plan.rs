@@ -1,0 +1,103 @@
+//! From a checked configuration to the daemon's plan: the one function
+//! `validate` and `run` share.
+//!
+//! [`super::load`] checks the file itself; [`plan`] checks it against the
+//! machine it will run on, reading every file it names the way the stages
+//! read them when they start (the publisher's password and TLS files, the
+//! cameras' password files, the HTTP token, the model directory). A file
+//! that `validate` accepts can then fail in `run` only for reasons outside
+//! it — a camera down, a broker away, a GPU missing — and those are
+//! reported by the stages as such, not as configuration errors.
+
+use std::path::Path;
+
+use super::{Config, ConfigError};
+use crate::ingest::{IngestError, ResolvedCamera};
+use crate::publish::PublisherConfig;
+use crate::settings::Secret;
+
+/// What `run` starts from.
+#[derive(Debug)]
+pub struct Plan {
+    pub config: Config,
+    /// The `[mqtt]` section ready to connect: password and TLS files read.
+    pub publisher: PublisherConfig,
+    /// The enabled cameras, checked and with their passwords read.
+    pub cameras: Vec<ResolvedCamera>,
+    /// The token of `http.bearer_token_file`.
+    pub http_token: Option<Secret>,
+}
+
+/// Checks `config` against the disk, collecting every problem, each named
+/// by the key of the file it is about.
+pub fn plan(config: Config) -> Result<Plan, Vec<ConfigError>> {
+    let file = config.file.display().to_string();
+    let mut errors = Vec::new();
+    let mut report = |key: String, problem: String| {
+        errors.push(ConfigError::Invalid {
+            origin: file.clone(),
+            key,
+            problem,
+            allowed: None,
+        })
+    };
+    let need = |path: &Path, dir: bool| -> Option<String> {
+        let ok = if dir { path.is_dir() } else { path.is_file() };
+        (!ok).then(|| {
+            format!(
+                "{} does not exist or is not a {}",
+                path.display(),
+                if dir { "directory" } else { "file" }
+            )
+        })
+    };
+    if let Some(p) = need(&config.model.dir, true) {
+        report("model.dir".into(), p);
+    }
+    if let Some(p) = config
+        .model
+        .ort_library
+        .as_deref()
+        .and_then(|lib| need(lib, false))
+    {
+        report("model.ort_library".into(), p);
+    }
+    let publisher = match config.mqtt.validate(&config.node.id) {
+        Ok(publisher) => Some(publisher),
+        Err(problems) => {
+            for p in problems {
+                report(p.key, p.problem);
+            }
+            None
+        }
+    };
+    let http_token = match config.http.read_bearer_token() {
+        Ok(token) => token,
+        Err(problem) => {
+            report("http.bearer_token_file".into(), problem);
+            None
+        }
+    };
+    let mut cameras = Vec::new();
+    for (i, camera) in config.cameras.iter().enumerate() {
+        if !camera.enabled {
+            continue;
+        }
+        match camera.stream.resolve() {
+            Ok(resolved) => cameras.push(resolved),
+            Err(IngestError::InvalidSetting {
+                setting, reason, ..
+            }) => report(format!("cameras[{i}].{setting}"), reason),
+            Err(other) => report(format!("cameras[{i}].url"), other.to_string()),
+        }
+    }
+    match publisher {
+        Some(publisher) if errors.is_empty() => Ok(Plan {
+            config,
+            publisher,
+            cameras,
+            http_token,
+        }),
+        _ => Err(errors),
+    }
+}

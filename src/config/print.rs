@@ -1,0 +1,191 @@
+//! `florence-edge validate --print`: the configuration in effect, as TOML
+//! that could be written back to the file — every default filled in, every
+//! credential shown as `***` and every URL through the one redaction.
+
+use toml::{Table, Value};
+
+use super::{Backend, CameraConfig, Config, DecoderLayout, DecodingStrategy, PasswordSource};
+use crate::ingest::{DecoderChoice, MaxAttempts, Transport};
+use crate::settings::{redact_url, REDACTED};
+
+fn text(s: impl Into<String>) -> Value {
+    Value::String(s.into())
+}
+
+fn duration(d: std::time::Duration) -> Value {
+    text(humantime::format_duration(d).to_string())
+}
+
+fn path(p: &std::path::Path) -> Value {
+    text(p.display().to_string())
+}
+
+fn int(n: impl TryInto<i64>) -> Value {
+    Value::Integer(n.try_into().unwrap_or(i64::MAX))
+}
+
+fn password(t: &mut Table, p: &Option<PasswordSource>) {
+    match p {
+        None => {}
+        Some(PasswordSource::Inline(_)) => {
+            t.insert("password".into(), text(REDACTED));
+        }
+        Some(PasswordSource::File(file)) => {
+            t.insert("password_file".into(), path(file));
+        }
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML text.
+    pub fn effective_toml(&self) -> String {
+        let mut root = Table::new();
+        let mut node = Table::new();
+        node.insert("id".into(), text(&self.node.id));
+        root.insert("node".into(), Value::Table(node));
+        root.insert("model".into(), Value::Table(self.model_table()));
+        root.insert("mqtt".into(), Value::Table(self.mqtt_table()));
+        let mut http = Table::new();
+        http.insert("enabled".into(), Value::Boolean(self.http.listen.is_some()));
+        if let Some(listen) = self.http.listen {
+            http.insert("listen".into(), text(listen.to_string()));
+        }
+        if let Some(file) = &self.http.bearer_token_file {
+            http.insert("bearer_token_file".into(), path(file));
+        }
+        root.insert("http".into(), Value::Table(http));
+        root.insert(
+            "cameras".into(),
+            Value::Array(
+                self.cameras
+                    .iter()
+                    .map(|c| Value::Table(camera_table(c)))
+                    .collect(),
+            ),
+        );
+        // Serializing a table built of strings, numbers and tables only
+        // cannot fail; an error would still be shown rather than hidden.
+        toml::to_string_pretty(&root).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+
+    fn model_table(&self) -> Table {
+        let m = &self.model;
+        let mut t = Table::new();
+        t.insert("dir".into(), path(&m.dir));
+        let backend = match m.backend {
+            Backend::Auto => "auto",
+            Backend::TensorRt => "tensorrt",
+            Backend::Cuda => "cuda",
+            Backend::Cpu => "cpu",
+        };
+        t.insert("backend".into(), text(backend));
+        if let Some(p) = m.precision {
+            t.insert("precision".into(), text(p.name()));
+        }
+        let decoder = match m.decoder {
+            DecoderLayout::Split => "split",
+            DecoderLayout::Merged => "merged",
+        };
+        t.insert("decoder".into(), text(decoder));
+        if let Some(dir) = &m.engines_dir {
+            t.insert("engines_dir".into(), path(dir));
+        }
+        t.insert(
+            "build_engines_at_start".into(),
+            Value::Boolean(m.build_engines_at_start),
+        );
+        t.insert("max_batch".into(), int(m.max_batch));
+        t.insert("max_wait_ms".into(), int(m.max_wait.as_millis()));
+        t.insert("threads".into(), int(m.threads));
+        t.insert("batch_timeout".into(), duration(m.batch_timeout));
+        if let Some(lib) = &m.ort_library {
+            t.insert("ort_library".into(), path(lib));
+        }
+        let mut d = Table::new();
+        let strategy = match m.decoding.strategy {
+            DecodingStrategy::Greedy => "greedy",
+            DecodingStrategy::Beam => "beam",
+        };
+        d.insert("strategy".into(), text(strategy));
+        d.insert("num_beams".into(), int(m.decoding.num_beams));
+        d.insert("max_new_tokens".into(), int(m.decoding.max_new_tokens));
+        t.insert("decoding".into(), Value::Table(d));
+        t
+    }
+
+    fn mqtt_table(&self) -> Table {
+        let m = &self.mqtt;
+        // The section's own serialization (durations as written), with the
+        // URL redacted and the password shown as where it comes from.
+        let mut t = match Value::try_from(m) {
+            Ok(Value::Table(t)) => t,
+            Ok(_) | Err(_) => Table::new(),
+        };
+        t.insert("url".into(), text(redact_url(&m.url)));
+        t.insert("client_id".into(), text(m.client_id_for(&self.node.id)));
+        password(&mut t, &m.password);
+        t
+    }
+}
+
+fn camera_table(c: &CameraConfig) -> Table {
+    let s = &c.stream;
+    let mut t = Table::new();
+    t.insert("id".into(), text(&c.id));
+    t.insert("enabled".into(), Value::Boolean(c.enabled));
+    t.insert("url".into(), text(redact_url(&s.url)));
+    if let Some(credentials) = &s.credentials {
+        t.insert("username".into(), text(&credentials.username));
+        password(&mut t, &credentials.password);
+    }
+    let transport = match s.transport {
+        Transport::Tcp => "tcp",
+        Transport::Udp => "udp",
+        Transport::Auto => "auto",
+    };
+    t.insert("transport".into(), text(transport));
+    t.insert("latency_ms".into(), int(s.latency.as_millis()));
+    let decoder = match &s.decoder {
+        DecoderChoice::Auto => "auto".to_string(),
+        DecoderChoice::Element(e) => e.clone(),
+    };
+    t.insert("decoder".into(), text(decoder));
+    t.insert("watchdog".into(), duration(s.watchdog));
+    t.insert("startup_timeout".into(), duration(s.startup_timeout));
+    t.insert(
+        "keyframe_skipping".into(),
+        Value::Boolean(s.keyframe_skipping),
+    );
+    let mut r = Table::new();
+    r.insert("initial".into(), duration(s.backoff.initial));
+    r.insert("max".into(), duration(s.backoff.max));
+    r.insert("multiplier".into(), Value::Float(s.backoff.multiplier));
+    r.insert("jitter".into(), Value::Float(s.backoff.jitter));
+    let attempts = match s.max_attempts {
+        MaxAttempts::Unlimited => 0,
+        MaxAttempts::Limit(n) => n,
+    };
+    r.insert("max_attempts".into(), int(attempts));
+    t.insert("reconnect".into(), Value::Table(r));
+    let tasks = c
+        .tasks
+        .iter()
+        .map(|task| {
+            let mut tt = Table::new();
+            tt.insert("task".into(), text(task.task.token()));
+            if let Some(input) = task.argument.text() {
+                tt.insert("text".into(), text(input));
+            }
+            if let super::TaskArgument::Region(r) = &task.argument {
+                tt.insert(
+                    "region".into(),
+                    Value::Array(vec![int(r.x1), int(r.y1), int(r.x2), int(r.y2)]),
+                );
+            }
+            tt.insert("every".into(), duration(task.every));
+            Value::Table(tt)
+        })
+        .collect();
+    t.insert("tasks".into(), Value::Array(tasks));
+    t
+}

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use ::config::{FileFormat, Source, Value, ValueKind};
 
-use super::task::{Region, Task, TaskArgument, TaskInput};
 use super::{
     Backend, CameraConfig, Config, ConfigError, DecoderLayout, DecodingConfig, DecodingStrategy,
-    HttpConfig, ModelConfig, NodeConfig, Precision, TaskConfig, ENV_PREFIX,
+    HttpConfig, ModelConfig, NodeConfig, Precision, TaskSchedule, ENV_PREFIX,
 };
 use crate::ingest::settings::URL_ALLOWED;
 use crate::ingest::{CameraSettings, IngestError};
 use crate::publish::MqttSettings;
+use crate::schedule::{Region, Task, TaskArgument, TaskInput};
 use crate::settings::{
     boolean, duration, duration_at_least, non_empty_string, one_of, path_value, string, uint_in,
     Errors, Fields, Problem,
@@ -426,7 +426,7 @@ fn camera(mut f: Fields, path: &str, errors: &mut Errors) -> Option<CameraConfig
 }
 
 /// Frames per second the tasks need at most.
-fn analysis_fps(tasks: &[TaskConfig]) -> Option<f64> {
+fn analysis_fps(tasks: &[TaskSchedule]) -> Option<f64> {
     tasks
         .iter()
         .map(|t| t.every)
@@ -471,7 +471,7 @@ fn tasks(
     enabled: bool,
     camera_path: &str,
     errors: &mut Errors,
-) -> Option<Vec<TaskConfig>> {
+) -> Option<Vec<TaskSchedule>> {
     if items.is_empty() && enabled {
         errors.report(
             None,
@@ -480,7 +480,7 @@ fn tasks(
         );
         return None;
     }
-    let mut compiled: Vec<(String, TaskConfig)> = Vec::new();
+    let mut compiled: Vec<(String, TaskSchedule)> = Vec::new();
     let mut all_ok = true;
     for (path, value) in items {
         match Fields::of(value, &path, errors).and_then(|f| task(f, &path, errors)) {
@@ -507,7 +507,7 @@ fn tasks(
     all_ok.then(|| compiled.into_iter().map(|(_, t)| t).collect())
 }
 
-fn task(mut f: Fields, path: &str, errors: &mut Errors) -> Option<TaskConfig> {
+fn task(mut f: Fields, path: &str, errors: &mut Errors) -> Option<TaskSchedule> {
     let allowed = Task::ALL
         .iter()
         .map(|t| t.token())
@@ -588,7 +588,7 @@ fn task(mut f: Fields, path: &str, errors: &mut Errors) -> Option<TaskConfig> {
             region.filter(|_| !has_text).map(TaskArgument::Region)
         }
     };
-    Some(TaskConfig {
+    Some(TaskSchedule {
         task,
         argument: argument?,
         every: every?,

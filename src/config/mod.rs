@@ -12,7 +12,6 @@ mod compile;
 mod diff;
 mod plan;
 mod print;
-pub mod task;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::schedule::{Region, Task, TaskArgument, TaskInput, TaskSchedule, UnknownTask};
 pub use diff::{diff, CameraChange, ConfigDiff};
 pub use plan::{plan, Plan};
-pub use task::{Region, Task, TaskArgument, TaskInput, UnknownTask};
 
 /// Environment variables starting with this, then `__SECTION__KEY`, override
 /// the file (`FLORENCE_EDGE__MQTT__URL`).
@@ -165,14 +164,6 @@ pub struct HttpConfig {
     pub bearer_token_file: Option<PathBuf>,
 }
 
-/// One configured task of a camera.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskConfig {
-    pub task: Task,
-    pub argument: TaskArgument,
-    pub every: Duration,
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct CameraConfig {
     /// `[A-Za-z0-9_-]`, unique; used in MQTT topics.
@@ -182,7 +173,7 @@ pub struct CameraConfig {
     /// restarts the camera. `analysis_fps` is set from the tasks.
     pub stream: crate::ingest::CameraSettings,
     /// Never empty.
-    pub tasks: Vec<TaskConfig>,
+    pub tasks: Vec<TaskSchedule>,
 }
 
 impl HttpConfig {
@@ -224,7 +215,7 @@ impl Config {
     }
 
     /// The task schedule of every enabled camera, in the scheduler's terms.
-    pub fn schedules(&self) -> Vec<(Arc<str>, Vec<TaskConfig>)> {
+    pub fn schedules(&self) -> Vec<(Arc<str>, Vec<TaskSchedule>)> {
         self.cameras
             .iter()
             .filter(|c| c.enabled)

@@ -307,7 +307,7 @@ impl Daemon {
         let now = Instant::now();
         let scheduler =
             Scheduler::new(Vec::new(), now).map_err(|e| DaemonError::Schedule(e.to_string()))?;
-        let batcher = Batcher::from_config(&config.model)
+        let batcher = Batcher::new(config.model.max_batch, config.model.max_wait)
             .map_err(|e| DaemonError::Schedule(e.to_string()))?;
         let registry: CameraRegistry = Arc::new(Mutex::new(BTreeMap::new()));
         let mut coordinator = Coordinator {
@@ -524,9 +524,9 @@ impl Coordinator {
     /// Starts a camera's pipeline and schedules its tasks.
     fn start_camera(&mut self, camera: &CameraConfig, now: Instant) -> Result<(), DaemonError> {
         let settings = cameras::camera_settings(camera);
-        let tasks: Vec<TaskSchedule> = camera.tasks.iter().map(TaskSchedule::from).collect();
+        let tasks: &[TaskSchedule] = &camera.tasks;
         self.scheduler
-            .set_camera(Arc::from(camera.id.as_str()), &tasks, now)
+            .set_camera(Arc::from(camera.id.as_str()), tasks, now)
             .map_err(|e| DaemonError::Schedule(e.to_string()))?;
         let handle =
             ingest::spawn_camera(&settings, self.frames_tx.clone(), self.events_tx.clone())

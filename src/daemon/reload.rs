@@ -99,14 +99,9 @@ impl Coordinator {
                         .find(|c| &c.id == id)
                         .and_then(|c| c.analysis_fps());
                     if old_rate == camera.analysis_fps() {
-                        let tasks: Vec<_> = camera
-                            .tasks
-                            .iter()
-                            .map(crate::schedule::TaskSchedule::from)
-                            .collect();
                         match self.scheduler.set_camera(
                             std::sync::Arc::from(id.as_str()),
-                            &tasks,
+                            &camera.tasks,
                             now,
                         ) {
                             Ok(()) => {

@@ -70,11 +70,6 @@ impl<F> Batcher<F> {
         })
     }
 
-    /// A batcher with the model section's `max_batch` and `max_wait_ms`.
-    pub fn from_config(model: &crate::config::ModelConfig) -> Result<Batcher<F>, ScheduleError> {
-        Batcher::new(model.max_batch, model.max_wait)
-    }
-
     /// Queues a job. If a job of the same (camera, task) is still waiting, the
     /// new one replaces it in place and the overtaken job is returned.
     pub fn push(&mut self, mut job: Job<F>, now: Instant) -> Option<Job<F>> {

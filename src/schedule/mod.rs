@@ -11,6 +11,7 @@
 mod batch;
 #[allow(clippy::module_inception)]
 mod schedule;
+pub mod task;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 pub use batch::{BatchCounters, BatchStats, Batcher};
 pub use schedule::{ScheduleCounters, Scheduler};
 
-use crate::config::{Task, TaskArgument};
+pub use task::{Region, Task, TaskArgument, TaskInput, UnknownTask};
 
 /// The longest period a task may have (the configuration's limit too).
 pub const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -48,16 +49,6 @@ pub struct TaskSchedule {
     pub argument: TaskArgument,
     /// The period; never zero.
     pub every: Duration,
-}
-
-impl From<&crate::config::TaskConfig> for TaskSchedule {
-    fn from(task: &crate::config::TaskConfig) -> Self {
-        TaskSchedule {
-            task: task.task,
-            argument: task.argument.clone(),
-            every: task.every,
-        }
-    }
 }
 
 /// One unit of inference: run `key.task` on frame `frame_seq` of

@@ -126,20 +126,6 @@ impl Scheduler {
         Ok(scheduler)
     }
 
-    /// A scheduler for the enabled cameras of a configuration.
-    pub fn from_config(
-        config: &crate::config::Config,
-        now: Instant,
-    ) -> Result<Scheduler, ScheduleError> {
-        Scheduler::new(
-            config
-                .schedules()
-                .into_iter()
-                .map(|(camera, tasks)| (camera, tasks.iter().map(TaskSchedule::from).collect())),
-            now,
-        )
-    }
-
     /// Adds a camera or replaces its tasks (a reload). A task that is kept
     /// keeps its counters and the frame it last analysed; its next tick is
     /// not pushed later than one new period from `now`.
@@ -281,7 +267,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Task, TaskArgument};
+    use crate::schedule::{Task, TaskArgument};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::{Task, TaskArgument};
 use crate::schedule::{Scheduler, TaskSchedule};
+use crate::schedule::{Task, TaskArgument};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -472,8 +472,9 @@ fn scheduler_and_batcher_follow_the_demo_config() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml");
     let config = crate::config::load_with_env(&path, std::iter::empty()).expect("valid demo");
     let t0 = Instant::now();
-    let mut scheduler = Scheduler::from_config(&config, t0).expect("valid schedule");
-    let mut batcher: Batcher = Batcher::from_config(&config.model).expect("valid batcher");
+    let mut scheduler = Scheduler::new(config.schedules(), t0).expect("valid schedule");
+    let mut batcher: Batcher =
+        Batcher::new(config.model.max_batch, config.model.max_wait).expect("valid batcher");
     scheduler.on_frame("ball", 1, t0).expect("known camera");
     scheduler.on_frame("bars", 1, t0).expect("known camera");
     for job in scheduler.poll(t0) {

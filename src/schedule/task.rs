@@ -1,5 +1,4 @@
-//! Tasks as the configuration knows them: the model's [`Task`] plus the
-//! input a configured task carries.
+//! A scheduled task: the model's [`Task`] plus the input it carries.
 
 use std::fmt;
 use std::sync::Arc;

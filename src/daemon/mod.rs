@@ -170,6 +170,28 @@ pub fn load_options(config: &Config) -> Result<LoadOptions, DaemonError> {
     Ok(opts)
 }
 
+/// Everything start-up derives from a configuration before it loads the
+/// model or opens a camera or a socket: the model's load options, the
+/// batcher, every enabled camera's schedule and its checked ingest
+/// settings. [`Daemon::start_with`] runs it first; `tests/config_agreement.rs`
+/// checks that it accepts exactly what `validate` accepts.
+pub fn preflight(config: &Config) -> Result<LoadOptions, DaemonError> {
+    let options = load_options(config)?;
+    Batcher::<()>::new(config.model.max_batch, config.model.max_wait)
+        .map_err(|e| DaemonError::Schedule(e.to_string()))?;
+    Scheduler::new(config.schedules(), Instant::now())
+        .map_err(|e| DaemonError::Schedule(e.to_string()))?;
+    for camera in config.cameras.iter().filter(|c| c.enabled) {
+        cameras::camera_settings(camera)
+            .check()
+            .map_err(|e| DaemonError::Camera {
+                camera: camera.id.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(options)
+}
+
 /// On TensorRT, the engines this configuration needs: fresh ones from the
 /// cache, or built now when `model.build_engines_at_start` allows it (with
 /// progress in the log and more start time asked of systemd), else an error
@@ -267,7 +289,7 @@ impl Daemon {
             .map(|t| t.expose().to_string());
 
         // The model lives on its own thread; it reports whether it loaded.
-        let mut opts = load_options(&config)?;
+        let mut opts = preflight(&config)?;
         opts.engine_manifest = tensorrt_engines(&config, &options)?;
         let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<FrameJob>>(1);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelInfo, String>>();

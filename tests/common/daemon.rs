@@ -131,6 +131,8 @@ pub struct DaemonProcess {
     results: Arc<Mutex<Vec<serde_json::Value>>>,
     /// JSON log lines from stderr, in order.
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Everything on stderr, JSON or not (GStreamer and libraries may print).
+    stderr: Arc<Mutex<String>>,
 }
 
 impl DaemonProcess {
@@ -162,8 +164,11 @@ impl DaemonProcess {
             }
         });
         let l = logs.clone();
+        let raw = Arc::new(Mutex::new(String::new()));
+        let all = raw.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                all.lock().unwrap().push_str(&format!("{line}\n"));
                 match serde_json::from_str::<serde_json::Value>(&line) {
                     Ok(v) => l.lock().unwrap().push(v),
                     Err(_) => eprintln!("daemon (not JSON): {line}"),
@@ -174,7 +179,13 @@ impl DaemonProcess {
             child,
             results,
             logs,
+            stderr: raw,
         }
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     pub fn signal(&self, sig: i32) {

@@ -34,6 +34,9 @@
 //! and jobs skipped as stale per second. A markdown table at the end and
 //! one JSON line per configuration as it finishes.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

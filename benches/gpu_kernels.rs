@@ -10,6 +10,9 @@
 //! Effective bytes = source frames read + intermediate rows written and read +
 //! output written; the tap tables and descriptors are a few KiB and not counted.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -10,6 +10,9 @@
 //! counted. Each configuration runs for a warm-up of 3 s, then CPU time
 //! (user + system, from /proc) is measured over N seconds (default 10).
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../tests/common/rtsp.rs"]
 mod rtsp;
 

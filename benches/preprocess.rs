@@ -7,6 +7,9 @@
 //!
 //! `cargo bench --bench preprocess` (optional arguments: iterations, thread count).
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -9,6 +9,9 @@
 //! CPU time is read from /proc/self/task/<tid>/schedstat of the publisher
 //! thread (nanoseconds on CPU), so the feeding thread is not counted.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../tests/common/mosquitto.rs"]
 mod mosquitto;
 

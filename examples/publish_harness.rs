@@ -12,6 +12,9 @@
 //! A line `shutdown` on stdin (or stdin closing) shuts down cleanly and prints
 //! `stopped offline=<bool> left_in_spool=<n>`.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../tests/common/mosquitto.rs"]
 mod mosquitto;
 

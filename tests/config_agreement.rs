@@ -6,6 +6,9 @@
 //! the file and `run` refused it, or a value changed on its way to the
 //! stage), then a property test over generated files.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

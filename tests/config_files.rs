@@ -1,6 +1,9 @@
 //! Every configuration shipped in configs/ loads, and broken files are
 //! rejected with every problem named by file, key and what is allowed.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

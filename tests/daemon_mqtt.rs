@@ -2,6 +2,9 @@
 //! topic (snapshots included), and results spooled by a florence-edge that
 //! is killed during a broker outage, delivered by the next one.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/daemon.rs"]
 mod daemon;
 #[path = "common/mosquitto.rs"]
@@ -176,10 +179,8 @@ fn results_spooled_before_a_kill_arrive_after_the_restart() {
     let disabled = CAMERAS.replace("[[cameras]]\n", "[[cameras]]\nenabled = false\n");
     write_config(dir.path(), &broker.url(), &http_section, &disabled);
     // SAFETY: kill(2) on our own child.
-    assert_eq!(
-        unsafe { libc::kill(first.child.id() as i32, libc::SIGHUP) },
-        0
-    );
+    let rc = unsafe { libc::kill(first.child.id() as i32, libc::SIGHUP) };
+    assert_eq!(rc, 0);
     let mut produced = Vec::new();
     wait_until(
         "the reload and every result spooled",

@@ -2,6 +2,9 @@
 //! server on 127.0.0.1), the scheduler and batcher, the tiny Florence-2 on
 //! ONNX Runtime, results collected from the sink.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/daemon.rs"]
 mod daemon;
 #[path = "common/rtsp.rs"]

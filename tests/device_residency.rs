@@ -6,6 +6,9 @@
 //! says what has run on a GPU). Token parity of the IO-bound decoder loop
 //! with the reference is tests/florence2_parity.rs.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use florence_edge::florence2::engine::Engine;

@@ -4,6 +4,9 @@
 //! TensorRT (no GPU on the test machines); the GPU-only paths are checked to
 //! fail loudly.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

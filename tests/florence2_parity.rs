@@ -3,6 +3,9 @@
 //! tests/fixtures/golden, made by tools/make_tiny_florence2.py and
 //! tools/make_golden.py). Runs ONNX Runtime on the CPU.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use florence_edge::florence2::engine::{Decoding, Engine, TaskRequest};

@@ -6,6 +6,8 @@
 //! must be 0: the u8 resize and the f32 values are bit-exact, f16 is the exact
 //! rounding of the f32 value.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![cfg(feature = "cuda")]
 
 use std::path::PathBuf;
@@ -435,10 +437,8 @@ fn without_a_driver_the_context_is_an_error_not_a_panic() {
 fn kernels_compile_with_nvrtc_for_hopper_and_orin() {
     use florence_edge::gpu::context::{compile_cubin, compile_options, KERNEL_SOURCES};
     // SAFETY: only tries to load libnvrtc by name.
-    assert!(
-        unsafe { cudarc::nvrtc::sys::is_culib_present() },
-        "libnvrtc not found"
-    );
+    let present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    assert!(present, "libnvrtc not found");
     for arch in ["sm_90", "sm_87"] {
         for source in KERNEL_SOURCES {
             let cubin = compile_cubin(&source, arch, &compile_options(arch))

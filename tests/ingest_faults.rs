@@ -2,6 +2,9 @@
 //! garbage instead of a stream, a decoder that cannot decode, and one broken
 //! camera next to a healthy one.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/ingest_events.rs"]
 mod ingest_events;
 #[path = "common/rtsp.rs"]

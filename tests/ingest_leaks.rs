@@ -4,6 +4,9 @@
 //! the counts. The source is a TCP server that answers RTSP with garbage: each
 //! cycle connects, builds the whole rtspsrc machinery, fails and is torn down.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/ingest_events.rs"]
 mod ingest_events;
 

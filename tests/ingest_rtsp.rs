@@ -1,5 +1,8 @@
 //! Ingest against a real RTSP server on 127.0.0.1 (ports chosen at run time).
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/ingest_events.rs"]
 mod ingest_events;
 #[path = "common/rtsp.rs"]

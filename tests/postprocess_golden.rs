@@ -16,6 +16,9 @@
 //! * `dropped_location_tokens` equals the generator's count (location tokens of the cleaned text
 //!   that the expected answer does not use), and `dropped_groups` is zero exactly when it is.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use florence_edge::postprocess::{
     dequantize, normalize, post_process, transformers_port_coordinate, ImageSize, ParseKind,
     TaskOutput, MAX_BIN,

@@ -12,6 +12,9 @@
 //!   `<loc_1500>`) must take the text route; all others the id route.
 //! * A padded batch of mixed tasks through one `LocationParse`.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 
 use florence_edge::florence2::tokenizer::clean_up_tokenization;

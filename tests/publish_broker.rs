@@ -1,6 +1,9 @@
 //! The publisher against a real mosquitto on 127.0.0.1: topics, retain flags,
 //! schema validity of what arrives, `offline` on shutdown and as last will.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
 

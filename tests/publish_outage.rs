@@ -6,6 +6,9 @@
 //! none missing. (A result the broker received but whose PUBACK was lost to
 //! the disconnect is sent again; the test counts such repeats.)
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
 

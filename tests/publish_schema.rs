@@ -3,6 +3,9 @@
 //! (`FLORENCE_EDGE_UPDATE_SCHEMAS=1 cargo test --test publish_schema` rewrites
 //! them), and checks that real payloads validate and broken ones do not.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
 

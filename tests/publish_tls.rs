@@ -2,6 +2,9 @@
 //! by the test, and the failures an operator meets first: a wrong password and
 //! a wrong CA. Both must give a clear error and back off, never crash or spin.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
 

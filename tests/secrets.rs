@@ -4,6 +4,9 @@
 //! `/api/cameras` or `/metrics` answer and no MQTT payload — while the
 //! redacted forms do appear, so each place is shown to be looked at.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/daemon.rs"]
 mod daemon;
 #[path = "common/mosquitto.rs"]

@@ -2,6 +2,9 @@
 //! `NOTIFY_SOCKET` this test listens on, stopped with SIGTERM, reloaded
 //! with SIGHUP, wedged on purpose to see the watchdog go quiet.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/daemon.rs"]
 mod daemon;
 

@@ -2,6 +2,9 @@
 //! that the test stops and restarts, a test-pattern camera, the tiny
 //! Florence-2, `/metrics` parsed as Prometheus text.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/daemon.rs"]
 mod daemon;
 #[path = "common/rtsp.rs"]

@@ -7,6 +7,9 @@
 //! without them the tests fail and say so rather than pass unchecked. Nothing
 //! here needs systemd running: everything works on a temporary root.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -19,11 +19,15 @@ use crate::postprocess::loc_ids::{
 // SAFETY: plain #[repr(C)] structs of 4-byte scalars; the layouts are mirrored in
 // loc_tokens.cu and pinned by size tests in loc_ids.rs.
 unsafe impl DeviceRepr for SequenceInfo {}
+// SAFETY: as SequenceInfo: #[repr(C)] 4-byte scalars mirrored in loc_tokens.cu.
 unsafe impl DeviceRepr for LocationToken {}
+// SAFETY: as SequenceInfo: #[repr(C)] 4-byte scalars mirrored in loc_tokens.cu.
 unsafe impl DeviceRepr for LocationSummary {}
 // SAFETY: all-zero bytes are a valid value of each field (integers and floats).
 unsafe impl ValidAsZeroBits for SequenceInfo {}
+// SAFETY: all-zero bytes are a valid value of each field (integers and floats).
 unsafe impl ValidAsZeroBits for LocationToken {}
+// SAFETY: all-zero bytes are a valid value of each field (integers and floats).
 unsafe impl ValidAsZeroBits for LocationSummary {}
 
 const THREADS_PER_BLOCK: u32 = 256;

@@ -85,7 +85,9 @@ impl From<YuvToRgbCoeffs> for KernelYuvCoeffs {
 // SAFETY: #[repr(C)] structs of plain scalars, mirrored in preprocess.cu and pinned
 // by the size tests below.
 unsafe impl DeviceRepr for TapTable {}
+// SAFETY: as TapTable: #[repr(C)] plain scalars mirrored in preprocess.cu.
 unsafe impl DeviceRepr for PreprocessItem {}
+// SAFETY: as TapTable: #[repr(C)] plain scalars mirrored in preprocess.cu.
 unsafe impl DeviceRepr for KernelYuvCoeffs {}
 // SAFETY: zero is a valid value of every field.
 unsafe impl ValidAsZeroBits for PreprocessItem {}

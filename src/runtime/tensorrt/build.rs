@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::manifest::{read_for_check, state_against};
 use super::{
     graph_profile, read_graph_inputs, BuiltGraph, EngineCacheState, EngineFingerprint,
-    EngineManifest, HostFacts, ModelShapes, ProfileBounds, ProfileRanges,
-    DEFAULT_MAX_PROMPT_TOKENS, MANIFEST_FILE,
+    EngineManifest, HostFacts, ModelShapes, ProfileBounds, ProfileData, ProfileRanges,
+    MANIFEST_FILE,
 };
 use super::{io_err, EngineError, EngineGraph};
 use crate::runtime::{
@@ -64,7 +64,12 @@ impl EngineSpec {
                     1
                 },
                 max_new_tokens: m.decoding.max_new_tokens as usize,
-                max_prompt_tokens: DEFAULT_MAX_PROMPT_TOKENS,
+                // Should the compiled-in profile data not parse (its unit
+                // test rules that out), 0 stands here; ProfileRanges::new
+                // reads the same data before it looks at the bounds and
+                // fails with the parse error, so the 0 is never used.
+                max_prompt_tokens: ProfileData::embedded()
+                    .map_or(0, |d| d.prompt.default_max_tokens),
             },
         }
     }

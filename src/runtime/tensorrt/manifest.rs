@@ -21,9 +21,12 @@ use crate::runtime::TensorRtSessionOptions;
 /// The manifest's file name inside the engine directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
-/// Version of the manifest format and of the profile rules in this file.
+/// Version of the manifest format and of the profile rules (profiles.rs).
 /// Raising it makes every existing cache stale: change it whenever
-/// [`graph_profile`] or [`ProfileRanges::new`] would produce other shapes.
+/// [`graph_profile`](super::graph_profile) or [`ProfileRanges::new`] would
+/// produce other shapes from the same inputs. Edits of
+/// `engines/profiles.toml` need no new version: the ranges they change are
+/// part of the fingerprint.
 pub const MANIFEST_FORMAT: u32 = 1;
 
 // ---------------------------------------------------------------------------

@@ -9,9 +9,10 @@
 //! this machine:
 //!
 //! - [`ProfileRanges`] turns the configuration (max_batch, beams,
-//!   max_new_tokens, prompt length) and the model directory (image size,
-//!   image tokens) into axis ranges; [`graph_profile`] maps them onto the
-//!   inputs a graph declares, by name, into min/opt/max shapes.
+//!   max_new_tokens, prompt length), the model directory (image size,
+//!   image tokens) and `engines/profiles.toml` ([`ProfileData`]: prompt
+//!   lengths, opt points) into axis ranges; [`graph_profile`] maps them onto
+//!   the inputs a graph declares, by name, into min/opt/max shapes.
 //! - [`EngineFingerprint`] records what the engines depend on: GPU and
 //!   compute capability, TensorRT and ONNX Runtime versions, precision,
 //!   profiles and the SHA-256 of every graph file. `manifest.json` in the
@@ -68,8 +69,8 @@ pub use probe::{
     tegra_compute_capability, HostFacts, Probed,
 };
 pub use profiles::{
-    graph_profile, read_graph_inputs, AxisRange, GraphProfile, InputShapes, InputSpec, ModelShapes,
-    ProfileBounds, ProfileRanges, DEFAULT_MAX_PROMPT_TOKENS,
+    graph_profile, read_graph_inputs, AxisRange, DecoderData, GraphProfile, InputShapes, InputSpec,
+    ModelShapes, ProfileBounds, ProfileData, ProfileRanges, PromptData,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,10 @@ pub enum EngineError {
     },
     #[error("invalid engine build settings: {0}")]
     Settings(String),
+    /// Cannot happen in a tested build: the file is compiled in and a unit
+    /// test parses it.
+    #[error("engines/profiles.toml (compiled in) is not valid profile data: {0}")]
+    ProfileData(String),
     #[error(
         "TensorRT engines are built from the split decoder graphs (decoder_model + decoder_with_past_model); \
          model.decoder = \"merged\" selects decoder_model_merged.onnx, whose If node on use_cache_branch \

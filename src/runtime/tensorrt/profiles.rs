@@ -3,28 +3,70 @@
 //! ([`ModelShapes`]) become the axis ranges every profile is made of
 //! ([`ProfileRanges`]); [`graph_profile`] maps them onto the inputs a graph
 //! declares, by name, into the min/opt/max shapes TensorRT builds an engine
-//! for.
+//! for. The few numbers that are neither configuration nor model (prompt
+//! lengths, the opt points) are data: `engines/profiles.toml`, compiled in
+//! ([`ProfileData`]).
 
 use std::fmt;
 use std::fs;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
 use super::{EngineError, EngineGraph};
 use crate::runtime::{OrtRuntime, RuntimeError, TensorRtProfile};
 
-/// Prompt tokens (BOS + prompt + EOS) the encoder profile allows when the
-/// configuration does not say: the longest built-in prompt is 13 tokens,
-/// the rest is room for the text of grounding and region tasks.
-pub const DEFAULT_MAX_PROMPT_TOKENS: usize = 64;
+/// `engines/profiles.toml`, compiled in.
+const PROFILES_TOML: &str = include_str!("../../../engines/profiles.toml");
 
-/// TensorRT tunes kernels for the "opt" shape. Prompts of the built-in
-/// tasks are 9–13 tokens long.
-const OPT_PROMPT_TOKENS: usize = 16;
-/// Decoder steps see every past length from 1 up; results of detection
-/// tasks are typically a few dozen tokens.
-const OPT_PAST_TOKENS: usize = 64;
+/// The numbers of `engines/profiles.toml` (the file says why each has its
+/// value). TensorRT tunes kernels for the "opt" shape of each axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileData {
+    pub prompt: PromptData,
+    pub decoder: DecoderData,
+}
+
+/// `[prompt]`: prompt lengths in tokens, BOS and EOS included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptData {
+    /// The `max_prompt_tokens` of [`ProfileBounds`] built from a
+    /// configuration.
+    pub default_max_tokens: usize,
+    /// The prompt length the encoder sequence's opt is made of.
+    pub opt_tokens: usize,
+}
+
+/// `[decoder]`: the decoder's self-attention cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderData {
+    /// The opt of decoder_with_past's past length.
+    pub opt_past_tokens: usize,
+}
+
+impl ProfileData {
+    /// `engines/profiles.toml` as compiled in, parsed on first use.
+    pub fn embedded() -> Result<&'static ProfileData, EngineError> {
+        static PARSED: OnceLock<Result<ProfileData, String>> = OnceLock::new();
+        PARSED
+            .get_or_init(|| Self::parse(PROFILES_TOML))
+            .as_ref()
+            .map_err(|reason| EngineError::ProfileData(reason.clone()))
+    }
+
+    /// Parses profile data in the format of `engines/profiles.toml`.
+    pub fn parse(text: &str) -> Result<ProfileData, String> {
+        ::config::Config::builder()
+            .add_source(::config::File::from_str(text, ::config::FileFormat::Toml))
+            .build()
+            .and_then(::config::Config::try_deserialize)
+            .map_err(|e| e.to_string())
+    }
+}
 
 /// A min/opt/max range of one axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +207,7 @@ pub struct ProfileRanges {
 
 impl ProfileRanges {
     pub fn new(bounds: &ProfileBounds, shapes: &ModelShapes) -> Result<Self, EngineError> {
+        let data = ProfileData::embedded()?;
         let ProfileBounds {
             max_batch,
             num_beams,
@@ -213,10 +256,14 @@ impl ProfileRanges {
             prompt_tokens: AxisRange::new(1, 1, prompt),
             encoder_tokens: AxisRange::new(
                 shapes.image_tokens + 1,
-                shapes.image_tokens + OPT_PROMPT_TOKENS as u64,
+                shapes.image_tokens + data.prompt.opt_tokens as u64,
                 encoder_max,
             ),
-            past_tokens: AxisRange::new(1, OPT_PAST_TOKENS as u64, max_new_tokens as u64),
+            past_tokens: AxisRange::new(
+                1,
+                data.decoder.opt_past_tokens as u64,
+                max_new_tokens as u64,
+            ),
         })
     }
 
@@ -478,6 +525,35 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_embedded_profile_data_parses_to_the_numbers_the_profiles_used_before() {
+        let data = ProfileData::embedded().expect("engines/profiles.toml parses");
+        assert_eq!(
+            *data,
+            ProfileData {
+                prompt: PromptData {
+                    default_max_tokens: 64,
+                    opt_tokens: 16,
+                },
+                decoder: DecoderData {
+                    opt_past_tokens: 64,
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn profile_data_with_a_missing_or_an_unknown_key_is_refused_naming_it() {
+        let e = ProfileData::parse(
+            "[prompt]\ndefault_max_tokens = 64\n[decoder]\nopt_past_tokens = 64\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("opt_tokens"), "{e}");
+        let e = ProfileData::parse(&format!("{PROFILES_TOML}\n[encoder]\nopt_tokens = 1\n"))
+            .unwrap_err();
+        assert!(e.contains("encoder"), "{e}");
     }
 
     #[test]

@@ -127,7 +127,7 @@ pub struct EngineFingerprint {
 
 impl EngineFingerprint {
     /// The fingerprint of this machine and model now. Hashes come from
-    /// `hashes` when the files are unchanged; emits a [`BuildEvent::Hashing`]
+    /// `hashes` when the files are unchanged; emits a [`BuildEvent::Hashed`]
     /// per file hashed for real.
     pub fn current(
         spec: &EngineSpec,

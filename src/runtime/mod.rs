@@ -24,7 +24,11 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
 pub mod device;
-pub mod engines;
+pub mod tensorrt;
+
+/// The TensorRT engine management's former path (`runtime::engines`), kept
+/// for its callers.
+pub use tensorrt as engines;
 
 /// The ONNX Runtime version whose C API this build needs (ort's `api-31`).
 pub const REQUIRED_ORT_VERSION: &str = "1.31";

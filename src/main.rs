@@ -480,7 +480,7 @@ fn load_config(path: &std::path::Path) -> Result<florence_edge::config::Config> 
 
 fn build_engines_cmd(config_path: &std::path::Path) -> Result<()> {
     let config = load_config(config_path)?;
-    let spec = florence_edge::runtime::engines::EngineSpec::from_config(&config);
+    let spec = config.engine_spec();
     let rt = florence_edge::runtime::init(config.model.ort_library.as_deref())?;
     let t0 = std::time::Instant::now();
     let report = florence_edge::runtime::engines::build_engines(&spec, rt, &mut |ev| {

@@ -11,9 +11,10 @@
 
 use std::path::Path;
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, DecoderLayout, DecodingStrategy, Precision};
 use crate::ingest::{IngestError, ResolvedCamera};
 use crate::publish::PublisherConfig;
+use crate::runtime::engines::{engines_dir_or_default, EngineSpec, ProfileBounds, ProfileData};
 use crate::settings::Secret;
 
 /// What `run` starts from.
@@ -99,5 +100,37 @@ pub fn plan(config: Config) -> Result<Plan, Vec<ConfigError>> {
             http_token,
         }),
         _ => Err(errors),
+    }
+}
+
+impl Config {
+    /// What this configuration asks TensorRT to build: the graphs of
+    /// `model.precision` (fp32 files when unset), FP16 kernels unless fp32 is
+    /// asked for explicitly, profiles up to `max_batch` × beams and
+    /// `max_new_tokens`.
+    pub fn engine_spec(&self) -> EngineSpec {
+        let m = &self.model;
+        EngineSpec {
+            model_dir: m.dir.clone(),
+            variant: m.precision.map_or("fp32", |p| p.name()).to_string(),
+            fp16: m.precision != Some(Precision::Fp32),
+            merged_decoder: m.decoder == DecoderLayout::Merged,
+            engines_dir: engines_dir_or_default(m.engines_dir.as_deref()),
+            bounds: ProfileBounds {
+                max_batch: m.max_batch,
+                num_beams: if m.decoding.strategy == DecodingStrategy::Beam {
+                    m.decoding.num_beams as usize
+                } else {
+                    1
+                },
+                max_new_tokens: m.decoding.max_new_tokens as usize,
+                // Should the compiled-in profile data not parse (its unit
+                // test rules that out), 0 stands here; ProfileRanges::new
+                // reads the same data before it looks at the bounds and
+                // fails with the parse error, so the 0 is never used.
+                max_prompt_tokens: ProfileData::embedded()
+                    .map_or(0, |d| d.prompt.default_max_tokens),
+            },
+        }
     }
 }

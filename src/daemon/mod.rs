@@ -200,7 +200,7 @@ fn tensorrt_engines(
     config: &Config,
     options: &DaemonOptions,
 ) -> Result<Option<crate::runtime::engines::EngineManifest>, DaemonError> {
-    use crate::runtime::engines::{startup_check, EngineSpec};
+    use crate::runtime::engines::startup_check;
     let m = &config.model;
     let model_err = |e: String| DaemonError::Model(e);
     let rt =
@@ -213,7 +213,7 @@ fn tensorrt_engines(
     }
     let notifier = options.notifier.clone();
     let manifest = startup_check(
-        &EngineSpec::from_config(config),
+        &config.engine_spec(),
         rt,
         m.build_engines_at_start,
         options.config_path.as_deref(),

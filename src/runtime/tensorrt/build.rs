@@ -13,8 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::manifest::{read_for_check, state_against};
 use super::{
     graph_profile, read_graph_inputs, BuiltGraph, EngineCacheState, EngineFingerprint,
-    EngineManifest, HostFacts, ModelShapes, ProfileBounds, ProfileData, ProfileRanges,
-    MANIFEST_FILE,
+    EngineManifest, HostFacts, ModelShapes, ProfileBounds, ProfileRanges, MANIFEST_FILE,
 };
 use super::{io_err, EngineError, EngineGraph};
 use crate::runtime::{
@@ -40,39 +39,6 @@ pub struct EngineSpec {
     pub merged_decoder: bool,
     pub engines_dir: PathBuf,
     pub bounds: ProfileBounds,
-}
-
-impl EngineSpec {
-    /// What a configuration asks TensorRT to build: the graphs of
-    /// `model.precision` (fp32 files when unset), FP16 kernels unless fp32 is
-    /// asked for explicitly, profiles up to `max_batch` × beams and
-    /// `max_new_tokens`.
-    pub fn from_config(c: &crate::config::Config) -> EngineSpec {
-        use crate::config::{DecoderLayout, DecodingStrategy, Precision};
-        let m = &c.model;
-        EngineSpec {
-            model_dir: m.dir.clone(),
-            variant: m.precision.map_or("fp32", |p| p.name()).to_string(),
-            fp16: m.precision != Some(Precision::Fp32),
-            merged_decoder: m.decoder == DecoderLayout::Merged,
-            engines_dir: engines_dir_or_default(m.engines_dir.as_deref()),
-            bounds: ProfileBounds {
-                max_batch: m.max_batch,
-                num_beams: if m.decoding.strategy == DecodingStrategy::Beam {
-                    m.decoding.num_beams as usize
-                } else {
-                    1
-                },
-                max_new_tokens: m.decoding.max_new_tokens as usize,
-                // Should the compiled-in profile data not parse (its unit
-                // test rules that out), 0 stands here; ProfileRanges::new
-                // reads the same data before it looks at the bounds and
-                // fails with the parse error, so the 0 is never used.
-                max_prompt_tokens: ProfileData::embedded()
-                    .map_or(0, |d| d.prompt.default_max_tokens),
-            },
-        }
-    }
 }
 
 /// The engine directory: the configured one, else `engines` under the

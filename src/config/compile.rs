@@ -9,8 +9,8 @@ use std::time::Duration;
 use ::config::{FileFormat, Source, Value, ValueKind};
 
 use super::{
-    Backend, CameraConfig, Config, ConfigError, DecoderLayout, DecodingConfig, DecodingStrategy,
-    HttpConfig, ModelConfig, NodeConfig, Precision, TaskSchedule, ENV_PREFIX,
+    Backend, CameraConfig, Config, ConfigError, DecoderLayout, Decoding, HttpConfig, ModelConfig,
+    NodeConfig, Strategy, TaskSchedule, Variant, ENV_PREFIX,
 };
 use crate::ingest::settings::URL_ALLOWED;
 use crate::ingest::{CameraSettings, IngestError};
@@ -208,15 +208,8 @@ fn model(mut f: Fields, errors: &mut Errors) -> Option<ModelConfig> {
         })
     });
     let precision = f.opt("precision", errors, |v| {
-        one_of(v, &Precision::NAMES).map(|s| match s {
-            "fp16" => Precision::Fp16,
-            "q4" => Precision::Q4,
-            "q4f16" => Precision::Q4f16,
-            "int8" => Precision::Int8,
-            "uint8" => Precision::Uint8,
-            "quantized" => Precision::Quantized,
-            "bnb4" => Precision::Bnb4,
-            _ => Precision::Fp32,
+        one_of(v, &Variant::ALLOWED).and_then(|s| {
+            Variant::parse(s).map_err(|e| Problem::new(e.to_string(), Variant::ALLOWED.join(" | ")))
         })
     });
     let decoder = f.or("decoder", DecoderLayout::Split, errors, |v| {
@@ -238,7 +231,7 @@ fn model(mut f: Fields, errors: &mut Errors) -> Option<ModelConfig> {
     f.finish(errors);
 
     if backend == Backend::TensorRt {
-        if let Some(p) = precision.filter(|p| !p.tensorrt_can_build()) {
+        if let Some(p) = precision.as_ref().filter(|p| !p.is_float()) {
             errors.report(
                 None,
                 "model.precision",
@@ -279,17 +272,14 @@ fn model(mut f: Fields, errors: &mut Errors) -> Option<ModelConfig> {
     })
 }
 
-fn decoding(mut f: Fields, errors: &mut Errors) -> Option<DecodingConfig> {
-    let strategy = f.or("strategy", DecodingStrategy::Greedy, errors, |v| {
-        one_of(v, &["greedy", "beam"]).map(|s| match s {
-            "beam" => DecodingStrategy::Beam,
-            _ => DecodingStrategy::Greedy,
-        })
+fn decoding(mut f: Fields, errors: &mut Errors) -> Option<Decoding> {
+    let beam = f.or("strategy", false, errors, |v| {
+        one_of(v, &["greedy", "beam"]).map(|s| s == "beam")
     });
     let num_beams = f.or("num_beams", 3, errors, |v| uint_in(v, 1, 16));
     let max_new_tokens = f.or("max_new_tokens", 256, errors, |v| uint_in(v, 1, 1024));
     f.finish(errors);
-    if strategy == DecodingStrategy::Beam && num_beams < 2 {
+    if beam && num_beams < 2 {
         errors.report(
             None,
             "model.decoding.num_beams",
@@ -299,10 +289,15 @@ fn decoding(mut f: Fields, errors: &mut Errors) -> Option<DecodingConfig> {
             ),
         );
     }
-    Some(DecodingConfig {
-        strategy,
-        num_beams: u32::try_from(num_beams).ok()?,
-        max_new_tokens: u32::try_from(max_new_tokens).ok()?,
+    Some(Decoding {
+        strategy: if beam {
+            Strategy::Beam {
+                num_beams: usize::try_from(num_beams).ok()?,
+            }
+        } else {
+            Strategy::Greedy
+        },
+        max_new_tokens: usize::try_from(max_new_tokens).ok()?,
     })
 }
 

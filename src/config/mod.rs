@@ -48,97 +48,17 @@ pub struct NodeConfig {
     pub id: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// TensorRT if present, else CUDA, else CPU; the daemon logs the choice.
-    Auto,
-    TensorRt,
-    Cuda,
-    Cpu,
-}
-
-/// Which ONNX variant of the model to load (`onnx/<graph>{suffix}.onnx`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    Fp32,
-    Fp16,
-    Q4,
-    Q4f16,
-    Int8,
-    Uint8,
-    Quantized,
-    Bnb4,
-}
-
-impl Precision {
-    pub const NAMES: [&'static str; 8] = [
-        "fp32",
-        "fp16",
-        "q4",
-        "q4f16",
-        "int8",
-        "uint8",
-        "quantized",
-        "bnb4",
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Fp16 => "fp16",
-            Precision::Q4 => "q4",
-            Precision::Q4f16 => "q4f16",
-            Precision::Int8 => "int8",
-            Precision::Uint8 => "uint8",
-            Precision::Quantized => "quantized",
-            Precision::Bnb4 => "bnb4",
-        }
-    }
-
-    /// The file name suffix of the onnx-community export: `""` for fp32,
-    /// `"_fp16"`, `"_q4"`, ….
-    pub fn file_suffix(self) -> String {
-        match self {
-            Precision::Fp32 => String::new(),
-            other => format!("_{}", other.name()),
-        }
-    }
-
-    /// TensorRT builds engines from float graphs only.
-    pub fn tensorrt_can_build(self) -> bool {
-        matches!(self, Precision::Fp32 | Precision::Fp16)
-    }
-}
-
-/// Which decoder graphs to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DecoderLayout {
-    /// `decoder_model` + `decoder_with_past_model`.
-    Split,
-    /// `decoder_model_merged` (an If node; ONNX Runtime only).
-    Merged,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DecodingStrategy {
-    Greedy,
-    Beam,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DecodingConfig {
-    pub strategy: DecodingStrategy,
-    /// Used when `strategy` is beam.
-    pub num_beams: u32,
-    pub max_new_tokens: u32,
-}
+pub use crate::florence2::engine::Decoding;
+pub use crate::florence2::{DecoderLayout, Strategy, Variant};
+pub use crate::runtime::Backend;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     pub dir: PathBuf,
     pub backend: Backend,
-    /// `None`: the backend decides (fp16 on TensorRT and CUDA, fp32 on CPU).
-    pub precision: Option<Precision>,
+    /// The graphs' file variant (`fp16` loads `*_fp16.onnx`); `None`: the
+    /// fp32 files.
+    pub precision: Option<Variant>,
     pub decoder: DecoderLayout,
     /// `None`: the engine cache under the state directory.
     pub engines_dir: Option<PathBuf>,
@@ -154,7 +74,7 @@ pub struct ModelConfig {
     pub batch_timeout: Duration,
     /// `libonnxruntime.so` to load instead of the one found by the loader.
     pub ort_library: Option<PathBuf>,
-    pub decoding: DecodingConfig,
+    pub decoding: Decoding,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use super::{Config, ConfigError, DecoderLayout, DecodingStrategy, Precision};
+use super::{Config, ConfigError, DecoderLayout, Strategy};
 use crate::ingest::{IngestError, ResolvedCamera};
 use crate::publish::PublisherConfig;
 use crate::runtime::engines::{engines_dir_or_default, EngineSpec, ProfileBounds, ProfileData};
@@ -112,18 +112,21 @@ impl Config {
         let m = &self.model;
         EngineSpec {
             model_dir: m.dir.clone(),
-            variant: m.precision.map_or("fp32", |p| p.name()).to_string(),
-            fp16: m.precision != Some(Precision::Fp32),
+            variant: m
+                .precision
+                .as_ref()
+                .map_or("fp32", |p| p.name())
+                .to_string(),
+            fp16: m.precision.as_ref().is_none_or(|p| p.name() != "fp32"),
             merged_decoder: m.decoder == DecoderLayout::Merged,
             engines_dir: engines_dir_or_default(m.engines_dir.as_deref()),
             bounds: ProfileBounds {
                 max_batch: m.max_batch,
-                num_beams: if m.decoding.strategy == DecodingStrategy::Beam {
-                    m.decoding.num_beams as usize
-                } else {
-                    1
+                num_beams: match m.decoding.strategy {
+                    Strategy::Beam { num_beams } => num_beams,
+                    Strategy::Greedy => 1,
                 },
-                max_new_tokens: m.decoding.max_new_tokens as usize,
+                max_new_tokens: m.decoding.max_new_tokens,
                 // Should the compiled-in profile data not parse (its unit
                 // test rules that out), 0 stands here; ProfileRanges::new
                 // reads the same data before it looks at the bounds and

@@ -4,7 +4,7 @@
 
 use toml::{Table, Value};
 
-use super::{Backend, CameraConfig, Config, DecoderLayout, DecodingStrategy, PasswordSource};
+use super::{CameraConfig, Config, DecoderLayout, PasswordSource, Strategy};
 use crate::ingest::{DecoderChoice, MaxAttempts, Transport};
 use crate::settings::{redact_url, REDACTED};
 
@@ -72,14 +72,8 @@ impl Config {
         let m = &self.model;
         let mut t = Table::new();
         t.insert("dir".into(), path(&m.dir));
-        let backend = match m.backend {
-            Backend::Auto => "auto",
-            Backend::TensorRt => "tensorrt",
-            Backend::Cuda => "cuda",
-            Backend::Cpu => "cpu",
-        };
-        t.insert("backend".into(), text(backend));
-        if let Some(p) = m.precision {
+        t.insert("backend".into(), text(m.backend.to_string()));
+        if let Some(p) = &m.precision {
             t.insert("precision".into(), text(p.name()));
         }
         let decoder = match m.decoder {
@@ -102,12 +96,15 @@ impl Config {
             t.insert("ort_library".into(), path(lib));
         }
         let mut d = Table::new();
-        let strategy = match m.decoding.strategy {
-            DecodingStrategy::Greedy => "greedy",
-            DecodingStrategy::Beam => "beam",
-        };
-        d.insert("strategy".into(), text(strategy));
-        d.insert("num_beams".into(), int(m.decoding.num_beams));
+        match m.decoding.strategy {
+            Strategy::Greedy => {
+                d.insert("strategy".into(), text("greedy"));
+            }
+            Strategy::Beam { num_beams } => {
+                d.insert("strategy".into(), text("beam"));
+                d.insert("num_beams".into(), int(num_beams));
+            }
+        }
         d.insert("max_new_tokens".into(), int(m.decoding.max_new_tokens));
         t.insert("decoding".into(), Value::Table(d));
         t

@@ -55,7 +55,7 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.model.backend, Backend::Auto);
     assert_eq!(config.model.max_batch, 8);
     assert_eq!(config.model.max_wait, Duration::from_millis(40));
-    assert_eq!(config.model.decoding.strategy, DecodingStrategy::Greedy);
+    assert_eq!(config.model.decoding.strategy, Strategy::Greedy);
     assert_eq!(config.mqtt.url, "mqtt://127.0.0.1:1883");
     assert_eq!(
         config.mqtt.client_id_for(&config.node.id),
@@ -464,7 +464,10 @@ fn environment_overrides_reach_nested_tables_and_never_panic_on_odd_keys() {
         ],
     )
     .expect("valid");
-    assert_eq!(config.model.decoding.strategy, DecodingStrategy::Beam);
+    assert_eq!(
+        config.model.decoding.strategy,
+        Strategy::Beam { num_beams: 3 }
+    );
     assert_eq!(config.mqtt.spool.max_messages, 500);
     assert_eq!(config.http.listen, None);
 

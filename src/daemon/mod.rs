@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{CameraConfig, Config, DecodingStrategy};
+use crate::config::{CameraConfig, Config};
 use crate::florence2::engine::{Decoding, Engine, TaskRequest};
-use crate::florence2::{DecoderLayout, LoadOptions, Strategy, Variant};
+use crate::florence2::LoadOptions;
 use crate::ingest::{self, CameraEvent, CameraHandle, CameraStatus, Frame, StatusReader};
 use crate::preprocess::RgbFrame;
 use crate::runtime::Backend;
@@ -148,25 +148,17 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub fn load_options(config: &Config) -> Result<LoadOptions, DaemonError> {
     let m = &config.model;
     let mut opts = LoadOptions::new(&m.dir);
-    opts.backend = match m.backend {
-        crate::config::Backend::Auto => Backend::Auto,
-        crate::config::Backend::TensorRt => Backend::TensorRt,
-        crate::config::Backend::Cuda => Backend::Cuda,
-        crate::config::Backend::Cpu => Backend::Cpu,
-    };
-    if let Some(p) = m.precision {
-        opts.variant = Variant::parse(p.name()).map_err(|e| DaemonError::Model(e.to_string()))?;
+    opts.backend = m.backend;
+    if let Some(variant) = &m.precision {
+        opts.variant = variant.clone();
     }
-    opts.layout = match m.decoder {
-        crate::config::DecoderLayout::Split => DecoderLayout::Split,
-        crate::config::DecoderLayout::Merged => DecoderLayout::Merged,
-    };
+    opts.layout = m.decoder;
     opts.ort_library = m.ort_library.clone();
     opts.intra_threads = m.threads;
     opts.engine_cache_dir = Some(crate::runtime::engines::engines_dir_or_default(
         m.engines_dir.as_deref(),
     ));
-    opts.tensorrt_fp16 = m.precision != Some(crate::config::Precision::Fp32);
+    opts.tensorrt_fp16 = m.precision.as_ref().is_none_or(|v| v.name() != "fp32");
     Ok(opts)
 }
 
@@ -227,19 +219,6 @@ fn tensorrt_engines(
     Ok(Some(manifest))
 }
 
-pub fn decoding(config: &Config) -> Decoding {
-    let d = &config.model.decoding;
-    Decoding {
-        strategy: match d.strategy {
-            DecodingStrategy::Greedy => Strategy::Greedy,
-            DecodingStrategy::Beam => Strategy::Beam {
-                num_beams: d.num_beams as usize,
-            },
-        },
-        max_new_tokens: d.max_new_tokens as usize,
-    }
-}
-
 /// A running daemon. `wait` blocks until a signal (or `shutdown`) stops it.
 pub struct Daemon {
     tx: Sender<Msg>,
@@ -296,7 +275,7 @@ impl Daemon {
         let stats = Arc::new(Mutex::new(DaemonStats::default()));
         let inference_ctx = InferenceContext {
             node: config.node.id.clone(),
-            decoding: decoding(&config),
+            decoding: config.model.decoding,
             done: tx.clone(),
             stats: stats.clone(),
             liveness: liveness.clone(),

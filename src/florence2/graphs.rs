@@ -46,6 +46,11 @@ impl Variant {
         Self("fp32".into())
     }
 
+    /// A float variant (fp32, fp16): what TensorRT builds engines from.
+    pub fn is_float(&self) -> bool {
+        matches!(self.0.as_str(), "fp32" | "fp16")
+    }
+
     pub fn name(&self) -> &str {
         &self.0
     }

@@ -5,6 +5,9 @@
 //! read its answer delays no probe either, and is cut off by the write
 //! deadline.
 
+// Test and benchmark code: a failed unwrap or expect is the check failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;

@@ -19,3 +19,4 @@ pub mod runtime;
 pub mod schedule;
 pub mod service;
 pub mod settings;
+pub mod sync;

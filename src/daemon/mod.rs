@@ -374,7 +374,7 @@ impl Daemon {
     }
 
     pub fn stats(&self) -> DaemonStats {
-        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+        crate::sync::lock(&self.stats).clone()
     }
 
     /// What `/healthz`, `/readyz` and the systemd watchdog look at.
@@ -517,7 +517,8 @@ struct Coordinator {
 impl Coordinator {
     fn publish_status(&self, status: &CameraStatus) {
         let payload = result::status_payload(&self.node, status);
-        if let Ok(mut sink) = self.sink.lock() {
+        {
+            let mut sink = crate::sync::lock(&self.sink);
             sink.camera_status(&payload);
         }
     }
@@ -538,7 +539,8 @@ impl Coordinator {
                         reason: e.to_string(),
                     }
                 })?;
-        if let Ok(mut reg) = self.registry.lock() {
+        {
+            let mut reg = crate::sync::lock(&self.registry);
             let restarts = reg.get(&camera.id).map_or(0, |e| e.restarts + 1);
             reg.insert(
                 camera.id.clone(),
@@ -569,12 +571,14 @@ impl Coordinator {
                 jobs = dropped,
                 "Waiting jobs of a stopped camera dropped."
             );
-            if let Ok(mut st) = self.stats.lock() {
+            {
+                let mut st = crate::sync::lock(&self.stats);
                 st.dropped_by_reload += dropped as u64;
             }
         }
         if forget {
-            if let Ok(mut reg) = self.registry.lock() {
+            {
+                let mut reg = crate::sync::lock(&self.registry);
                 reg.remove(id);
             }
         }
@@ -587,11 +591,7 @@ impl Coordinator {
             .values()
             .filter(|c| c.status().state == ingest::CameraState::Streaming)
             .count();
-        let results: u64 = self
-            .stats
-            .lock()
-            .map(|s| s.results.values().sum())
-            .unwrap_or(0);
+        let results: u64 = crate::sync::lock(&self.stats).results.values().sum();
         format!(
             "{streaming}/{} cameras streaming; {results} results.",
             self.cameras.len()
@@ -671,7 +671,8 @@ impl Coordinator {
     }
 
     fn record_dispatch(&self, size: usize, waiting: usize) {
-        if let Ok(mut st) = self.stats.lock() {
+        {
+            let mut st = crate::sync::lock(&self.stats);
             st.batches += 1;
             st.jobs += size as u64;
             st.largest_batch = st.largest_batch.max(size);
@@ -719,7 +720,8 @@ impl Coordinator {
         }
         // Results of the last batch are queued by now; deliver them (or
         // spool them) and say offline.
-        if let Ok(mut sink) = self.sink.lock() {
+        {
+            let mut sink = crate::sync::lock(&self.sink);
             sink.close();
         }
         tracing::info!("Stopped.");
@@ -838,13 +840,15 @@ fn inference_thread(
                         *seq += 1;
                         let out =
                             result::result_payload(&ctx.node, &info, job, r, *seq, dispatched);
-                        if let Ok(mut sink) = sink.lock() {
+                        {
+                            let mut sink = crate::sync::lock(&sink);
                             sink.result_with_frame(&out, &job.frame);
                         }
                         let end_to_end = SystemTime::now()
                             .duration_since(job.frame.captured_at)
                             .map_or(0.0, |d| d.as_secs_f64());
-                        if let Ok(mut st) = ctx.stats.lock() {
+                        {
+                            let mut st = crate::sync::lock(&ctx.stats);
                             let key = (out.camera.clone(), out.task.clone());
                             st.latency
                                 .entry(key.clone())
@@ -860,7 +864,8 @@ fn inference_thread(
             }
         }
         let produced = if items_ok { jobs_len } else { 0 };
-        if let Ok(mut st) = ctx.stats.lock() {
+        {
+            let mut st = crate::sync::lock(&ctx.stats);
             st.failed_jobs += (n - produced) as u64;
             st.postprocess_routes = engine.route_counts();
         }

@@ -39,7 +39,8 @@ impl Coordinator {
                     problems = errors.len(),
                     "The new configuration is invalid; the running one stays in effect."
                 );
-                if let Ok(mut st) = self.stats.lock() {
+                {
+                    let mut st = crate::sync::lock(&self.stats);
                     st.reloads_rejected += 1;
                 }
                 self.notifier.ready(&format!(
@@ -106,7 +107,8 @@ impl Coordinator {
                         ) {
                             Ok(()) => {
                                 tracing::info!(camera = %id, "Tasks changed; new schedule applied, stream untouched.");
-                                if let Ok(mut reg) = self.registry.lock() {
+                                {
+                                    let mut reg = crate::sync::lock(&self.registry);
                                     if let Some(e) = reg.get_mut(id) {
                                         e.tasks = super::cameras::task_summaries(camera);
                                     }
@@ -145,7 +147,8 @@ impl Coordinator {
             }
         }
         self.config = new;
-        if let Ok(mut st) = self.stats.lock() {
+        {
+            let mut st = crate::sync::lock(&self.stats);
             st.reloads += 1;
         }
         let outcome = format!(

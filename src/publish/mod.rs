@@ -206,7 +206,8 @@ impl Publisher {
             what: "camera status",
             reason: e.to_string(),
         })?;
-        if let Ok(mut latest) = self.board.latest.lock() {
+        {
+            let mut latest = crate::sync::lock(&self.board.latest);
             latest.insert(
                 camera.to_owned(),
                 PendingStatus {
@@ -242,10 +243,7 @@ impl Publisher {
     /// caller renders only the snapshots that will be sent.
     pub fn claim_snapshot(&self, camera: &str, task: &str) -> Result<bool, PublishError> {
         let topic = self.topics.snapshot(camera, task)?;
-        let due = match self.snapshot_gate.lock() {
-            Ok(mut gate) => gate.admit(&topic, Instant::now()),
-            Err(_) => false,
-        };
+        let due = crate::sync::lock(&self.snapshot_gate).admit(&topic, Instant::now());
         if !due {
             self.stats.count_snapshot_skipped();
         }

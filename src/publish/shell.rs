@@ -292,7 +292,8 @@ impl Shell {
                 )?;
                 // Statuses are retained latest values: send every camera's
                 // again, the broker may have restarted without persistence.
-                if let Ok(mut latest) = self.board.latest.lock() {
+                {
+                    let mut latest = crate::sync::lock(&self.board.latest);
                     for status in latest.values_mut() {
                         status.unsent = true;
                     }
@@ -500,24 +501,22 @@ impl Shell {
         if !self.board.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let due: Vec<(String, Vec<u8>)> = match self.board.latest.lock() {
-            Ok(mut latest) => {
-                let room = self.window.saturating_sub(self.inflight.len());
-                let mut due = Vec::new();
-                for status in latest.values_mut() {
-                    if status.unsent {
-                        if due.len() == room {
-                            // No room now; look again after the next event.
-                            self.board.dirty.store(true, Ordering::Release);
-                            break;
-                        }
-                        status.unsent = false;
-                        due.push((status.topic.clone(), status.json.clone()));
+        let due: Vec<(String, Vec<u8>)> = {
+            let mut latest = crate::sync::lock(&self.board.latest);
+            let room = self.window.saturating_sub(self.inflight.len());
+            let mut due = Vec::new();
+            for status in latest.values_mut() {
+                if status.unsent {
+                    if due.len() == room {
+                        // No room now; look again after the next event.
+                        self.board.dirty.store(true, Ordering::Release);
+                        break;
                     }
+                    status.unsent = false;
+                    due.push((status.topic.clone(), status.json.clone()));
                 }
-                due
             }
-            Err(_) => Vec::new(),
+            due
         };
         let retain = self.config.retain.camera_status;
         for (topic, json) in due {

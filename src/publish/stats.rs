@@ -82,11 +82,7 @@ impl PublisherStats {
             spool_overflow_drops: get(&self.spool_overflow_drops),
             spool_corrupt_drops: get(&self.spool_corrupt_drops),
             spool_write_errors: get(&self.spool_write_errors),
-            last_connection_error: self
-                .last_connection_error
-                .lock()
-                .ok()
-                .and_then(|e| e.clone()),
+            last_connection_error: crate::sync::lock(&self.last_connection_error).clone(),
         }
     }
 
@@ -117,7 +113,8 @@ impl PublisherStats {
     pub(crate) fn connection_failed(&self, reason: &str) {
         self.connected.store(false, Ordering::Relaxed);
         self.connection_failures.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut last) = self.last_connection_error.lock() {
+        {
+            let mut last = crate::sync::lock(&self.last_connection_error);
             *last = Some(reason.to_owned());
         }
     }

@@ -626,7 +626,8 @@ impl Coordinator {
                     }
                 }
                 Ok(Msg::Event(event)) => {
-                    log_event(&event);
+                    // The supervisor logged the transition (ingest/supervisor.rs,
+                    // the one place camera transitions are logged).
                     self.publish_status(&event.status);
                 }
                 Ok(Msg::BatchDone { jobs }) => {
@@ -734,21 +735,6 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, None) => a,
         (None, b) => b,
-    }
-}
-
-fn log_event(e: &CameraEvent) {
-    let reason = e.reason.as_deref().unwrap_or("");
-    match e.to {
-        ingest::CameraState::Streaming => {
-            tracing::info!(camera = %e.camera, from = ?e.from, decoder = ?e.status.decoder, "Camera streaming.")
-        }
-        ingest::CameraState::Failed => {
-            tracing::error!(camera = %e.camera, attempt = e.attempt, reason, "Camera failed; no more reconnects.")
-        }
-        _ => {
-            tracing::warn!(camera = %e.camera, from = ?e.from, to = ?e.to, attempt = e.attempt, retry_in_ms = ?e.retry_in_ms, reason, "Camera state changed.")
-        }
     }
 }
 

@@ -96,7 +96,7 @@ fn keep_alive_is_what_the_operator_wrote() {
     for (written, want) in [("90s", 90), ("1m 30s", 90), ("0s", 0), ("30s", 30)] {
         let plan = valid(&s.write(&format!("keep_alive = \"{written}\""), CAMERA));
         assert_eq!(
-            plan.publisher.keep_alive,
+            plan.publisher.settings.keep_alive,
             Duration::from_secs(want),
             "{written}"
         );
@@ -125,8 +125,11 @@ fn the_snapshot_interval_arrives_unchanged() {
             &format!("snapshots = {{ enabled = true, min_interval = \"{written}\" }}"),
             CAMERA,
         ));
-        assert!(plan.publisher.snapshot.enabled);
-        assert_eq!(plan.publisher.snapshot.min_interval, want, "{written}");
+        assert!(plan.publisher.settings.snapshots.enabled);
+        assert_eq!(
+            plan.publisher.settings.snapshots.min_interval, want,
+            "{written}"
+        );
     }
     refused(
         &s.write("snapshots = { min_interval = \"2d\" }", CAMERA),
@@ -146,7 +149,7 @@ fn the_spool_has_one_bound_and_a_documented_default() {
         &format!("spool = {{ dir = {dir:?}, max_messages = 10000000 }}"),
         CAMERA,
     ));
-    assert_eq!(plan.publisher.spool.max_messages, 10_000_000);
+    assert_eq!(plan.publisher.settings.spool.max_messages, 10_000_000);
     let problems = refused(
         &s.write(
             &format!("spool = {{ dir = {dir:?}, max_messages = 100000000 }}"),

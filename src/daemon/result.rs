@@ -245,7 +245,7 @@ impl MqttSink {
 
     /// From settings checked already (by `config::plan`).
     pub fn start_validated(config: publish::PublisherConfig) -> Result<Self, String> {
-        let snapshot = config.snapshot.clone();
+        let snapshot = config.settings.snapshots.clone();
         let publisher = Arc::new(Publisher::start_validated(config).map_err(|e| e.to_string())?);
         let snapshots = if snapshot.enabled {
             Some(SnapshotWorker::start(

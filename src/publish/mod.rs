@@ -140,21 +140,26 @@ impl Publisher {
     /// Starts from settings that were validated already (e.g. by `validate`).
     pub fn start_validated(config: PublisherConfig) -> Result<Publisher, PublishError> {
         let stats = Arc::new(PublisherStats::default());
-        let spool = Spool::open(&config.spool.dir, config.spool.max_messages)?;
+        let spool = Spool::open(
+            &config.settings.spool.dir,
+            config.settings.spool.max_messages,
+        )?;
         if !spool.is_empty() {
             tracing::info!(
                 spooled = spool.len(),
-                dir = %config.spool.dir.display(),
+                dir = %config.settings.spool.dir.display(),
                 "Found results spooled by an earlier run; they go out first once the broker is reachable."
             );
         }
         stats.set_spool(&spool);
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (tx, rx) = mpsc::channel(config.settings.queue_capacity);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let board = Arc::new(StatusBoard::default());
         let topics = config.topics.clone();
-        let queue_capacity = config.queue_capacity;
-        let snapshot_gate = Mutex::new(topic::SnapshotGate::new(config.snapshot.min_interval));
+        let queue_capacity = config.settings.queue_capacity;
+        let snapshot_gate = Mutex::new(topic::SnapshotGate::new(
+            config.settings.snapshots.min_interval,
+        ));
         let shell = shell::Shell::new(config, spool, rx, shutdown_rx, board.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name("fe-publish".into())

@@ -488,41 +488,24 @@ impl fmt::Debug for TlsMaterial {
     }
 }
 
-/// Where the spool lives and how much it may hold.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpoolConfig {
-    pub dir: PathBuf,
-    pub max_messages: u64,
-}
-
-/// Snapshot publishing, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotConfig {
-    pub enabled: bool,
-    pub min_interval: Duration,
-    pub jpeg_quality: u8,
-}
-
-/// The checked `[mqtt]` table: every value here is one rumqttc accepts.
+/// The checked `[mqtt]` section with what was derived and read from it:
+/// every value here is one rumqttc accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublisherConfig {
+    /// The section as written (checked).
+    pub settings: MqttSettings,
     pub broker: BrokerAddress,
     pub client_id: String,
-    pub username: Option<String>,
+    /// Read from `password` or `password_file`.
     pub password: Option<Password>,
-    pub keep_alive: Duration,
     pub qos: QualityOfService,
-    pub retain: RetainSettings,
+    /// Read from the `tls` files; `None` for `mqtt://`.
     pub tls: Option<TlsMaterial>,
     pub topics: Topics,
-    pub spool: SpoolConfig,
-    pub reconnect: BackoffPolicy,
-    pub connect_timeout: Duration,
-    pub queue_capacity: usize,
-    pub max_inflight: u16,
-    pub snapshot: SnapshotConfig,
 }
 
+/// Splits `mqtt://host:port` / `mqtts://host:port`. Never echoes the URL in
+/// an error: a URL with `user:password@` would leak the password.
 pub fn parse_broker_url(url: &str) -> Result<BrokerAddress, String> {
     let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
         (true, rest)
@@ -783,28 +766,16 @@ impl MqttSettings {
         match (broker, qos, topics, tls) {
             (Some(broker), Some(qos), Some(topics), Some(tls)) if problems.is_empty() => {
                 Ok(PublisherConfig {
+                    settings: MqttSettings {
+                        username: self.username.clone().filter(|u| !u.is_empty()),
+                        ..self.clone()
+                    },
                     broker,
                     client_id: self.client_id_for(node_id),
-                    username: self.username.clone().filter(|u| !u.is_empty()),
                     password,
-                    keep_alive: self.keep_alive,
                     qos,
-                    retain: self.retain,
                     tls,
                     topics,
-                    spool: SpoolConfig {
-                        dir: self.spool.dir.clone(),
-                        max_messages: self.spool.max_messages,
-                    },
-                    reconnect: self.reconnect,
-                    connect_timeout: self.connect_timeout,
-                    queue_capacity: self.queue_capacity,
-                    max_inflight: self.max_inflight,
-                    snapshot: SnapshotConfig {
-                        enabled: self.snapshots.enabled,
-                        min_interval: self.snapshots.min_interval,
-                        jpeg_quality: self.snapshots.jpeg_quality,
-                    },
                 })
             }
             _ => Err(problems),
@@ -898,10 +869,10 @@ mod tests {
             }
         );
         assert_eq!(config.client_id, "florence-edge-edge-01");
-        assert_eq!(config.keep_alive, Duration::from_secs(30));
+        assert_eq!(config.settings.keep_alive, Duration::from_secs(30));
         assert_eq!(config.qos, QualityOfService::AtLeastOnce);
         assert_eq!(config.topics.node_status(), "florence-edge/edge-01/status");
-        assert_eq!(config.spool.dir, PathBuf::from(DEFAULT_SPOOL_DIR));
+        assert_eq!(config.settings.spool.dir, PathBuf::from(DEFAULT_SPOOL_DIR));
     }
 
     #[test]
@@ -1044,7 +1015,10 @@ mod tests {
                 keep_alive: good,
                 ..with_spool()
             };
-            assert_eq!(settings.validate("n").expect("valid").keep_alive, good);
+            assert_eq!(
+                settings.validate("n").expect("valid").settings.keep_alive,
+                good
+            );
         }
     }
 }

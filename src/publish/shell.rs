@@ -107,8 +107,8 @@ impl Shell {
                 (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
             })
             ^ unix_ms();
-        let link = LinkState::new(config.reconnect, seed);
-        let window = usize::from(config.max_inflight);
+        let link = LinkState::new(config.settings.reconnect, seed);
+        let window = usize::from(config.settings.max_inflight);
         Shell {
             config,
             spool,
@@ -182,12 +182,12 @@ impl Shell {
             config.broker.port,
         );
         // Validated: zero or whole seconds ≥ 1, so rumqttc's assert holds.
-        options.set_keep_alive(config.keep_alive);
+        options.set_keep_alive(config.settings.keep_alive);
         // A clean session: this shell, not the broker, remembers what is unsent.
         options.set_clean_session(true);
-        options.set_inflight(config.max_inflight.max(1));
+        options.set_inflight(config.settings.max_inflight.max(1));
         options.set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
-        if let Some(username) = &config.username {
+        if let Some(username) = &config.settings.username {
             let password = config
                 .password
                 .as_ref()
@@ -199,7 +199,7 @@ impl Shell {
             config.topics.node_status(),
             "offline",
             config.qos.to_rumqttc(),
-            config.retain.node_status,
+            config.settings.retain.node_status,
         ));
         if let Some(tls) = &config.tls {
             let transport = match &tls.ca_pem {
@@ -219,7 +219,7 @@ impl Shell {
     async fn session(&mut self) -> SessionEnd {
         let (client, mut eventloop) = AsyncClient::new(self.mqtt_options(), self.window + 8);
         let mut network = NetworkOptions::new();
-        network.set_connection_timeout(self.config.connect_timeout.as_secs().max(1));
+        network.set_connection_timeout(self.config.settings.connect_timeout.as_secs().max(1));
         network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
         let (event_tx, mut events) = mpsc::unbounded_channel();
@@ -286,7 +286,7 @@ impl Shell {
                 self.hand(
                     client,
                     self.config.topics.node_status(),
-                    self.config.retain.node_status,
+                    self.config.settings.retain.node_status,
                     b"online".to_vec(),
                     Origin::NodeStatus { online: true },
                 )?;
@@ -398,7 +398,7 @@ impl Shell {
                 let message = SpooledMessage {
                     topic,
                     qos: self.config.qos,
-                    retain: self.config.retain.results,
+                    retain: self.config.settings.retain.results,
                     payload: json,
                 };
                 match client {
@@ -424,7 +424,7 @@ impl Shell {
             }
             Command::Snapshot { topic, jpeg } => match client {
                 Some(client) if self.link.is_connected() && self.inflight.len() < self.window => {
-                    let retain = self.config.retain.snapshots;
+                    let retain = self.config.settings.retain.snapshots;
                     self.hand(client, topic, retain, jpeg, Origin::Snapshot)
                 }
                 _ => {
@@ -444,7 +444,7 @@ impl Shell {
                     self.stats.count_spool_overflow(dropped);
                     if self.loss_log_due() {
                         tracing::error!(
-                            max_messages = self.config.spool.max_messages,
+                            max_messages = self.config.settings.spool.max_messages,
                             dropped_total = self.stats.snapshot().spool_overflow_drops,
                             "The MQTT spool is full; the oldest spooled results are being dropped."
                         );
@@ -518,7 +518,7 @@ impl Shell {
             }
             due
         };
-        let retain = self.config.retain.camera_status;
+        let retain = self.config.settings.retain.camera_status;
         for (topic, json) in due {
             self.hand(client, topic, retain, json, Origin::CameraStatus)?;
         }
@@ -614,7 +614,7 @@ impl Shell {
                     .hand(
                         client,
                         self.config.topics.node_status(),
-                        self.config.retain.node_status,
+                        self.config.settings.retain.node_status,
                         b"offline".to_vec(),
                         Origin::NodeStatus { online: false },
                     )
@@ -710,7 +710,7 @@ impl Shell {
             }
             ConnectionError::NetworkTimeout => format!(
                 "no answer from {broker} within {}s (mqtt.connect_timeout)",
-                self.config.connect_timeout.as_secs()
+                self.config.settings.connect_timeout.as_secs()
             ),
             other => format!("connection to {broker} failed: {other}"),
         }

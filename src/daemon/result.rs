@@ -8,9 +8,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::florence2::engine::TaskResult;
-use crate::ingest::{CameraState as IngestState, CameraStatus, Frame};
+use crate::ingest::{CameraStatus, Frame};
 use crate::publish::{
-    self, CameraState, CameraStatusPayload, MqttSettings, PublishError, Publisher, ResultPayload,
+    self, CameraStatusPayload, MqttSettings, PublishError, Publisher, ResultPayload,
     RESULT_SCHEMA_VERSION, STATUS_SCHEMA_VERSION,
 };
 use crate::schedule::Job;
@@ -65,13 +65,7 @@ pub fn status_payload(node: &str, s: &CameraStatus) -> CameraStatusPayload {
         schema_version: STATUS_SCHEMA_VERSION,
         node: node.to_string(),
         camera: s.camera.clone(),
-        state: match s.state {
-            IngestState::Starting => CameraState::Starting,
-            IngestState::Streaming => CameraState::Streaming,
-            IngestState::Stalled => CameraState::Stalled,
-            IngestState::Reconnecting => CameraState::Reconnecting,
-            IngestState::Failed => CameraState::Failed,
-        },
+        state: s.state,
         fps_in: s.fps_in,
         fps_out: s.fps_out,
         frames_in: s.frames_in,

@@ -9,20 +9,24 @@ use serde::Serialize;
 
 use super::settings::MaxAttempts;
 
-/// Where a camera is, as published on `{prefix}/{camera}/status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+// As the supervisor keeps it and as it is published on
+// `{prefix}/{camera}/status`: the doc comments are the descriptions in
+// docs/schema/camera_status.schema.json.
+/// State of a camera's pipeline.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CameraState {
-    /// The first pipeline is being built and has not produced a frame yet.
+    /// The pipeline is being built or has not delivered a frame yet.
     Starting,
-    /// Decoded frames arrive.
+    /// Frames arrive.
     Streaming,
-    /// A streaming camera produced no frame for the watchdog time; the
-    /// pipeline is being torn down.
+    /// No frame for longer than the watchdog allows.
     Stalled,
-    /// Waiting out the backoff, or a rebuilt pipeline waits for its first frame.
+    /// The pipeline is being rebuilt after an error or stall.
     Reconnecting,
-    /// Gave up after the configured number of attempts; an operator must act.
+    /// Gave up (e.g. the retry limit was reached); needs an operator.
     Failed,
 }
 

@@ -87,21 +87,8 @@ pub struct ResultPayload {
     pub result: serde_json::Value,
 }
 
-/// State of a camera's pipeline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum CameraState {
-    /// The pipeline is being built or has not delivered a frame yet.
-    Starting,
-    /// Frames arrive.
-    Streaming,
-    /// No frame for longer than the watchdog allows.
-    Stalled,
-    /// The pipeline is being rebuilt after an error or stall.
-    Reconnecting,
-    /// Gave up (e.g. the retry limit was reached); needs an operator.
-    Failed,
-}
+/// State of a camera's pipeline: the ingest stage's own type.
+pub use crate::ingest::CameraState;
 
 /// The state of one camera. Published retained on `{prefix}/{camera}/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -15,6 +15,7 @@
 pub mod context;
 pub mod loc_tokens;
 pub mod preprocess;
+mod preprocess_plan;
 
 pub use context::{CacheOutcome, DeviceInfo, GpuContext, KernelCacheKey};
 pub use loc_tokens::GpuLocationParser;

@@ -17,6 +17,7 @@ mod parse;
 #[cfg(test)]
 mod proptests;
 pub mod stitch;
+mod stitch_stream;
 
 use serde::{Deserialize, Serialize, Serializer};
 

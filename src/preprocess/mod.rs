@@ -45,6 +45,7 @@ mod frame;
 #[cfg(test)]
 mod golden_tests;
 mod resample;
+mod resample_kernels;
 
 use half::f16;
 

@@ -5,6 +5,7 @@
 pub mod health;
 pub mod http;
 pub mod install;
+mod install_files;
 pub mod metrics;
 pub mod notify;
 

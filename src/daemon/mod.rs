@@ -41,18 +41,35 @@ pub type SharedSink = Arc<Mutex<Box<dyn ResultSink>>>;
 /// (rates move).
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Why the daemon could not start or stopped; each keeps its cause.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error("ONNX Runtime: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("TensorRT engines: {0}")]
+    Engines(#[from] crate::runtime::engines::EngineError),
     #[error("loading the model: {0}")]
-    Model(String),
-    #[error("camera {camera}: {reason}")]
-    Camera { camera: String, reason: String },
+    Model(#[from] crate::florence2::ModelError),
+    #[error("camera {camera}: {source}")]
+    Camera {
+        camera: String,
+        #[source]
+        source: ingest::IngestError,
+    },
     #[error("scheduling: {0}")]
-    Schedule(String),
+    Schedule(#[from] crate::schedule::ScheduleError),
     #[error("signals: {0}")]
-    Signals(String),
-    #[error("http.listen: {0}")]
-    Http(String),
+    Signals(#[source] std::io::Error),
+    #[error("http: {0}")]
+    Http(#[from] crate::service::http::HttpError),
+    #[error("http.bearer_token_file: {0}")]
+    HttpToken(String),
+    #[error("cannot start the {thread} thread: {source}")]
+    Thread {
+        thread: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the inference thread stopped unexpectedly")]
     InferenceGone,
 }
@@ -169,16 +186,14 @@ pub fn load_options(config: &Config) -> Result<LoadOptions, DaemonError> {
 /// checks that it accepts exactly what `validate` accepts.
 pub fn preflight(config: &Config) -> Result<LoadOptions, DaemonError> {
     let options = load_options(config)?;
-    Batcher::<()>::new(config.model.max_batch, config.model.max_wait)
-        .map_err(|e| DaemonError::Schedule(e.to_string()))?;
-    Scheduler::new(config.schedules(), Instant::now())
-        .map_err(|e| DaemonError::Schedule(e.to_string()))?;
+    Batcher::<()>::new(config.model.max_batch, config.model.max_wait)?;
+    Scheduler::new(config.schedules(), Instant::now())?;
     for camera in config.cameras.iter().filter(|c| c.enabled) {
         cameras::camera_settings(camera)
             .check()
-            .map_err(|e| DaemonError::Camera {
+            .map_err(|source| DaemonError::Camera {
                 camera: camera.id.clone(),
-                reason: e.to_string(),
+                source,
             })?;
     }
     Ok(options)
@@ -194,12 +209,9 @@ fn tensorrt_engines(
 ) -> Result<Option<crate::runtime::engines::EngineManifest>, DaemonError> {
     use crate::runtime::engines::startup_check;
     let m = &config.model;
-    let model_err = |e: String| DaemonError::Model(e);
-    let rt =
-        crate::runtime::init(m.ort_library.as_deref()).map_err(|e| model_err(e.to_string()))?;
+    let rt = crate::runtime::init(m.ort_library.as_deref())?;
     let backend = load_options(config)?.backend;
-    let choice = crate::runtime::choose_backend(backend, rt.providers)
-        .map_err(|e| model_err(e.to_string()))?;
+    let choice = crate::runtime::choose_backend(backend, rt.providers)?;
     if choice.backend != Backend::TensorRt {
         return Ok(None);
     }
@@ -214,8 +226,7 @@ fn tensorrt_engines(
             // Each step may take minutes on a Jetson: keep systemd waiting.
             notifier.extend_timeout(Duration::from_secs(15 * 60), &event.to_string());
         },
-    )
-    .map_err(|e| model_err(e.to_string()))?;
+    )?;
     Ok(Some(manifest))
 }
 
@@ -264,14 +275,15 @@ impl Daemon {
         let http_token = config
             .http
             .read_bearer_token()
-            .map_err(|e| DaemonError::Http(format!("http.bearer_token_file: {e}")))?
+            .map_err(DaemonError::HttpToken)?
             .map(|t| t.expose().to_string());
 
         // The model lives on its own thread; it reports whether it loaded.
         let mut opts = preflight(&config)?;
         opts.engine_manifest = tensorrt_engines(&config, &options)?;
         let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<FrameJob>>(1);
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelInfo, String>>();
+        let (ready_tx, ready_rx) =
+            mpsc::channel::<Result<ModelInfo, crate::florence2::ModelError>>();
         let stats = Arc::new(Mutex::new(DaemonStats::default()));
         let inference_ctx = InferenceContext {
             node: config.node.id.clone(),
@@ -290,7 +302,10 @@ impl Daemon {
                 let sink = sink.clone();
                 move || inference_thread(opts, inference_ctx, batch_rx, ready_tx, sink)
             })
-            .map_err(|e| DaemonError::Model(format!("cannot start the inference thread: {e}")))?;
+            .map_err(|source| DaemonError::Thread {
+                thread: "inference",
+                source,
+            })?;
         let info = match ready_rx.recv() {
             Ok(Ok(info)) => info,
             Ok(Err(e)) => return Err(DaemonError::Model(e)),
@@ -306,10 +321,8 @@ impl Daemon {
         forward(events_rx, tx.clone(), Msg::Event, "camera-events");
 
         let now = Instant::now();
-        let scheduler =
-            Scheduler::new(Vec::new(), now).map_err(|e| DaemonError::Schedule(e.to_string()))?;
-        let batcher = Batcher::new(config.model.max_batch, config.model.max_wait)
-            .map_err(|e| DaemonError::Schedule(e.to_string()))?;
+        let scheduler = Scheduler::new(Vec::new(), now)?;
+        let batcher = Batcher::new(config.model.max_batch, config.model.max_wait)?;
         let registry: CameraRegistry = Arc::new(Mutex::new(BTreeMap::new()));
         let mut coordinator = Coordinator {
             scheduler,
@@ -348,16 +361,16 @@ impl Daemon {
         };
         let http = match config.http.listen {
             None => None,
-            Some(addr) => Some(
-                HttpServer::start(addr, http_token, Arc::new(view.clone()))
-                    .map_err(|e| DaemonError::Http(e.to_string()))?,
-            ),
+            Some(addr) => Some(HttpServer::start(addr, http_token, Arc::new(view.clone()))?),
         };
         let summary = coordinator.summary();
         let handle = thread::Builder::new()
             .name("coordinator".into())
             .spawn(move || coordinator.run(rx))
-            .map_err(|e| DaemonError::Schedule(format!("cannot start the coordinator: {e}")))?;
+            .map_err(|source| DaemonError::Thread {
+                thread: "coordinator",
+                source,
+            })?;
         liveness.set_ready(true);
         notifier.ready(&summary);
         Ok(Daemon {
@@ -471,7 +484,7 @@ impl Drop for StartupSignals {
 fn signals(tx: Sender<Msg>) -> Result<signal_hook::iterator::Handle, DaemonError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|e| DaemonError::Signals(e.to_string()))?;
+        .map_err(DaemonError::Signals)?;
     let handle = signals.handle();
     thread::Builder::new()
         .name("signals".into())
@@ -487,7 +500,7 @@ fn signals(tx: Sender<Msg>) -> Result<signal_hook::iterator::Handle, DaemonError
                 }
             }
         })
-        .map_err(|e| DaemonError::Signals(e.to_string()))?;
+        .map_err(DaemonError::Signals)?;
     Ok(handle)
 }
 
@@ -528,15 +541,14 @@ impl Coordinator {
         let settings = cameras::camera_settings(camera);
         let tasks: &[TaskSchedule] = &camera.tasks;
         self.scheduler
-            .set_camera(Arc::from(camera.id.as_str()), tasks, now)
-            .map_err(|e| DaemonError::Schedule(e.to_string()))?;
+            .set_camera(Arc::from(camera.id.as_str()), tasks, now)?;
         let handle =
             ingest::spawn_camera(&settings, self.frames_tx.clone(), self.events_tx.clone())
                 .map_err(|e| {
                     self.scheduler.remove_camera(&camera.id);
                     DaemonError::Camera {
                         camera: camera.id.clone(),
-                        reason: e.to_string(),
+                        source: e,
                     }
                 })?;
         {
@@ -752,13 +764,13 @@ fn inference_thread(
     opts: LoadOptions,
     ctx: InferenceContext,
     batches: Receiver<Vec<FrameJob>>,
-    ready: Sender<Result<ModelInfo, String>>,
+    ready: Sender<Result<ModelInfo, crate::florence2::ModelError>>,
     sink: SharedSink,
 ) {
     let mut engine = match Engine::load(&opts) {
         Ok(e) => e,
         Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
+            let _ = ready.send(Err(e));
             return;
         }
     };

@@ -250,7 +250,7 @@ pub fn post_process(
 
 /// A decoded answer as the reference's structured parsers read it. The text route reads it with
 /// regular expressions ([`parse::TextAnswer`]), the id route from the ids and the location bins
-/// (`stitch::Stream`); [`assemble`] makes the [`TaskOutput`] from either, so which parser runs
+/// (`stitch_stream::Stream`); [`assemble`] makes the [`TaskOutput`] from either, so which parser runs
 /// for which kind, and how its findings become columns and dropped counts, is written once and
 /// the two routes cannot drift apart.
 trait StructuredAnswer {

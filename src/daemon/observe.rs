@@ -523,3 +523,145 @@ impl HttpSource for DaemonView {
         self.cameras_json()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::StageLatencies;
+
+    /// A daemon without cameras, with results, latencies and a batch.
+    fn view() -> DaemonView {
+        let mut st = DaemonStats {
+            batches: 3,
+            ..DaemonStats::default()
+        };
+        let key = ("door".to_owned(), "<OD>".to_owned());
+        st.results.insert(key.clone(), 5);
+        let mut h = StageHistograms::default();
+        h.observe(
+            &StageLatencies {
+                queue_ms: 2.0,
+                preprocess_ms: 30.0,
+                vision_ms: 700.0,
+                encoder_ms: 0.5,
+                decode_ms: 12000.0,
+                postprocess_ms: 0.01,
+            },
+            1.25,
+        );
+        st.latency.insert(key, h);
+        st.batch_sizes.0.observe(3.0);
+        DaemonView {
+            node: "n1".into(),
+            model: ModelLabels {
+                id: "m".into(),
+                backend: "cpu".into(),
+                precision: "fp32".into(),
+            },
+            stats: Arc::new(Mutex::new(st)),
+            cameras: CameraRegistry::default(),
+            liveness: Liveness::new(std::time::Duration::from_secs(5)),
+            publisher: Some(Arc::new(PublisherStats::default())),
+        }
+    }
+
+    fn has_line(text: &str, line: &str) -> bool {
+        text.lines().any(|l| l == line)
+    }
+
+    #[test]
+    fn a_scrape_encodes_the_daemon_state() {
+        let view = view();
+        let text = view.render_metrics();
+        let version = env!("CARGO_PKG_VERSION");
+        let info = format!(
+            "florence_edge_info{{node=\"n1\",model=\"m\",backend=\"cpu\",precision=\"fp32\",\
+             version=\"{version}\"}} 1"
+        );
+        let stage = "florence_edge_stage_latency_seconds";
+        let decode = "camera=\"door\",task=\"<OD>\",stage=\"decode\"";
+        for line in [
+            info.as_str(),
+            "# HELP florence_edge_task_results_total Results handed on (to MQTT and/or stdout), \
+             per camera and task.",
+            "# TYPE florence_edge_task_results_total counter",
+            "florence_edge_task_results_total{camera=\"door\",task=\"<OD>\"} 5",
+            "# TYPE florence_edge_stage_latency_seconds histogram",
+            &format!("{stage}_bucket{{{decode},le=\"10\"}} 0"),
+            &format!("{stage}_bucket{{{decode},le=\"30\"}} 1"),
+            &format!("{stage}_bucket{{{decode},le=\"+Inf\"}} 1"),
+            &format!("{stage}_sum{{{decode}}} 12.0"),
+            &format!("{stage}_count{{{decode}}} 1"),
+            "florence_edge_batches_total 3",
+            "florence_edge_batch_size_bucket{le=\"2\"} 0",
+            "florence_edge_batch_size_bucket{le=\"4\"} 1",
+            "florence_edge_batch_size_bucket{le=\"+Inf\"} 1",
+            "florence_edge_results_parsed_total{route=\"ids\"} 0",
+            "florence_edge_results_parsed_total{route=\"text\"} 0",
+            "florence_edge_ready 0",
+            "# TYPE florence_edge_mqtt_connected gauge",
+            "florence_edge_mqtt_connected 0",
+            "florence_edge_mqtt_spool_write_errors_total 0",
+            "# TYPE process_cpu_seconds_total counter",
+        ] {
+            assert!(has_line(&text, line), "{line}\nin\n{text}");
+        }
+        // No cameras: their families are left out, HELP and TYPE included.
+        assert!(!text.contains("florence_edge_camera_"), "{text}");
+        assert!(!text.contains("florence_edge_task_skipped_total"), "{text}");
+    }
+
+    #[test]
+    fn a_scrape_reads_the_live_counters() {
+        let view = view();
+        let before = view.render_metrics();
+        assert!(has_line(&before, "florence_edge_mqtt_connects_total 0"));
+        view.stats
+            .lock()
+            .expect("stats")
+            .results
+            .insert(("door".into(), "<OD>".into()), 6);
+        let publisher = view.publisher.clone().expect("publisher");
+        publisher.set_connected(true);
+        let after = view.render_metrics();
+        for line in [
+            "florence_edge_task_results_total{camera=\"door\",task=\"<OD>\"} 6",
+            "florence_edge_mqtt_connected 1",
+            "florence_edge_mqtt_connects_total 1",
+        ] {
+            assert!(has_line(&after, line), "{line}\nin\n{after}");
+        }
+    }
+
+    #[test]
+    fn the_exposition_is_well_formed() {
+        let text = view().render_metrics();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("parses");
+        assert_eq!(
+            scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == "florence_edge_batches_total")
+                .map(|s| s.value.clone()),
+            Some(prometheus_parse::Value::Counter(3.0))
+        );
+        // One HELP and one TYPE per family, HELP first; no series twice.
+        let mut families = Vec::new();
+        let mut series = std::collections::HashSet::new();
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            if let Some(help) = line.strip_prefix("# HELP ") {
+                let name = help.split(' ').next().unwrap_or_default();
+                let kind = lines.next().unwrap_or_default();
+                assert!(kind.starts_with(&format!("# TYPE {name} ")), "{kind}");
+                assert!(!families.contains(&name), "{name} twice in\n{text}");
+                families.push(name);
+            } else {
+                let key = line.rsplit_once(' ').map(|(k, _)| k).unwrap_or(line);
+                assert!(series.insert(key), "{key} twice");
+            }
+        }
+        assert!(families.len() > 20, "{families:?}");
+    }
+}

@@ -1,6 +1,8 @@
 //! What operators see: `/metrics`, `/healthz`, `/readyz` and `/api/cameras`
-//! rendered from the daemon's live state at request time (no registry to
-//! keep in step; a scrape reads snapshots of the counters the stages keep).
+//! rendered from the daemon's live state at request time. For `/metrics`
+//! [`DaemonView`] is a prometheus-client `Collector`: a scrape reads the
+//! counters the stages keep and encodes them (no registry metrics to keep in
+//! step; see `crate::service::metrics`).
 //!
 //! Metric names follow Prometheus conventions (`florence_edge_` prefix,
 //! `_total` counters, `_seconds` histograms); labels are camera ids and task
@@ -8,15 +10,20 @@
 //! docs/SERVICE.md.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 use serde_json::json;
 
 use crate::ingest::CameraState;
 use crate::publish::{PublisherStats, StageLatencies};
 use crate::service::http::{Health, HttpSource};
-use crate::service::metrics::{process_metrics, Exposition, Histogram, Kind};
+use crate::service::metrics::{
+    self, counter, gauge, gauges, histograms, Histogram, ProcessCollector, NO_LABELS,
+};
 use crate::service::Liveness;
 
 use super::{CameraRegistry, DaemonStats};
@@ -131,50 +138,16 @@ impl DaemonView {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// The Prometheus exposition.
+    /// The Prometheus exposition: this view and the process metrics, read
+    /// now and encoded by prometheus-client.
     pub fn render_metrics(&self) -> String {
-        let mut exp = Exposition::new();
-        exp.gauge(
-            "florence_edge_info",
-            "The node, model and backend of this daemon (value 1).",
-            &[
-                ("node", &self.node),
-                ("model", &self.model.id),
-                ("backend", &self.model.backend),
-                ("precision", &self.model.precision),
-                ("version", env!("CARGO_PKG_VERSION")),
-            ],
-            1u64,
-        );
-        let now = Instant::now();
-        exp.gauge(
-            "florence_edge_healthy",
-            "1 while the pipeline makes progress (what /healthz and the systemd watchdog use).",
-            &[],
-            u64::from(self.liveness.health(now).ok),
-        );
-        exp.gauge(
-            "florence_edge_ready",
-            "1 once the model is loaded and the cameras started, 0 while starting or stopping.",
-            &[],
-            u64::from(self.liveness.readiness(now).ok),
-        );
-
-        self.camera_metrics(&mut exp);
-        let st = self.stats();
-        self.task_metrics(&mut exp, &st);
-        self.batch_metrics(&mut exp, &st);
-        if let Some(p) = &self.publisher {
-            mqtt_metrics(&mut exp, p);
-        }
-        process_metrics(&mut exp);
-        for p in exp.problems() {
-            tracing::warn!(problem = %p, "A metric was left out of /metrics.");
-        }
-        exp.finish()
+        metrics::encode([
+            Box::new(self.clone()) as Box<dyn Collector>,
+            Box::new(ProcessCollector),
+        ])
     }
 
-    fn camera_metrics(&self, exp: &mut Exposition) {
+    fn camera_metrics(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let cameras: Vec<(String, super::CameraEntry)> = self
             .cameras
             .lock()
@@ -184,19 +157,19 @@ impl DaemonView {
             .iter()
             .map(|(id, e)| (id.as_str(), e.reader.status(), e.restarts))
             .collect();
-        let mut f = exp.family(
+        gauges(
+            e,
             "florence_edge_camera_state",
             "1 for the camera's current state, 0 for the others.",
-            Kind::Gauge,
-        );
-        for (id, s, _) in &statuses {
-            for (state, name) in CAMERA_STATES {
-                f.sample(
-                    &[("camera", id), ("state", name)],
-                    u64::from(s.state == state),
-                );
-            }
-        }
+            statuses.iter().flat_map(|(id, s, _)| {
+                CAMERA_STATES.iter().map(move |(state, name)| {
+                    (
+                        [("camera", *id), ("state", *name)],
+                        u64::from(s.state == *state),
+                    )
+                })
+            }),
+        )?;
         let counters: [(&str, &str, CameraCounter); 5] = [
             (
                 "florence_edge_camera_frames_in_total",
@@ -225,121 +198,132 @@ impl DaemonView {
             ),
         ];
         for (name, help, get) in counters {
-            let mut f = exp.family(name, help, Kind::Counter);
-            for (id, s, _) in &statuses {
-                f.sample(&[("camera", id)], get(s));
-            }
+            metrics::counters(
+                e,
+                name,
+                help,
+                statuses
+                    .iter()
+                    .map(|(id, s, _)| ([("camera", *id)], get(s))),
+            )?;
         }
-        let mut f = exp.family(
+        gauges(
+            e,
             "florence_edge_camera_fps_in",
             "Decoded frames per second over the last second or so.",
-            Kind::Gauge,
-        );
-        for (id, s, _) in &statuses {
-            f.sample(&[("camera", id)], s.fps_in);
-        }
-        let mut f = exp.family(
+            statuses
+                .iter()
+                .map(|(id, s, _)| ([("camera", *id)], s.fps_in)),
+        )?;
+        metrics::counters(
+            e,
             "florence_edge_camera_restarts_total",
             "Pipelines restarted by configuration reloads.",
-            Kind::Counter,
-        );
-        for (id, _, restarts) in &statuses {
-            f.sample(&[("camera", id)], *restarts);
-        }
+            statuses
+                .iter()
+                .map(|(id, _, restarts)| ([("camera", *id)], *restarts)),
+        )
     }
 
-    fn task_metrics(&self, exp: &mut Exposition, st: &DaemonStats) {
-        let mut f = exp.family(
+    fn task_metrics(&self, e: &mut DescriptorEncoder<'_>, st: &DaemonStats) -> fmt::Result {
+        metrics::counters(
+            e,
             "florence_edge_task_results_total",
             "Results handed on (to MQTT and/or stdout), per camera and task.",
-            Kind::Counter,
-        );
-        for ((camera, task), n) in &st.results {
-            f.sample(&[("camera", camera), ("task", task)], *n);
-        }
-        let mut f = exp.family(
+            st.results.iter().map(|((camera, task), n)| {
+                ([("camera", camera.as_str()), ("task", task.as_str())], *n)
+            }),
+        )?;
+        metrics::counters(
+            e,
             "florence_edge_task_skipped_total",
-            "Jobs replaced by a newer frame before the model took them (inference slower than the schedule).",
-            Kind::Counter,
-        );
-        for ((camera, task), n) in &st.stale_skipped {
-            f.sample(&[("camera", camera), ("task", task)], *n);
-        }
-        let mut f = exp.histogram_family(
+            "Jobs replaced by a newer frame before the model took them (inference slower than the \
+             schedule).",
+            st.stale_skipped.iter().map(|((camera, task), n)| {
+                ([("camera", camera.as_str()), ("task", task.as_str())], *n)
+            }),
+        )?;
+        histograms(
+            e,
             "florence_edge_stage_latency_seconds",
             "Latency per pipeline stage, per camera and task; end_to_end is frame capture to result.",
-        );
-        for ((camera, task), h) in &st.latency {
-            for (stage, hist) in h.stages() {
-                f.sample(
-                    &[("camera", camera), ("task", task), ("stage", stage)],
-                    hist,
-                );
-            }
-        }
+            st.latency.iter().flat_map(|((camera, task), h)| {
+                h.stages().into_iter().map(move |(stage, hist)| {
+                    (
+                        [
+                            ("camera", camera.as_str()),
+                            ("task", task.as_str()),
+                            ("stage", stage),
+                        ],
+                        hist,
+                    )
+                })
+            }),
+        )
     }
 
-    fn batch_metrics(&self, exp: &mut Exposition, st: &DaemonStats) {
-        exp.counter(
+    fn batch_metrics(&self, e: &mut DescriptorEncoder<'_>, st: &DaemonStats) -> fmt::Result {
+        counter(
+            e,
             "florence_edge_batches_total",
             "Batches handed to the model.",
-            &[],
             st.batches,
-        );
-        exp.histogram(
+        )?;
+        histograms(
+            e,
             "florence_edge_batch_size",
             "Jobs per batch handed to the model.",
-            &[],
-            &st.batch_sizes.0,
-        );
-        for (route, count) in [
-            ("ids", st.postprocess_routes.ids),
-            ("text", st.postprocess_routes.text_fallbacks),
-        ] {
-            exp.counter(
-                "florence_edge_results_parsed_total",
-                "Results post-processed from the generated ids (route=ids) or, when their word \
-                 pieces spell a location token, from the decoded text (route=text).",
-                &[("route", route)],
-                count as u64,
-            );
-        }
-        exp.counter(
+            [(NO_LABELS, &st.batch_sizes.0)],
+        )?;
+        metrics::counters(
+            e,
+            "florence_edge_results_parsed_total",
+            "Results post-processed from the generated ids (route=ids) or, when their word \
+             pieces spell a location token, from the decoded text (route=text).",
+            [
+                ([("route", "ids")], st.postprocess_routes.ids as u64),
+                (
+                    [("route", "text")],
+                    st.postprocess_routes.text_fallbacks as u64,
+                ),
+            ],
+        )?;
+        counter(
+            e,
             "florence_edge_failed_jobs_total",
             "Jobs that produced no result (input refused, batch failed); each is logged.",
-            &[],
             st.failed_jobs,
-        );
-        exp.gauge(
+        )?;
+        gauge(
+            e,
             "florence_edge_batcher_max_waiting",
             "Most jobs waiting for the model at once so far.",
-            &[],
             st.max_waiting as u64,
-        );
-        exp.counter(
+        )?;
+        counter(
+            e,
             "florence_edge_reloads_total",
             "Configuration reloads applied (SIGHUP).",
-            &[],
             st.reloads,
-        );
-        exp.counter(
+        )?;
+        counter(
+            e,
             "florence_edge_reloads_rejected_total",
             "Reloads rejected because the new file was invalid; the running configuration stayed.",
-            &[],
             st.reloads_rejected,
-        );
-        exp.counter(
+        )?;
+        counter(
+            e,
             "florence_edge_jobs_dropped_by_reload_total",
             "Waiting jobs of cameras that a reload removed or restarted.",
-            &[],
             st.dropped_by_reload,
-        );
-        exp.counter(
+        )?;
+        counter(
+            e,
             "florence_edge_inference_batches_done_total",
             "Batches the inference thread finished (successfully or not).",
-            &[],
             self.liveness.batches_done(),
-        );
+        )
     }
 
     /// Per camera: its state and counters, where it streams from (without
@@ -376,14 +360,14 @@ impl DaemonView {
     }
 }
 
-fn mqtt_metrics(exp: &mut Exposition, p: &PublisherStats) {
+fn mqtt_metrics(e: &mut DescriptorEncoder<'_>, p: &PublisherStats) -> fmt::Result {
     let s = p.snapshot();
-    exp.gauge(
+    gauge(
+        e,
         "florence_edge_mqtt_connected",
         "1 while the broker connection is up.",
-        &[],
         u64::from(s.connected),
-    );
+    )?;
     let counters: [(&str, &str, u64); 9] = [
         (
             "florence_edge_mqtt_connects_total",
@@ -432,20 +416,74 @@ fn mqtt_metrics(exp: &mut Exposition, p: &PublisherStats) {
         ),
     ];
     for (name, help, v) in counters {
-        exp.counter(name, help, &[], v);
+        counter(e, name, help, v)?;
     }
-    exp.gauge(
+    gauge(
+        e,
         "florence_edge_mqtt_spool_messages",
         "Messages waiting in the spool.",
-        &[],
         s.spool_messages,
-    );
-    exp.gauge(
+    )?;
+    gauge(
+        e,
         "florence_edge_mqtt_spool_oldest_age_seconds",
         "Age of the oldest spooled message (0 when the spool is empty).",
-        &[],
         p.spool_oldest_age_secs(),
-    );
+    )
+}
+
+/// Collector style: a scrape reads the live counters through this view (a
+/// clone shares them), nothing is copied into registry metrics.
+impl Collector for DaemonView {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let e = &mut encoder;
+        gauges(
+            e,
+            "florence_edge_info",
+            "The node, model and backend of this daemon (value 1).",
+            [(
+                [
+                    ("node", self.node.as_str()),
+                    ("model", self.model.id.as_str()),
+                    ("backend", self.model.backend.as_str()),
+                    ("precision", self.model.precision.as_str()),
+                    ("version", env!("CARGO_PKG_VERSION")),
+                ],
+                1u64,
+            )],
+        )?;
+        let now = Instant::now();
+        gauge(
+            e,
+            "florence_edge_healthy",
+            "1 while the pipeline makes progress (what /healthz and the systemd watchdog use).",
+            u64::from(self.liveness.health(now).ok),
+        )?;
+        gauge(
+            e,
+            "florence_edge_ready",
+            "1 once the model is loaded and the cameras started, 0 while starting or stopping.",
+            u64::from(self.liveness.readiness(now).ok),
+        )?;
+        self.camera_metrics(e)?;
+        let st = self.stats();
+        self.task_metrics(e, &st)?;
+        self.batch_metrics(e, &st)?;
+        if let Some(p) = &self.publisher {
+            mqtt_metrics(e, p)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a collector must be; the counters behind the view are not listed.
+impl fmt::Debug for DaemonView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DaemonView")
+            .field("node", &self.node)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpSource for DaemonView {
@@ -483,5 +521,147 @@ impl HttpSource for DaemonView {
 
     fn cameras(&self) -> serde_json::Value {
         self.cameras_json()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::StageLatencies;
+
+    /// A daemon without cameras, with results, latencies and a batch.
+    fn view() -> DaemonView {
+        let mut st = DaemonStats {
+            batches: 3,
+            ..DaemonStats::default()
+        };
+        let key = ("door".to_owned(), "<OD>".to_owned());
+        st.results.insert(key.clone(), 5);
+        let mut h = StageHistograms::default();
+        h.observe(
+            &StageLatencies {
+                queue_ms: 2.0,
+                preprocess_ms: 30.0,
+                vision_ms: 700.0,
+                encoder_ms: 0.5,
+                decode_ms: 12000.0,
+                postprocess_ms: 0.01,
+            },
+            1.25,
+        );
+        st.latency.insert(key, h);
+        st.batch_sizes.0.observe(3.0);
+        DaemonView {
+            node: "n1".into(),
+            model: ModelLabels {
+                id: "m".into(),
+                backend: "cpu".into(),
+                precision: "fp32".into(),
+            },
+            stats: Arc::new(Mutex::new(st)),
+            cameras: CameraRegistry::default(),
+            liveness: Liveness::new(std::time::Duration::from_secs(5)),
+            publisher: Some(Arc::new(PublisherStats::default())),
+        }
+    }
+
+    fn has_line(text: &str, line: &str) -> bool {
+        text.lines().any(|l| l == line)
+    }
+
+    #[test]
+    fn a_scrape_encodes_the_daemon_state() {
+        let view = view();
+        let text = view.render_metrics();
+        let version = env!("CARGO_PKG_VERSION");
+        let info = format!(
+            "florence_edge_info{{node=\"n1\",model=\"m\",backend=\"cpu\",precision=\"fp32\",\
+             version=\"{version}\"}} 1"
+        );
+        let stage = "florence_edge_stage_latency_seconds";
+        let decode = "camera=\"door\",task=\"<OD>\",stage=\"decode\"";
+        for line in [
+            info.as_str(),
+            "# HELP florence_edge_task_results_total Results handed on (to MQTT and/or stdout), \
+             per camera and task.",
+            "# TYPE florence_edge_task_results_total counter",
+            "florence_edge_task_results_total{camera=\"door\",task=\"<OD>\"} 5",
+            "# TYPE florence_edge_stage_latency_seconds histogram",
+            &format!("{stage}_bucket{{{decode},le=\"10\"}} 0"),
+            &format!("{stage}_bucket{{{decode},le=\"30\"}} 1"),
+            &format!("{stage}_bucket{{{decode},le=\"+Inf\"}} 1"),
+            &format!("{stage}_sum{{{decode}}} 12.0"),
+            &format!("{stage}_count{{{decode}}} 1"),
+            "florence_edge_batches_total 3",
+            "florence_edge_batch_size_bucket{le=\"2\"} 0",
+            "florence_edge_batch_size_bucket{le=\"4\"} 1",
+            "florence_edge_batch_size_bucket{le=\"+Inf\"} 1",
+            "florence_edge_results_parsed_total{route=\"ids\"} 0",
+            "florence_edge_results_parsed_total{route=\"text\"} 0",
+            "florence_edge_ready 0",
+            "# TYPE florence_edge_mqtt_connected gauge",
+            "florence_edge_mqtt_connected 0",
+            "florence_edge_mqtt_spool_write_errors_total 0",
+            "# TYPE process_cpu_seconds_total counter",
+        ] {
+            assert!(has_line(&text, line), "{line}\nin\n{text}");
+        }
+        // No cameras: their families are left out, HELP and TYPE included.
+        assert!(!text.contains("florence_edge_camera_"), "{text}");
+        assert!(!text.contains("florence_edge_task_skipped_total"), "{text}");
+    }
+
+    #[test]
+    fn a_scrape_reads_the_live_counters() {
+        let view = view();
+        let before = view.render_metrics();
+        assert!(has_line(&before, "florence_edge_mqtt_connects_total 0"));
+        view.stats
+            .lock()
+            .expect("stats")
+            .results
+            .insert(("door".into(), "<OD>".into()), 6);
+        let publisher = view.publisher.clone().expect("publisher");
+        publisher.set_connected(true);
+        let after = view.render_metrics();
+        for line in [
+            "florence_edge_task_results_total{camera=\"door\",task=\"<OD>\"} 6",
+            "florence_edge_mqtt_connected 1",
+            "florence_edge_mqtt_connects_total 1",
+        ] {
+            assert!(has_line(&after, line), "{line}\nin\n{after}");
+        }
+    }
+
+    #[test]
+    fn the_exposition_is_well_formed() {
+        let text = view().render_metrics();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("parses");
+        assert_eq!(
+            scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == "florence_edge_batches_total")
+                .map(|s| s.value.clone()),
+            Some(prometheus_parse::Value::Counter(3.0))
+        );
+        // One HELP and one TYPE per family, HELP first; no series twice.
+        let mut families = Vec::new();
+        let mut series = std::collections::HashSet::new();
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            if let Some(help) = line.strip_prefix("# HELP ") {
+                let name = help.split(' ').next().unwrap_or_default();
+                let kind = lines.next().unwrap_or_default();
+                assert!(kind.starts_with(&format!("# TYPE {name} ")), "{kind}");
+                assert!(!families.contains(&name), "{name} twice in\n{text}");
+                families.push(name);
+            } else {
+                let key = line.rsplit_once(' ').map(|(k, _)| k).unwrap_or(line);
+                assert!(series.insert(key), "{key} twice");
+            }
+        }
+        assert!(families.len() > 20, "{families:?}");
     }
 }

@@ -1,0 +1,255 @@
+//! The coordinator thread: owns the scheduler, the batcher and the newest
+//! frame of each camera, starts and stops cameras, and hands a batch to the
+//! model only when the model is idle.
+
+use super::*;
+
+pub(super) struct Coordinator {
+    pub(super) scheduler: Scheduler,
+    pub(super) batcher: Batcher<Arc<Frame>>,
+    pub(super) latest: HashMap<Arc<str>, Arc<Frame>>,
+    pub(super) cameras: BTreeMap<String, CameraHandle>,
+    pub(super) registry: CameraRegistry,
+    pub(super) frames_tx: SyncSender<Frame>,
+    pub(super) events_tx: Sender<CameraEvent>,
+    pub(super) batch_tx: Option<SyncSender<Vec<FrameJob>>>,
+    pub(super) inference: Option<JoinHandle<()>>,
+    pub(super) model_busy: bool,
+    pub(super) stats: Arc<Mutex<DaemonStats>>,
+    pub(super) sink: SharedSink,
+    pub(super) node: String,
+    pub(super) last_status: Instant,
+    pub(super) config_path: Option<PathBuf>,
+    pub(super) notifier: Arc<Notifier>,
+    pub(super) liveness: Arc<Liveness>,
+    /// The configuration in effect (sections a reload cannot change keep
+    /// their running values).
+    pub(super) config: Config,
+}
+
+impl Coordinator {
+    pub(super) fn publish_status(&self, status: &CameraStatus) {
+        let payload = result::status_payload(&self.node, status);
+        {
+            let mut sink = crate::sync::lock(&self.sink);
+            sink.camera_status(&payload);
+        }
+    }
+
+    /// Starts a camera's pipeline and schedules its tasks.
+    pub(super) fn start_camera(
+        &mut self,
+        camera: &CameraConfig,
+        now: Instant,
+    ) -> Result<(), DaemonError> {
+        let settings = cameras::camera_settings(camera);
+        let tasks: &[TaskSchedule] = &camera.tasks;
+        self.scheduler
+            .set_camera(Arc::from(camera.id.as_str()), tasks, now)?;
+        let handle =
+            ingest::spawn_camera(&settings, self.frames_tx.clone(), self.events_tx.clone())
+                .map_err(|e| {
+                    self.scheduler.remove_camera(&camera.id);
+                    DaemonError::Camera {
+                        camera: camera.id.clone(),
+                        source: e,
+                    }
+                })?;
+        {
+            let mut reg = crate::sync::lock(&self.registry);
+            let restarts = reg.get(&camera.id).map_or(0, |e| e.restarts + 1);
+            reg.insert(
+                camera.id.clone(),
+                CameraEntry {
+                    reader: handle.status_reader(),
+                    started_unix_ms: result::unix_ms(SystemTime::now()),
+                    restarts,
+                    tasks: cameras::task_summaries(camera),
+                },
+            );
+        }
+        self.cameras.insert(camera.id.clone(), handle);
+        Ok(())
+    }
+
+    /// Stops a camera: its pipeline, its schedule, its waiting jobs and its
+    /// newest frame. With `forget`, it also leaves the registry.
+    pub(super) fn stop_camera(&mut self, id: &str, forget: bool) {
+        if let Some(handle) = self.cameras.remove(id) {
+            handle.stop();
+        }
+        self.scheduler.remove_camera(id);
+        self.latest.remove(id);
+        let dropped = self.batcher.remove_camera(id).len();
+        if dropped > 0 {
+            tracing::info!(
+                camera = id,
+                jobs = dropped,
+                "Waiting jobs of a stopped camera dropped."
+            );
+            {
+                let mut st = crate::sync::lock(&self.stats);
+                st.dropped_by_reload += dropped as u64;
+            }
+        }
+        if forget {
+            {
+                let mut reg = crate::sync::lock(&self.registry);
+                reg.remove(id);
+            }
+        }
+    }
+
+    /// One line for systemd's STATUS=.
+    pub(super) fn summary(&self) -> String {
+        let streaming = self
+            .cameras
+            .values()
+            .filter(|c| c.status().state == ingest::CameraState::Streaming)
+            .count();
+        let results: u64 = crate::sync::lock(&self.stats).results.values().sum();
+        format!(
+            "{streaming}/{} cameras streaming; {results} results.",
+            self.cameras.len()
+        )
+    }
+
+    pub(super) fn run(mut self, rx: Receiver<Msg>) -> Result<(), DaemonError> {
+        let reason = loop {
+            self.liveness.coordinator_turned();
+            let now = Instant::now();
+            let mut deadline = self.scheduler.next_deadline();
+            if !self.model_busy {
+                deadline = min_opt(deadline, self.batcher.next_deadline());
+            }
+            let wait =
+                deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Frame(frame)) => {
+                    // A frame queued by a pipeline that a reload stopped.
+                    let current = self
+                        .cameras
+                        .get(frame.camera.as_ref())
+                        .is_some_and(|c| c.sent(&frame));
+                    if !current {
+                        continue;
+                    }
+                    let camera = frame.camera.clone();
+                    let seq = frame.seq;
+                    self.latest.insert(camera.clone(), Arc::new(frame));
+                    if let Err(e) = self.scheduler.on_frame(&camera, seq, Instant::now()) {
+                        tracing::debug!(camera = %camera, error = %e, "Frame of an unscheduled camera ignored.");
+                    }
+                }
+                Ok(Msg::Event(event)) => {
+                    // The supervisor logged the transition (ingest/supervisor.rs,
+                    // the one place camera transitions are logged).
+                    self.publish_status(&event.status);
+                }
+                Ok(Msg::BatchDone { jobs }) => {
+                    tracing::debug!(jobs, "Batch finished.");
+                    self.model_busy = false;
+                }
+                Ok(Msg::Reload) => self.reload(),
+                Ok(Msg::Shutdown(why)) => break why,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break "all senders gone",
+            }
+            let now = Instant::now();
+            if now.duration_since(self.last_status) >= STATUS_INTERVAL {
+                self.last_status = now;
+                for cam in self.cameras.values() {
+                    self.publish_status(&cam.status());
+                }
+                self.notifier.status(&self.summary());
+            }
+            for job in self.scheduler.poll(now) {
+                // The scheduler only emits a job once its camera has a frame.
+                if let Some(frame) = self.latest.get(&job.key.camera) {
+                    let frame = frame.clone();
+                    if let Some(stale) = self.batcher.push(job.with_frame(frame), now) {
+                        tracing::debug!(camera = %stale.key.camera, task = %stale.key.task, "Stale job replaced by a newer frame.");
+                    }
+                }
+            }
+            let waiting = self.batcher.len();
+            if !self.model_busy {
+                if let Some(batch) = self.batcher.pop_batch(now) {
+                    self.record_dispatch(batch.len(), waiting);
+                    self.dispatch(batch)?;
+                }
+            }
+        };
+        tracing::info!(
+            reason,
+            "Shutting down: stopping cameras, finishing the batch in flight."
+        );
+        self.shutdown(rx)
+    }
+
+    pub(super) fn record_dispatch(&self, size: usize, waiting: usize) {
+        {
+            let mut st = crate::sync::lock(&self.stats);
+            st.batches += 1;
+            st.jobs += size as u64;
+            st.largest_batch = st.largest_batch.max(size);
+            st.max_waiting = st.max_waiting.max(waiting);
+            st.batch_sizes.0.observe(size as f64);
+            for (key, c) in self.batcher.all_counters() {
+                st.stale_skipped.insert(
+                    (key.camera.to_string(), key.task.token().to_string()),
+                    c.stale_skipped,
+                );
+            }
+        }
+    }
+
+    pub(super) fn dispatch(&mut self, batch: Vec<FrameJob>) -> Result<(), DaemonError> {
+        let tx = self.batch_tx.as_ref().ok_or(DaemonError::InferenceGone)?;
+        tx.send(batch).map_err(|_| DaemonError::InferenceGone)?;
+        self.model_busy = true;
+        Ok(())
+    }
+
+    pub(super) fn shutdown(mut self, rx: Receiver<Msg>) -> Result<(), DaemonError> {
+        self.liveness.set_stopping();
+        self.notifier
+            .stopping("Stopping: cameras stop, the batch in flight finishes.");
+        for (_, cam) in std::mem::take(&mut self.cameras) {
+            cam.stop();
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.model_busy {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Msg::BatchDone { .. }) => self.model_busy = false,
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::error!("The batch in flight did not finish within {DRAIN_TIMEOUT:?}; its results are lost.");
+                    break;
+                }
+            }
+        }
+        drop(self.batch_tx.take());
+        if let Some(h) = self.inference.take() {
+            if !self.model_busy {
+                let _ = h.join();
+            }
+        }
+        // Results of the last batch are queued by now; deliver them (or
+        // spool them) and say offline.
+        {
+            let mut sink = crate::sync::lock(&self.sink);
+            sink.close();
+        }
+        tracing::info!("Stopped.");
+        Ok(())
+    }
+}
+
+fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}

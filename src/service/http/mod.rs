@@ -58,13 +58,10 @@
 //! about [`STOP_GRACE`] even when a callback hangs.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io::{self, ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::panic::{self, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -76,8 +73,11 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use guard::{raw_busy, read_head, refuse, Connection, HeadError};
+
+mod guard;
 
 /// Content type of the Prometheus text format 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -92,9 +92,6 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Longest bearer token accepted (a token file with a whole key pasted in is
 /// a mistake worth reporting).
 const MAX_TOKEN_LEN: usize = 4096;
-
-/// Most header lines in a request head (hyper's own default).
-const MAX_HEADERS: usize = 100;
 
 /// Before closing a connection whose client may still be sending (a body, an
 /// oversized head), read for this long and this much: closing with unread
@@ -476,52 +473,6 @@ fn answer_busy(stream: tokio::net::TcpStream) {
     }
 }
 
-fn raw_busy() -> Vec<u8> {
-    raw_answer(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &json!({"error": BUSY}),
-        "Retry-After: 1\r\n",
-    )
-}
-
-/// Why a request head was not handed to hyper.
-#[derive(Debug, PartialEq)]
-enum HeadError {
-    /// Closed before sending anything; nothing to answer.
-    Gone,
-    TooLarge,
-    TooManyHeaders,
-    TimedOut,
-    Malformed(&'static str),
-    Version,
-}
-
-impl HeadError {
-    fn answer(&self, limits: &HttpLimits) -> Vec<u8> {
-        let (status, message) = match self {
-            HeadError::TooLarge => (
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                format!("request head larger than {} bytes", limits.max_head_bytes),
-            ),
-            HeadError::TooManyHeaders => (
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                format!("more than {MAX_HEADERS} header lines"),
-            ),
-            HeadError::TimedOut => (
-                StatusCode::REQUEST_TIMEOUT,
-                "request head not received in time".into(),
-            ),
-            HeadError::Version => (
-                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                "only HTTP/1.0 and HTTP/1.1 are supported".into(),
-            ),
-            HeadError::Malformed(what) => (StatusCode::BAD_REQUEST, format!("bad request: {what}")),
-            HeadError::Gone => (StatusCode::BAD_REQUEST, "connection closed".into()),
-        };
-        raw_answer(status, &json!({ "error": message }), "")
-    }
-}
-
 /// One connection: its request head through the guard, then hyper.
 async fn connection(
     mut stream: tokio::net::TcpStream,
@@ -551,13 +502,7 @@ async fn connection(
             return;
         }
     };
-    let io = TokioIo::new(Connection {
-        stream,
-        read,
-        consumed: 0,
-        write_timeout: shared.limits.write_timeout,
-        write_deadline: None,
-    });
+    let io = TokioIo::new(Connection::new(stream, read, shared.limits.write_timeout));
     let service = service_fn(move |request| respond(request, shared.clone(), peer));
     let served = http1::Builder::new()
         .keep_alive(false)
@@ -606,188 +551,6 @@ impl Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.0.admitted.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-/// Reads until the request head is complete, within the size and time limits,
-/// and checks it. Returns everything read (the head, perhaps more).
-async fn read_head(
-    stream: &mut tokio::net::TcpStream,
-    limits: &HttpLimits,
-) -> Result<Vec<u8>, HeadError> {
-    let deadline = tokio::time::Instant::now() + limits.head_timeout;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    loop {
-        if check_head(&buf, limits.max_head_bytes)? {
-            return Ok(buf);
-        }
-        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await;
-        match read {
-            Err(_elapsed) => return Err(HeadError::TimedOut),
-            Ok(Ok(0)) if buf.is_empty() => return Err(HeadError::Gone),
-            Ok(Ok(0)) => {
-                return Err(HeadError::Malformed(
-                    "connection closed inside the request head",
-                ))
-            }
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Ok(Err(e)) if e.kind() == ErrorKind::Interrupted => {}
-            Ok(Err(_)) => return Err(HeadError::Gone),
-        }
-    }
-}
-
-/// Whether `buf` starts with a complete request head; an error when it
-/// cannot be one (malformed, too large, another HTTP version).
-fn check_head(buf: &[u8], max_head_bytes: usize) -> Result<bool, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(buf) {
-        Ok(httparse::Status::Partial) if buf.len() > max_head_bytes => Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => Ok(false),
-        Ok(httparse::Status::Complete(len)) if len > max_head_bytes => Err(HeadError::TooLarge),
-        Ok(httparse::Status::Complete(_)) => {
-            // Origin form (`/metrics`) or absolute form (`http://host/metrics`).
-            let target = request.path.unwrap_or_default();
-            if target.starts_with('/')
-                || target.starts_with("http://")
-                || target.starts_with("https://")
-            {
-                Ok(true)
-            } else {
-                Err(HeadError::Malformed("invalid request target"))
-            }
-        }
-        Err(httparse::Error::Version) => Err(HeadError::Version),
-        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
-        Err(httparse::Error::Token) => Err(HeadError::Malformed("invalid method or target")),
-        Err(httparse::Error::HeaderName) => Err(HeadError::Malformed("invalid header line")),
-        Err(httparse::Error::HeaderValue) => Err(HeadError::Malformed("invalid header value")),
-        Err(httparse::Error::NewLine | httparse::Error::Status) => {
-            Err(HeadError::Malformed("invalid request line"))
-        }
-    }
-}
-
-/// Writes a refusal within the write timeout; then, as the client may still
-/// be sending what was not read, lingers before closing.
-async fn refuse(mut stream: tokio::net::TcpStream, answer: &[u8], limits: &HttpLimits) {
-    let written = tokio::time::timeout(limits.write_timeout, stream.write_all(answer)).await;
-    if !matches!(written, Ok(Ok(()))) || stream.shutdown().await.is_err() {
-        return;
-    }
-    let mut drained = 0;
-    let mut chunk = [0u8; 4096];
-    let _ = tokio::time::timeout(LINGER, async {
-        while drained < MAX_DRAIN {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => drained += n,
-            }
-        }
-    })
-    .await;
-}
-
-/// A whole answer written without hyper: for connections refused before (or
-/// instead of) reading a request, which hyper cannot answer.
-fn raw_answer(status: StatusCode, body: &serde_json::Value, extra_headers: &str) -> Vec<u8> {
-    let body = json_body(body);
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {JSON_CONTENT_TYPE}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n{extra_headers}\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or(""),
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&body);
-    out
-}
-
-/// The connection hyper serves: the bytes the guard read come first, and the
-/// answer must be taken within the write timeout (hyper has none of its own),
-/// counted from the first write that has to wait for the client.
-struct Connection {
-    stream: tokio::net::TcpStream,
-    read: Vec<u8>,
-    consumed: usize,
-    write_timeout: Duration,
-    write_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl Connection {
-    /// Called when a write would block (the first such call starts the
-    /// clock): an error once the deadline has passed.
-    fn poll_deadline<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        let timeout = self.write_timeout;
-        let deadline = self
-            .write_deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                ErrorKind::TimedOut,
-                "the client did not take the answer in time",
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl AsyncRead for Connection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let rest = &this.read[this.consumed..];
-        if !rest.is_empty() {
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            this.consumed += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Connection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write(cx, buf) {
-            Poll::Pending => this.poll_deadline(cx),
-            ready => ready,
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
-            Poll::Pending => this.poll_deadline(cx),
-            ready => ready,
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -1720,37 +1483,7 @@ mod tests {
     }
 
     #[test]
-    fn head_parsing_details() {
-        // The guard: complete heads (CRLF, or LF from lenient clients),
-        // partial ones, and its limits.
-        let head = b"GET /metrics?x=1#frag HTTP/1.1\r\nHost: a\r\n\
-              AUTHORIZATION:   Bearer abc  \r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(check_head(head, 1024), Ok(true));
-        assert_eq!(check_head(b"GET / HTTP/1.1\nA: b\n\n", 1024), Ok(true));
-        assert_eq!(check_head(b"GET / HTTP/1.1\r\nA: b\r\n", 1024), Ok(false));
-        assert_eq!(check_head(b"", 1024), Ok(false));
-        assert_eq!(check_head(head, 64), Err(HeadError::TooLarge));
-        assert_eq!(
-            check_head(b"GET / HTTP/1.1\r\nA: b", 16),
-            Err(HeadError::TooLarge)
-        );
-        assert_eq!(
-            check_head(b"GET / HTTP/3.0\r\n\r\n", 1024),
-            Err(HeadError::Version)
-        );
-        assert_eq!(
-            check_head(b"OPTIONS * HTTP/1.1\r\n\r\n", 1024),
-            Err(HeadError::Malformed("invalid request target"))
-        );
-        let many = format!(
-            "GET / HTTP/1.1\r\n{}\r\n",
-            "A: b\r\n".repeat(MAX_HEADERS + 1)
-        );
-        assert_eq!(
-            check_head(many.as_bytes(), 64 * 1024),
-            Err(HeadError::TooManyHeaders)
-        );
-
+    fn route_parsing_details() {
         // The route, from what hyper parsed: query and fragment ignored, the
         // Authorization scheme case-insensitive, two of them refused.
         let route_of = |uri: &str, authorization: &[&str]| {

@@ -16,7 +16,7 @@ use hyper::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::json_body;
+use super::routes::json_body;
 use super::{HttpLimits, BUSY, JSON_CONTENT_TYPE, LINGER, MAX_DRAIN};
 
 /// Most header lines in a request head (hyper's own default).

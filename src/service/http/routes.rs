@@ -13,7 +13,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use serde_json::json;
 
-use super::{Admitted, Shared};
+use super::server::{Admitted, Shared};
 use super::{HttpSource, BUSY, JSON_CONTENT_TYPE, LINGER, MAX_DRAIN, METRICS_CONTENT_TYPE, PATHS};
 
 type Answer = Response<Full<Bytes>>;

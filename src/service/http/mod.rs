@@ -56,6 +56,11 @@
 //! then joins the thread. A source callback still running after that is left
 //! to end on its blocking thread (logged at WARN), so a stop is bounded by
 //! about [`STOP_GRACE`] even when a callback hangs.
+//!
+//! **Layout.** This file holds the public API; `guard` reads and checks
+//! request heads before hyper and writes the refusals, `routes` maps requests
+//! to answers and runs the source calls, and `server` runs the thread, the
+//! accept loop, the connection and worker accounting, and the stop.
 
 use std::io;
 use std::net::SocketAddr;

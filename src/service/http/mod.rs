@@ -131,7 +131,7 @@ impl Health {
 /// [`HttpLimits::workers`] at once), so each call should read a snapshot and
 /// return quickly; a panic is answered 500.
 pub trait HttpSource: Send + Sync + 'static {
-    /// The whole Prometheus exposition (see `super::metrics::Exposition`).
+    /// The whole Prometheus exposition (`super::metrics::encode`).
     fn metrics(&self) -> String;
     /// Liveness: is the daemon's main loop running?
     fn health(&self) -> Health;

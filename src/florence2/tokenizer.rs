@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use super::ModelError;
 
-/// Number of location bins per axis in Florence-2.
-pub const LOCATION_BINS: usize = 1000;
+/// Location bins per image axis in Florence-2's vocabulary (`<loc_0>` …
+/// `<loc_999>`): the one definition, which post-processing and the
+/// location-token kernel use too.
+pub const LOCATION_BINS: u32 = 1000;
 
 pub struct FlorenceTokenizer {
     inner: tokenizers::Tokenizer,
@@ -31,7 +33,7 @@ impl FlorenceTokenizer {
             path: path.clone(),
             problem: format!("is not a tokenizers JSON file: {e}"),
         })?;
-        let mut location_ids = Vec::with_capacity(LOCATION_BINS);
+        let mut location_ids = Vec::with_capacity(LOCATION_BINS as usize);
         for i in 0..LOCATION_BINS {
             let token = format!("<loc_{i}>");
             let id = inner.token_to_id(&token).ok_or_else(|| ModelError::File {

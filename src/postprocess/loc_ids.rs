@@ -12,8 +12,7 @@
 //!
 //! The `#[repr(C)]` structs are shared byte for byte with the kernel.
 
-/// Number of location bins per axis (`<loc_0>`…`<loc_999>`).
-pub const LOCATION_BINS: u32 = 1000;
+pub use crate::florence2::tokenizer::LOCATION_BINS;
 
 /// Why a token batch cannot be parsed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

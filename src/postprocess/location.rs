@@ -6,22 +6,21 @@ use std::fmt;
 
 use super::{ImageSize, PostprocessError};
 
-/// Bins per image axis (`<loc_0>` … `<loc_999>`).
-pub const BINS_PER_AXIS: u32 = 1000;
+pub use crate::florence2::tokenizer::LOCATION_BINS;
 
 /// The largest bin a `<loc_N>` token can name.
-pub const MAX_BIN: u32 = BINS_PER_AXIS - 1;
+pub const MAX_BIN: u32 = LOCATION_BINS - 1;
 
 /// Pixel coordinate of the centre of `bin` on an axis of `size` pixels:
 /// `(bin + 0.5) * size / 1000`, in f64 (Microsoft's original rule, without its float32 rounding).
 pub fn dequantize(bin: u32, size: u32) -> f64 {
-    (f64::from(bin) + 0.5) * f64::from(size) / f64::from(BINS_PER_AXIS)
+    (f64::from(bin) + 0.5) * f64::from(size) / f64::from(LOCATION_BINS)
 }
 
 /// The same position as a fraction of the axis: `(bin + 0.5) / 1000`, i.e. `dequantize(bin, S) / S`.
 /// It does not depend on the image size, so it survives resizing of the frame.
 pub fn normalize(bin: u32) -> f64 {
-    (f64::from(bin) + 0.5) / f64::from(BINS_PER_AXIS)
+    (f64::from(bin) + 0.5) / f64::from(LOCATION_BINS)
 }
 
 /// The integer the transformers 5 port publishes for `bin`: it computes
@@ -32,7 +31,7 @@ pub fn normalize(bin: u32) -> f64 {
 pub fn transformers_port_coordinate(bin: u32, size: u32) -> i64 {
     // Both casts are the port's own roundings; `as i64` truncates toward zero like `.int()`.
     #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
-    let per_bin = (f64::from(size) / f64::from(BINS_PER_AXIS)) as f32;
+    let per_bin = (f64::from(size) / f64::from(LOCATION_BINS)) as f32;
     #[allow(clippy::cast_precision_loss)]
     let centre = bin as f32 + 0.5;
     #[allow(clippy::cast_possible_truncation)]
@@ -43,7 +42,7 @@ pub fn transformers_port_coordinate(bin: u32, size: u32) -> i64 {
 /// Bin of a pixel coordinate: `floor(v * 1000 / size)` clamped to `0..=999`, so the right and
 /// bottom image edges (v == size) land in the last bin.
 fn quantize(value: f64, size: u32) -> u32 {
-    let bin = (value * f64::from(BINS_PER_AXIS) / f64::from(size)).floor();
+    let bin = (value * f64::from(LOCATION_BINS) / f64::from(size)).floor();
     // `value` is validated to lie in 0..=size, so `bin` is in 0..=1000 and the cast is exact.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let bin = bin.clamp(0.0, f64::from(MAX_BIN)) as u32;

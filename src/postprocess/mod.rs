@@ -22,7 +22,7 @@ mod stitch_stream;
 use serde::{Deserialize, Serialize, Serializer};
 
 pub use location::{
-    dequantize, normalize, transformers_port_coordinate, LocationBins, BINS_PER_AXIS, MAX_BIN,
+    dequantize, normalize, transformers_port_coordinate, LocationBins, LOCATION_BINS, MAX_BIN,
 };
 pub use parse::BANNED_GROUNDING_PHRASES;
 pub use stitch::{

@@ -466,16 +466,19 @@ fn run(command: Command) -> Result<()> {
 }
 
 fn load_config(path: &std::path::Path) -> Result<florence_edge::config::Config> {
-    florence_edge::config::load(path).map_err(|errors| {
-        anyhow::anyhow!(
-            "invalid configuration:\n{}",
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })
+    florence_edge::config::load(path).map_err(invalid_configuration)
+}
+
+/// Every problem, one per line, as `validate` prints them.
+fn invalid_configuration(errors: Vec<florence_edge::config::ConfigError>) -> anyhow::Error {
+    anyhow::anyhow!(
+        "invalid configuration:\n{}",
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
 }
 
 fn build_engines_cmd(config_path: &std::path::Path) -> Result<()> {
@@ -505,16 +508,8 @@ fn run_daemon(config_path: &std::path::Path, stdout: bool) -> Result<()> {
     use florence_edge::daemon::{Daemon, DaemonOptions, MqttSink, ResultSink, StdoutSink};
     // The same checks as `validate`: past this point only what lies outside
     // the file (a camera down, a broker away, a GPU missing) can fail.
-    let plan = florence_edge::config::plan(load_config(config_path)?).map_err(|errors| {
-        anyhow::anyhow!(
-            "invalid configuration:\n{}",
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    let plan =
+        florence_edge::config::plan(load_config(config_path)?).map_err(invalid_configuration)?;
     let config = plan.config;
     let mqtt = MqttSink::start_validated(plan.publisher)
         .map_err(|e| anyhow::anyhow!("MQTT publisher: {e}"))?;

@@ -6,10 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::ModelError;
 
-/// Location bins per image axis in Florence-2's vocabulary (`<loc_0>` …
-/// `<loc_999>`): the one definition, which post-processing and the
-/// location-token kernel use too.
-pub const LOCATION_BINS: u32 = 1000;
+pub use crate::postprocess::LOCATION_BINS;
 
 pub struct FlorenceTokenizer {
     inner: tokenizers::Tokenizer,

@@ -12,7 +12,7 @@
 //!
 //! The `#[repr(C)]` structs are shared byte for byte with the kernel.
 
-pub use crate::florence2::tokenizer::LOCATION_BINS;
+pub use super::location::LOCATION_BINS;
 
 /// Why a token batch cannot be parsed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -6,7 +6,9 @@ use std::fmt;
 
 use super::{ImageSize, PostprocessError};
 
-pub use crate::florence2::tokenizer::LOCATION_BINS;
+/// Location bins per image axis (`<loc_0>` … `<loc_999>`): the one
+/// definition, which the tokenizer and the location-token kernel use too.
+pub const LOCATION_BINS: u32 = 1000;
 
 /// The largest bin a `<loc_N>` token can name.
 pub const MAX_BIN: u32 = LOCATION_BINS - 1;

@@ -43,8 +43,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use florence_edge::daemon::{Daemon, DaemonStats, ResultSink};
-use florence_edge::florence2::engine::{Decoding, Engine, TaskRequest};
 use florence_edge::florence2::{LoadOptions, Strategy, Task};
+use florence_edge::pipeline::{Decoding, Pipeline, TaskRequest};
 use florence_edge::preprocess::RgbFrame;
 use florence_edge::publish::ResultPayload;
 use florence_edge::runtime::Backend;
@@ -421,7 +421,7 @@ fn table(rows: &[Measurement]) {
     }
 }
 
-/// Engine-level before/after of the per-frame vision sharing: `<OD>` and
+/// Pipeline-level before/after of the per-frame vision sharing: `<OD>` and
 /// `<CAPTION>` on one frame in one batch, once with both items viewing the
 /// same buffer (shared: one vision-encoder row) and once with the second
 /// item on a copy of the frame (what every batch cost before sharing: two
@@ -430,7 +430,7 @@ fn sharing(settings: &Settings) -> Result<(), String> {
     let mut opts = LoadOptions::new(&settings.model);
     opts.backend = Backend::Cpu;
     opts.intra_threads = settings.threads;
-    let mut engine = Engine::load(&opts).map_err(|e| e.to_string())?;
+    let mut engine = Pipeline::load(&opts).map_err(|e| e.to_string())?;
     let (w, h) = (1920u32, 1080u32);
     let data = florence_edge::bench::synthetic_frame(w, h);
     let copy = data.clone();

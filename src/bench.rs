@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::florence2::engine::{Decoding, Engine, TaskRequest};
 use crate::florence2::ModelError;
+use crate::pipeline::{Decoding, Pipeline, TaskRequest};
 use crate::preprocess::RgbFrame;
 
 /// Distribution of one figure over the measured iterations.
@@ -86,7 +86,7 @@ pub fn peak_rss_mb() -> Option<f64> {
 }
 
 pub fn run(
-    engine: &mut Engine,
+    engine: &mut Pipeline,
     request: &TaskRequest,
     decoding: Decoding,
     size: (u32, u32),

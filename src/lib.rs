@@ -12,6 +12,7 @@ pub mod florence2;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod ingest;
+pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
 pub mod publish;

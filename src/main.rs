@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use florence_edge::florence2::engine::{Decoding, Engine, TaskRequest};
 use florence_edge::florence2::{DecoderLayout, LoadOptions, Strategy, Task, Variant};
+use florence_edge::pipeline::{Decoding, Pipeline, TaskRequest};
 use florence_edge::postprocess::{self, ImageSize};
 use florence_edge::preprocess::RgbFrame;
 use florence_edge::runtime::Backend;
@@ -139,7 +139,7 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn load(&self) -> Result<(Engine, Decoding)> {
+    fn load(&self) -> Result<(Pipeline, Decoding)> {
         let mut opts = LoadOptions::new(&self.model);
         opts.backend = self.backend.parse::<Backend>()?;
         opts.variant = Variant::parse(&self.variant)?;
@@ -152,7 +152,7 @@ impl ModelArgs {
         if self.batch == 0 {
             bail!("--batch must be at least 1");
         }
-        let engine = Engine::load(&opts)?;
+        let engine = Pipeline::load(&opts)?;
         let strategy = match self.decoding {
             DecodingArg::Greedy => Strategy::Greedy,
             DecodingArg::Beam => Strategy::Beam {
@@ -454,7 +454,7 @@ fn run(command: Command) -> Result<()> {
                 .context("reading decoder text from stdin")?;
             let parsed = postprocess::post_process(
                 text.trim_end_matches(['\n', '\r']),
-                task.parse_kind(),
+                florence_edge::pipeline::parse_kind(task),
                 ImageSize { width, height },
             )?;
             let mut result = serde_json::Map::new();

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use daemon::{model_dir, model_section};
 use florence_edge::daemon::{Daemon, ResultSink};
-use florence_edge::florence2::engine::{Engine, TaskRequest};
 use florence_edge::florence2::Task;
 use florence_edge::ingest::{self, CameraSettings};
+use florence_edge::pipeline::{Pipeline, TaskRequest};
 use florence_edge::preprocess::RgbFrame;
 use florence_edge::publish::ResultPayload as AnalysisResult;
 use rtsp::{Encoding, RtspTestServer, StreamSpec};
@@ -193,12 +193,12 @@ tasks = [
     let (w, h, rgb) = grab_frame("bars-probe", static_url);
     let mut opts = florence_edge::florence2::LoadOptions::new(model_dir());
     opts.backend = florence_edge::runtime::Backend::Cpu;
-    let mut engine = Engine::load(&opts).unwrap();
+    let mut engine = Pipeline::load(&opts).unwrap();
     let frame = RgbFrame::packed(w, h, &rgb).unwrap();
     let want = engine
         .run(
             &[(frame, TaskRequest::new(Task::ObjectDetection))],
-            florence_edge::florence2::engine::Decoding {
+            florence_edge::pipeline::Decoding {
                 strategy: florence_edge::florence2::Strategy::Greedy,
                 max_new_tokens: 8,
             },

@@ -11,8 +11,8 @@
 
 use std::path::Path;
 
-use florence_edge::florence2::engine::Engine;
 use florence_edge::florence2::{LoadOptions, Pixels, Strategy, Task};
+use florence_edge::pipeline::Pipeline;
 use florence_edge::preprocess::{ImageProcessorConfig, Preprocessor, RgbFrame};
 use florence_edge::runtime::device::{Placement, RowGather, CUDA_DEVICE_ID};
 use florence_edge::runtime::{self, Backend, OrtRuntime};
@@ -127,12 +127,12 @@ fn gpu_backends_keep_tensors_in_cuda_memory_and_read_logits_on_the_host() {
     assert!(e.contains("resolved"), "{e}");
 }
 
-fn tiny() -> (Engine, Preprocessor) {
+fn tiny() -> (Pipeline, Preprocessor) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-florence2");
     let mut opts = LoadOptions::new(&dir);
     opts.backend = Backend::Cpu;
     opts.intra_threads = 1;
-    let engine = Engine::load(&opts).expect("tiny model");
+    let engine = Pipeline::load(&opts).expect("tiny model");
     let config = ImageProcessorConfig::from_json_file(dir.join("preprocessor_config.json"))
         .expect("preprocessor config");
     (engine, Preprocessor::new(config).expect("preprocessor"))
@@ -213,7 +213,7 @@ fn a_pixel_tensor_of_the_wrong_shape_is_refused_by_shape() {
 
 #[test]
 fn the_engine_takes_coordinates_from_the_generated_ids_and_agrees_with_the_text_parser() {
-    use florence_edge::florence2::engine::{Decoding, TaskRequest};
+    use florence_edge::pipeline::{Decoding, TaskRequest};
     use florence_edge::postprocess::{post_process, ImageSize};
     let (mut engine, _) = tiny();
     assert!(
@@ -246,7 +246,8 @@ fn the_engine_takes_coordinates_from_the_generated_ids_and_agrees_with_the_text_
             width: w,
             height: h,
         };
-        let from_text = post_process(&text, task.parse_kind(), size).unwrap();
+        let from_text =
+            post_process(&text, florence_edge::pipeline::parse_kind(task), size).unwrap();
         let mut expected = serde_json::Map::new();
         expected.insert(
             task.token().to_string(),
@@ -263,11 +264,11 @@ fn the_engine_takes_coordinates_from_the_generated_ids_and_agrees_with_the_text_
 #[test]
 #[ignore = "needs an NVIDIA GPU and a GPU build of ONNX Runtime 1.31 (onnxruntime-gpu)"]
 fn the_cuda_backend_with_its_kernels_gives_the_cpu_results() {
-    use florence_edge::florence2::engine::{Decoding, TaskRequest};
+    use florence_edge::pipeline::{Decoding, TaskRequest};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-florence2");
     let mut opts = LoadOptions::new(&dir);
     opts.backend = Backend::Cuda;
-    let mut gpu = Engine::load(&opts).expect("the tiny model on the CUDA backend");
+    let mut gpu = Pipeline::load(&opts).expect("the tiny model on the CUDA backend");
     assert_eq!(
         gpu.model.placement().device().allocation_device(),
         AllocationDevice::CUDA

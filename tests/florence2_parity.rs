@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use florence_edge::florence2::engine::{Decoding, Engine, TaskRequest};
 use florence_edge::florence2::{DecoderLayout, LoadOptions, Strategy, Task};
+use florence_edge::pipeline::{Decoding, Pipeline, TaskRequest};
 use florence_edge::preprocess::RgbFrame;
 use florence_edge::runtime::Backend;
 use serde_json::Value;
@@ -18,12 +18,12 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn load(layout: DecoderLayout) -> Engine {
+fn load(layout: DecoderLayout) -> Pipeline {
     let mut opts = LoadOptions::new(fixtures().join("tiny-florence2"));
     opts.backend = Backend::Cpu;
     opts.layout = layout;
     opts.intra_threads = 1;
-    Engine::load(&opts).expect("the tiny model loads")
+    Pipeline::load(&opts).expect("the tiny model loads")
 }
 
 fn read_json(path: &Path) -> Value {
@@ -329,7 +329,7 @@ fn tasks_on_one_frame_share_the_vision_encoder_with_the_merged_decoder() {
 
 #[test]
 fn only_views_of_the_same_buffer_count_as_one_image() {
-    use florence_edge::florence2::engine::distinct_frames;
+    use florence_edge::pipeline::distinct_frames;
     let img = image("wide_427x240.png");
     let copy = img.rgb.clone();
     let a = RgbFrame::packed(img.width, img.height, &img.rgb).unwrap();
@@ -449,7 +449,7 @@ fn a_model_directory_with_a_missing_graph_names_the_file() {
     std::fs::create_dir(dir.path().join("onnx")).unwrap();
     let mut opts = LoadOptions::new(dir.path());
     opts.backend = Backend::Cpu;
-    let err = Engine::load(&opts)
+    let err = Pipeline::load(&opts)
         .err()
         .expect("loading must fail")
         .to_string();
@@ -486,7 +486,7 @@ fn a_graph_with_the_wrong_tensor_names_is_rejected_by_name() {
     }
     let mut opts = LoadOptions::new(dir.path());
     opts.backend = Backend::Cpu;
-    let err = Engine::load(&opts)
+    let err = Pipeline::load(&opts)
         .err()
         .expect("loading must fail")
         .to_string();
@@ -506,7 +506,7 @@ fn a_tokenizer_from_another_model_is_rejected() {
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let mut opts = LoadOptions::new(dir.path());
     opts.backend = Backend::Cpu;
-    let err = Engine::load(&opts)
+    let err = Pipeline::load(&opts)
         .err()
         .expect("loading must fail")
         .to_string();
@@ -520,7 +520,7 @@ fn a_tokenizer_from_another_model_is_rejected() {
 fn the_cpu_build_refuses_tensorrt_with_a_clear_message() {
     let mut opts = LoadOptions::new(fixtures().join("tiny-florence2"));
     opts.backend = Backend::TensorRt;
-    let err = Engine::load(&opts)
+    let err = Pipeline::load(&opts)
         .err()
         .expect("no TensorRT in the CPU build of ONNX Runtime")
         .to_string();

@@ -48,7 +48,7 @@ pub struct NodeConfig {
     pub id: String,
 }
 
-pub use crate::florence2::engine::Decoding;
+pub use crate::florence2::Decoding;
 pub use crate::florence2::{DecoderLayout, Strategy, Variant};
 pub use crate::runtime::Backend;
 

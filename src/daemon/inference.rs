@@ -20,7 +20,7 @@ pub(super) fn inference_thread(
     ready: Sender<Result<ModelInfo, crate::florence2::ModelError>>,
     sink: SharedSink,
 ) {
-    let mut engine = match Engine::load(&opts) {
+    let mut engine = match Pipeline::load(&opts) {
         Ok(e) => e,
         Err(e) => {
             let _ = ready.send(Err(e));

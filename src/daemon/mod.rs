@@ -23,9 +23,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{CameraConfig, Config};
-use crate::florence2::engine::{Decoding, Engine, TaskRequest};
 use crate::florence2::LoadOptions;
 use crate::ingest::{self, CameraEvent, CameraHandle, CameraStatus, Frame, StatusReader};
+use crate::pipeline::{Decoding, Pipeline, TaskRequest};
 use crate::preprocess::RgbFrame;
 use crate::runtime::Backend;
 use crate::schedule::{Batcher, Job, Scheduler, TaskSchedule};

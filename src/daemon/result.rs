@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::florence2::engine::TaskResult;
 use crate::ingest::{CameraStatus, Frame};
+use crate::pipeline::TaskResult;
 use crate::publish::{
     self, CameraStatusPayload, MqttSettings, PublishError, Publisher, ResultPayload,
     RESULT_SCHEMA_VERSION, STATUS_SCHEMA_VERSION,

@@ -5,6 +5,13 @@
 //! ONNX Runtime; the model supplies a step that runs the decoder graphs with
 //! its KV cache.
 
+/// Decoding settings for a call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decoding {
+    pub strategy: Strategy,
+    pub max_new_tokens: usize,
+}
+
 /// Greedy or beam search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {

@@ -2,7 +2,6 @@
 //! the ONNX graphs, and generation.
 
 pub mod config;
-pub mod engine;
 pub mod generate;
 pub mod graphs;
 pub mod model;
@@ -11,7 +10,7 @@ pub mod tokenizer;
 
 use std::path::PathBuf;
 
-pub use generate::Strategy;
+pub use generate::{Decoding, Strategy};
 pub use graphs::{DecoderLayout, Variant};
 pub use model::{Florence2, LoadOptions, Pixels, StageTimings};
 pub use task::{Task, TaskInput};

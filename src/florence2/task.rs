@@ -4,8 +4,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::postprocess::ParseKind;
-
 /// What a task needs besides the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskInput {
@@ -123,27 +121,6 @@ impl Task {
             | Task::RegionToDescription
             | Task::RegionToOcr => TaskInput::Region,
             _ => TaskInput::None,
-        }
-    }
-
-    /// How the generated text is turned into a result.
-    pub fn parse_kind(self) -> ParseKind {
-        match self {
-            Task::Caption
-            | Task::DetailedCaption
-            | Task::MoreDetailedCaption
-            | Task::Ocr
-            | Task::RegionToCategory
-            | Task::RegionToDescription
-            | Task::RegionToOcr => ParseKind::PureText,
-            Task::ObjectDetection | Task::DenseRegionCaption => ParseKind::DescriptionWithBboxes,
-            Task::RegionProposal => ParseKind::Bboxes,
-            Task::OcrWithRegion => ParseKind::Ocr,
-            Task::CaptionToPhraseGrounding => ParseKind::PhraseGrounding,
-            Task::ReferringExpressionSegmentation | Task::RegionToSegmentation => {
-                ParseKind::Polygons
-            }
-            Task::OpenVocabularyDetection => ParseKind::DescriptionWithBboxesOrPolygons,
         }
     }
 

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use super::ModelError;
 
-pub use crate::postprocess::LOCATION_BINS;
+/// Location bins per image axis in Florence-2's vocabulary (`<loc_0>` …
+/// `<loc_999>`): the one definition; post-processing and the
+/// location-token kernel read it from here.
+pub const LOCATION_BINS: u32 = 1000;
 
 pub struct FlorenceTokenizer {
     inner: tokenizers::Tokenizer,
@@ -144,46 +147,9 @@ pub fn clean_up_tokenization(text: &str) -> String {
         .replace(" 're", "'re")
 }
 
-/// A region given in pixels, written as the four location tokens the region
-/// tasks take as input (the quantization rule lives in
-/// [`crate::postprocess::LocationBins`]: `floor(v * 1000 / size)` clamped to
-/// the last bin).
-pub fn region_tokens(box_xyxy: [f64; 4], width: u32, height: u32) -> Result<String, ModelError> {
-    let [x1, y1, x2, y2] = box_xyxy;
-    crate::postprocess::LocationBins::from_pixel_box(
-        x1,
-        y1,
-        x2,
-        y2,
-        crate::postprocess::ImageSize { width, height },
-    )
-    .map(|bins| bins.prompt())
-    .map_err(|e| {
-        ModelError::Region(format!(
-            "region {x1},{y1},{x2},{y2} of the {width}x{height} image: {e}"
-        ))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn region_tokens_validate_the_box() {
-        assert_eq!(
-            region_tokens([10.0, 20.0, 320.0, 240.0], 640, 480).unwrap(),
-            "<loc_15><loc_41><loc_500><loc_500>"
-        );
-        assert!(region_tokens([30.0, 0.0, 10.0, 5.0], 640, 480).is_err());
-        let e = region_tokens([0.0, 0.0, 700.0, 5.0], 640, 480)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("640x480") && e.contains("x2 = 700") && e.contains("outside the image"),
-            "{e}"
-        );
-    }
 
     #[test]
     fn clean_up_matches_transformers() {

@@ -6,9 +6,8 @@ use std::fmt;
 
 use super::{ImageSize, PostprocessError};
 
-/// Location bins per image axis (`<loc_0>` … `<loc_999>`): the one
-/// definition, which the tokenizer and the location-token kernel use too.
-pub const LOCATION_BINS: u32 = 1000;
+/// Location bins per image axis: the model's vocabulary defines them.
+pub use crate::florence2::tokenizer::LOCATION_BINS;
 
 /// The largest bin a `<loc_N>` token can name.
 pub const MAX_BIN: u32 = LOCATION_BINS - 1;

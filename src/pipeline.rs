@@ -1,18 +1,54 @@
-//! One call from frames to results: preprocess → prompt → generate → decode
-//! → post-process, batched. Used by `florence-edge infer` and by the daemon.
+//! The frame → result pipeline: preprocess → prompt → generate → decode →
+//! post-process, batched. It joins the stages — the model
+//! ([`crate::florence2`]) knows nothing of pre- or post-processing, and
+//! post-processing nothing of the model. Used by `florence-edge infer`,
+//! `bench` and the daemon's inference thread.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use super::model::{Florence2, LoadOptions, Pixels, StageTimings};
-use super::task::{Task, TaskInput};
-use super::tokenizer::region_tokens;
-use super::{ModelError, Strategy};
+pub use crate::florence2::Decoding;
+use crate::florence2::{Florence2, LoadOptions, ModelError, Pixels, StageTimings, Task, TaskInput};
 use crate::postprocess::loc_ids::{parse_location_tokens, LocationParse, SequenceInfo, TokenBatch};
 use crate::postprocess::{self, GeneratedSequence, ImageSize, Route, RouteCounts};
 use crate::preprocess::{ImageProcessorConfig, Preprocessor, RgbFrame};
+
+/// How the generated text of `task` is turned into a result.
+pub fn parse_kind(task: Task) -> postprocess::ParseKind {
+    use postprocess::ParseKind;
+    match task {
+        Task::Caption
+        | Task::DetailedCaption
+        | Task::MoreDetailedCaption
+        | Task::Ocr
+        | Task::RegionToCategory
+        | Task::RegionToDescription
+        | Task::RegionToOcr => ParseKind::PureText,
+        Task::ObjectDetection | Task::DenseRegionCaption => ParseKind::DescriptionWithBboxes,
+        Task::RegionProposal => ParseKind::Bboxes,
+        Task::OcrWithRegion => ParseKind::Ocr,
+        Task::CaptionToPhraseGrounding => ParseKind::PhraseGrounding,
+        Task::ReferringExpressionSegmentation | Task::RegionToSegmentation => ParseKind::Polygons,
+        Task::OpenVocabularyDetection => ParseKind::DescriptionWithBboxesOrPolygons,
+    }
+}
+
+/// A region given in pixels, written as the four location tokens the region
+/// tasks take as input (the quantization rule lives in
+/// [`postprocess::LocationBins`]: `floor(v * 1000 / size)` clamped to the
+/// last bin).
+pub fn region_tokens(box_xyxy: [f64; 4], width: u32, height: u32) -> Result<String, ModelError> {
+    let [x1, y1, x2, y2] = box_xyxy;
+    postprocess::LocationBins::from_pixel_box(x1, y1, x2, y2, ImageSize { width, height })
+        .map(|bins| bins.prompt())
+        .map_err(|e| {
+            ModelError::Region(format!(
+                "region {x1},{y1},{x2},{y2} of the {width}x{height} image: {e}"
+            ))
+        })
+}
 
 /// What to ask about one image.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,13 +94,6 @@ impl TaskRequest {
     }
 }
 
-/// Decoding settings for a call.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Decoding {
-    pub strategy: Strategy,
-    pub max_new_tokens: usize,
-}
-
 /// The result for one image and task.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskResult {
@@ -90,7 +119,7 @@ pub struct Timings {
     pub postprocess_ms: f64,
 }
 
-pub struct Engine {
+pub struct Pipeline {
     pub model: Florence2,
     preprocessor: Preprocessor,
     pixels: Vec<f32>,
@@ -242,7 +271,7 @@ fn kernel_cache_dir(opts: &LoadOptions) -> std::path::PathBuf {
     }
 }
 
-impl Engine {
+impl Pipeline {
     pub fn load(opts: &LoadOptions) -> Result<Self, ModelError> {
         let model = Florence2::load(opts)?;
         let pp_path = opts.dir.join("preprocessor_config.json");
@@ -322,7 +351,7 @@ impl Engine {
                 frame.width() as f32,
                 frame.height() as f32,
                 seq.len() as u32,
-                postprocess::location_grouping(req.task.parse_kind()),
+                postprocess::location_grouping(parse_kind(req.task)),
             ));
         }
         let batch = TokenBatch {
@@ -443,7 +472,7 @@ impl Engine {
                             locations: parse.sequence(index).unwrap_or_default(),
                         },
                         loc0,
-                        req.task.parse_kind(),
+                        parse_kind(req.task),
                         size,
                         |span| tokenizer.decode_with_special_tokens(span),
                     )
@@ -456,7 +485,7 @@ impl Engine {
                 }
                 _ => {
                     let raw_text = self.model.tokenizer.decode_with_special_tokens(&seq)?;
-                    let parsed = postprocess::post_process(&raw_text, req.task.parse_kind(), size)
+                    let parsed = postprocess::post_process(&raw_text, parse_kind(req.task), size)
                         .map_err(|e| post_err(&e))?;
                     (raw_text, parsed)
                 }
@@ -500,7 +529,7 @@ fn choose_pixel_path(model: &Florence2) -> PixelPath {
              preprocessed on the CPU and copied to the GPU, location tokens parsed on the CPU."
         );
     }
-    let f32_graph = model.pixel_type() == super::graphs::FloatType::F32;
+    let f32_graph = model.pixel_type() == crate::florence2::graphs::FloatType::F32;
     if on_host && f32_graph && model.pixel_size.is_some() {
         PixelPath::HostTensor
     } else {
@@ -564,10 +593,10 @@ fn prepare_pixels<'p>(
             // below.
             unsafe {
                 match model.pixel_type() {
-                    super::graphs::FloatType::F32 => {
+                    crate::florence2::graphs::FloatType::F32 => {
                         kernel.preprocess_into_raw::<f32>(&gpu_frames, out, len)
                     }
-                    super::graphs::FloatType::F16 => {
+                    crate::florence2::graphs::FloatType::F16 => {
                         kernel.preprocess_into_raw::<half::f16>(&gpu_frames, out, len)
                     }
                 }
@@ -627,6 +656,22 @@ pub fn distinct_frames<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn region_tokens_validate_the_box() {
+        assert_eq!(
+            region_tokens([10.0, 20.0, 320.0, 240.0], 640, 480).unwrap(),
+            "<loc_15><loc_41><loc_500><loc_500>"
+        );
+        assert!(region_tokens([30.0, 0.0, 10.0, 5.0], 640, 480).is_err());
+        let e = region_tokens([0.0, 0.0, 700.0, 5.0], 640, 480)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("640x480") && e.contains("x2 = 700") && e.contains("outside the image"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn prompts_longer_than_the_tensorrt_profile_are_refused_by_length() {

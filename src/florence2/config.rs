@@ -34,9 +34,10 @@ pub enum EarlyStopping {
     Never,
 }
 
-/// The parts of config.json the runtime checks against the graphs.
+/// The parts of config.json (transformers' `Florence2Config`) the runtime
+/// checks against the graphs.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ModelConfig {
+pub struct Florence2Config {
     pub model_type: String,
     /// Size of the language model's output layer (logits width).
     pub vocab_size: usize,
@@ -177,7 +178,7 @@ impl GenerationConfig {
     }
 }
 
-impl ModelConfig {
+impl Florence2Config {
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let cfg = read_json(path)?;
         let text = cfg.get("text_config").cloned().unwrap_or(Value::Null);
@@ -284,7 +285,7 @@ mod tests {
             .to_string();
         assert!(e.contains("bos_token_id") && e.contains("\"zero\""), "{e}");
         let c2 = write(d.path(), "config2.json", r#"{"model_type":"bert"}"#);
-        let e = ModelConfig::from_file(&c2).unwrap_err().to_string();
+        let e = Florence2Config::from_file(&c2).unwrap_err().to_string();
         assert!(e.contains("model_type") && e.contains("florence2"), "{e}");
     }
 }

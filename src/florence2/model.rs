@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ort::memory::Allocator;
 use ort::value::{DynValue, TensorElementType};
 
-use super::config::{GenerationConfig, ModelConfig};
+use super::config::{Florence2Config, GenerationConfig};
 use super::generate::{self, SearchConfig, Strategy};
 use super::graphs::{self, DecoderLayout, FloatType, Graph, Variant};
 use super::tokenizer::FlorenceTokenizer;
@@ -96,7 +96,7 @@ pub struct Florence2 {
     pub backend: BackendChoice,
     pub tokenizer: FlorenceTokenizer,
     pub generation: GenerationConfig,
-    pub config: ModelConfig,
+    pub config: Florence2Config,
     vision: Graph,
     embed: Graph,
     encoder: Graph,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ort::value::TensorElementType;
 
 use super::{Florence2, KvLayer};
-use crate::florence2::config::{GenerationConfig, ModelConfig};
+use crate::florence2::config::{Florence2Config, GenerationConfig};
 use crate::florence2::graphs::{self, DecoderLayout, FloatType, Graph, GraphFiles, Variant, INT64};
 use crate::florence2::tokenizer::FlorenceTokenizer;
 use crate::florence2::ModelError;
@@ -73,7 +73,7 @@ impl Florence2 {
                 problem: "is missing; a Florence-2 model directory has config.json".into(),
             });
         }
-        let config = ModelConfig::from_file(&config_path)?;
+        let config = Florence2Config::from_file(&config_path)?;
         let generation =
             GenerationConfig::from_files(&dir.join("generation_config.json"), &config_path)?;
         let tokenizer = FlorenceTokenizer::from_dir(dir)?;

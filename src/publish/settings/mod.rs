@@ -507,57 +507,42 @@ pub struct PublisherConfig {
 /// Splits `mqtt://host:port` / `mqtts://host:port`. Never echoes the URL in
 /// an error: a URL with `user:password@` would leak the password.
 pub fn parse_broker_url(url: &str) -> Result<BrokerAddress, String> {
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("mqtt://") {
-        (false, rest)
-    } else {
-        return Err("the scheme must be mqtt:// or mqtts://".into());
+    const ALLOWED: &str = "allowed: mqtt[s]://host[:port]";
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL ({e}); {ALLOWED}"))?;
+    let tls = match parsed.scheme() {
+        "mqtts" => true,
+        "mqtt" => false,
+        _ => return Err("the scheme must be mqtt:// or mqtts://".into()),
     };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains('@') {
+    if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(
             "credentials in the URL are not allowed; use username with password_file".into(),
         );
     }
-    if rest.contains('/') || rest.contains('?') || rest.contains('#') {
-        return Err(
-            "a path, query or fragment is not allowed; allowed: mqtt[s]://host[:port]".into(),
-        );
+    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() || parsed.fragment().is_some()
+    {
+        return Err(format!(
+            "a path, query or fragment is not allowed; {ALLOWED}"
+        ));
     }
-    let default_port = if tls { 8883 } else { 1883 };
-    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
-        // IPv6 literal: [::1]:1883
-        let (host, after) = bracketed
-            .split_once(']')
-            .ok_or_else(|| "an IPv6 address needs a closing ']'".to_string())?;
-        let port = match after.strip_prefix(':') {
-            Some(port) => Some(port),
-            None if after.is_empty() => None,
-            None => return Err("after ']' only ':port' is allowed".into()),
-        };
-        (host, port)
-    } else {
-        match rest.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (rest, None),
+    let host = match parsed.host() {
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Domain(name)) if !name.is_empty() => name.to_string(),
+        _ => return Err(format!("the host is missing; {ALLOWED}")),
+    };
+    let port = match parsed.port() {
+        None => {
+            if tls {
+                8883
+            } else {
+                1883
+            }
         }
+        Some(0) => return Err("the port must be a number from 1 to 65535".into()),
+        Some(port) => port,
     };
-    if host.is_empty() {
-        return Err("the host is missing; allowed: mqtt[s]://host[:port]".into());
-    }
-    let port = match port {
-        None => default_port,
-        Some(port) => match port.parse::<u16>() {
-            Ok(0) | Err(_) => return Err("the port must be a number from 1 to 65535".into()),
-            Ok(port) => port,
-        },
-    };
-    Ok(BrokerAddress {
-        host: host.to_owned(),
-        port,
-        tls,
-    })
+    Ok(BrokerAddress { host, port, tls })
 }
 
 mod check;

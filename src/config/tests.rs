@@ -535,3 +535,29 @@ fn batch_timeout_defaults_to_two_minutes_and_refuses_under_a_second() {
         printed[0]
     );
 }
+
+#[test]
+fn the_printed_configuration_compiles_back_to_the_same_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["demo.toml", "example.toml", "minimal.toml"] {
+        let path = root.join("configs").join(name);
+        let config = load_with_env(&path, std::iter::empty()).expect("valid");
+        let printed = config.effective_toml();
+        let mut again = compile_str(&path, &printed, std::iter::empty(), None)
+            .unwrap_or_else(|e| panic!("{name}: the printed file is refused: {e:?}\n{printed}"));
+        // The client id is printed as used, the default spelled out.
+        assert_eq!(
+            again.mqtt.client_id_for(&again.node.id),
+            config.mqtt.client_id_for(&config.node.id)
+        );
+        again.mqtt.client_id = config.mqtt.client_id.clone();
+        // The one difference: a password in a URL is printed as ***.
+        for (a, b) in again.cameras.iter_mut().zip(&config.cameras) {
+            if a.stream.url.contains("***") {
+                assert!(!b.stream.url.contains("***"));
+                a.stream.url = b.stream.url.clone();
+            }
+        }
+        assert_eq!(again, config, "{name}:\n{printed}");
+    }
+}

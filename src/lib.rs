@@ -4,6 +4,7 @@
 //! `preprocess` → `florence2` (model, prompts, generation) on a `runtime`
 //! (ONNX Runtime) → `postprocess` (token text → boxes, quads, polygons).
 
+pub mod backoff;
 pub mod bench;
 pub mod config;
 #[cfg(feature = "gstreamer")]

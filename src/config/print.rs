@@ -153,11 +153,10 @@ fn camera_table(c: &CameraConfig) -> Table {
         "keyframe_skipping".into(),
         Value::Boolean(s.keyframe_skipping),
     );
-    let mut r = Table::new();
-    r.insert("initial".into(), duration(s.backoff.initial));
-    r.insert("max".into(), duration(s.backoff.max));
-    r.insert("multiplier".into(), Value::Float(s.backoff.multiplier));
-    r.insert("jitter".into(), Value::Float(s.backoff.jitter));
+    let mut r = match Value::try_from(s.backoff) {
+        Ok(Value::Table(r)) => r,
+        _ => Table::new(),
+    };
     let attempts = match s.max_attempts {
         MaxAttempts::Unlimited => 0,
         MaxAttempts::Limit(n) => n,

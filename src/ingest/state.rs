@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::settings::MaxAttempts;
+pub use crate::backoff::BackoffPolicy;
 
 // As the supervisor keeps it and as it is published on
 // `{prefix}/{camera}/status`: the doc comments are the descriptions in
@@ -39,73 +40,6 @@ impl CameraState {
             CameraState::Reconnecting => "reconnecting",
             CameraState::Failed => "failed",
         }
-    }
-}
-
-/// Exponential backoff with a cap and symmetric jitter, as in `fallbacksrc`'s
-/// retry model: attempt n waits `min(max, initial · multiplierⁿ⁻¹ · (1 ± jitter))`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BackoffPolicy {
-    pub initial: Duration,
-    pub max: Duration,
-    pub multiplier: f64,
-    /// Fraction in `[0, 1]`; 0.2 spreads each delay over ±20 % so that many
-    /// cameras behind one failed switch do not reconnect in lockstep.
-    pub jitter: f64,
-}
-
-impl Default for BackoffPolicy {
-    fn default() -> Self {
-        BackoffPolicy {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(30),
-            multiplier: 2.0,
-            jitter: 0.2,
-        }
-    }
-}
-
-impl BackoffPolicy {
-    /// Says what is wrong with the policy, if anything: the key of the
-    /// camera's `reconnect` table and why.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        if self.initial.is_zero() {
-            return Err(("reconnect.initial", "must be above 0".into()));
-        }
-        if self.max < self.initial {
-            return Err((
-                "reconnect.max",
-                format!(
-                    "{} is below initial {}; allowed: max >= initial",
-                    humantime::format_duration(self.max),
-                    humantime::format_duration(self.initial)
-                ),
-            ));
-        }
-        if !(self.multiplier.is_finite() && self.multiplier >= 1.0 && self.multiplier <= 100.0) {
-            return Err((
-                "reconnect.multiplier",
-                format!("{} is outside 1..=100", self.multiplier),
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.jitter) {
-            return Err((
-                "reconnect.jitter",
-                format!("{} is outside 0..=1", self.jitter),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The wait before attempt `attempt` (1-based); `unit` is a uniform random
-    /// number in `[0, 1)` (0.5 means no jitter).
-    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(64) as i32;
-        let max = self.max.as_secs_f64();
-        let base = (self.initial.as_secs_f64() * self.multiplier.powi(exponent)).min(max);
-        let unit = unit.clamp(0.0, 1.0);
-        let jittered = base * (1.0 + self.jitter * (2.0 * unit - 1.0));
-        Duration::from_secs_f64(jittered.clamp(0.0, max))
     }
 }
 
@@ -431,53 +365,6 @@ mod tests {
 
     fn states(ts: &[Transition]) -> Vec<(CameraState, CameraState)> {
         ts.iter().map(|t| (t.from, t.to)).collect()
-    }
-
-    #[test]
-    fn backoff_grows_by_the_multiplier_up_to_the_cap() {
-        let b = policy(MaxAttempts::Unlimited).backoff;
-        let delays: Vec<_> = (1..=6).map(|n| b.delay(n, NO_JITTER)).collect();
-        assert_eq!(
-            delays,
-            vec![ms(500), ms(1000), ms(2000), ms(4000), ms(4000), ms(4000)]
-        );
-    }
-
-    #[test]
-    fn jitter_spreads_symmetrically_and_never_exceeds_the_cap() {
-        let b = policy(MaxAttempts::Unlimited).backoff;
-        assert_eq!(b.delay(1, 0.0), ms(400));
-        let high = b.delay(1, 0.999_999);
-        assert!(high > ms(599) && high <= ms(600), "{high:?}");
-        assert_eq!(b.delay(10, 0.999_999), ms(4000));
-        assert_eq!(b.delay(10, 0.0), ms(3200));
-        assert_eq!(b.delay(u32::MAX, 0.5), ms(4000));
-    }
-
-    #[test]
-    fn bad_backoff_is_rejected() {
-        let bad = [
-            BackoffPolicy {
-                max: ms(10),
-                ..Default::default()
-            },
-            BackoffPolicy {
-                jitter: 1.5,
-                ..Default::default()
-            },
-            BackoffPolicy {
-                multiplier: 0.5,
-                ..Default::default()
-            },
-            BackoffPolicy {
-                initial: Duration::ZERO,
-                ..Default::default()
-            },
-        ];
-        for b in bad {
-            assert!(b.check().is_err(), "{b:?}");
-        }
-        assert!(BackoffPolicy::default().check().is_ok());
     }
 
     #[test]

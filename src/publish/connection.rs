@@ -5,82 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-/// Exponential backoff between connection attempts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BackoffPolicy {
-    /// Delay ceiling before the first retry.
-    pub initial: Duration,
-    /// The ceiling never grows past this.
-    pub max: Duration,
-    /// A connection that lasted at least this long counts as stable and
-    /// resets the backoff; a broker that accepts and then drops us at once
-    /// keeps backing off instead of being hammered.
-    pub stable_after: Duration,
-}
-
-/// Backoff with "equal jitter": the n-th delay is uniformly drawn from
-/// [c/2, c] where c = min(max, initial·2ⁿ). Half the delay is guaranteed, so a
-/// down broker is never polled in a tight loop; the random half spreads a fleet
-/// of nodes that lost the same broker.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    policy: BackoffPolicy,
-    attempt: u32,
-    rng: u64,
-}
-
-impl Backoff {
-    /// `seed` varies the jitter between nodes (e.g. a hash of the client id).
-    pub fn new(policy: BackoffPolicy, seed: u64) -> Backoff {
-        Backoff {
-            policy,
-            attempt: 0,
-            rng: seed ^ 0x9E37_79B9_7F4A_7C15,
-        }
-    }
-
-    /// Failed attempts since the last reset.
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The delay before the next attempt; advances the attempt count.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
-        let half = ceiling / 2;
-        let span = u64::try_from((ceiling - half).as_nanos()).unwrap_or(u64::MAX);
-        let jitter = if span == 0 {
-            0
-        } else {
-            self.next_random() % (span + 1)
-        };
-        half + Duration::from_nanos(jitter)
-    }
-
-    /// Back to the initial delay (after a stable connection).
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
-        self.policy
-            .initial
-            .checked_mul(factor)
-            .unwrap_or(self.policy.max)
-            .min(self.policy.max)
-    }
-
-    /// splitmix64: tiny, seeded, and good enough for jitter.
-    fn next_random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
+use super::settings::ReconnectSettings;
+use crate::backoff::{Backoff, Jitter};
 
 /// Where the connection is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,14 +41,17 @@ pub struct Retry {
 pub struct LinkState {
     link: Link,
     backoff: Backoff,
+    stable_after: Duration,
     consecutive_failures: u32,
 }
 
 impl LinkState {
-    pub fn new(policy: BackoffPolicy, seed: u64) -> LinkState {
+    /// `jitter` varies the delays between nodes (seed it with the client id).
+    pub fn new(policy: ReconnectSettings, jitter: Jitter) -> LinkState {
         LinkState {
             link: Link::Starting,
-            backoff: Backoff::new(policy, seed),
+            backoff: Backoff::new(policy.backoff, jitter),
+            stable_after: policy.stable_after,
             consecutive_failures: 0,
         }
     }
@@ -147,7 +76,7 @@ impl LinkState {
     pub fn failed(&mut self, now: Instant, reason: &str) -> Retry {
         let was_connected = match &self.link {
             Link::Connected { since } => {
-                if now.saturating_duration_since(*since) >= self.backoff.policy.stable_after {
+                if now.saturating_duration_since(*since) >= self.stable_after {
                     self.backoff.reset();
                 }
                 true
@@ -178,53 +107,20 @@ impl LinkState {
 mod tests {
     use super::*;
 
-    fn policy() -> BackoffPolicy {
-        BackoffPolicy {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(30),
+    fn policy() -> ReconnectSettings {
+        ReconnectSettings {
+            backoff: crate::backoff::BackoffPolicy::new(
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+            ),
             stable_after: Duration::from_secs(10),
         }
     }
 
     #[test]
-    fn delays_double_within_jitter_and_stop_at_the_ceiling() {
-        for seed in 0..50 {
-            let mut backoff = Backoff::new(policy(), seed);
-            let mut ceiling = Duration::from_millis(500);
-            for _ in 0..12 {
-                let delay = backoff.next_delay();
-                assert!(
-                    delay >= ceiling / 2 && delay <= ceiling,
-                    "{delay:?} vs {ceiling:?}"
-                );
-                ceiling = (ceiling * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
-
-    #[test]
-    fn jitter_differs_between_seeds() {
-        let first: Vec<Duration> = (0..8)
-            .map(|seed| Backoff::new(policy(), seed).next_delay())
-            .collect();
-        let distinct: std::collections::HashSet<_> = first.iter().collect();
-        assert!(distinct.len() > 4, "{first:?}");
-    }
-
-    #[test]
-    fn huge_attempt_counts_do_not_overflow() {
-        let mut backoff = Backoff::new(policy(), 7);
-        for _ in 0..200 {
-            let delay = backoff.next_delay();
-            assert!(delay <= Duration::from_secs(30));
-        }
-        assert!(backoff.next_delay() >= Duration::from_secs(15));
-    }
-
-    #[test]
     fn repeated_failures_log_once_and_a_new_reason_logs_again() {
         let t0 = Instant::now();
-        let mut state = LinkState::new(policy(), 1);
+        let mut state = LinkState::new(policy(), Jitter::new(1));
         let first = state.failed(t0, "connection refused");
         assert!(first.log && !first.was_connected);
         assert_eq!(first.attempt, 1);
@@ -244,7 +140,7 @@ mod tests {
     #[test]
     fn only_a_stable_connection_resets_the_backoff() {
         let t0 = Instant::now();
-        let mut state = LinkState::new(policy(), 3);
+        let mut state = LinkState::new(policy(), Jitter::new(3));
         for _ in 0..4 {
             state.failed(t0, "refused");
         }
@@ -256,7 +152,7 @@ mod tests {
         state.connected(t0);
         let stable = state.failed(t0 + Duration::from_secs(10), "dropped");
         assert!(
-            stable.delay <= Duration::from_millis(500),
+            stable.delay <= Duration::from_millis(600),
             "{:?}",
             stable.delay
         );

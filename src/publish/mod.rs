@@ -37,12 +37,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
-pub use connection::{Backoff, BackoffPolicy, LinkState};
+pub use connection::LinkState;
 pub use payload::{
     CameraState, CameraStatusPayload, FrameInfo, ModelInfo, ResultPayload, StageLatencies,
     RESULT_SCHEMA_VERSION, STATUS_SCHEMA_VERSION,
 };
-pub use settings::{MqttSettings, PublisherConfig, QualityOfService, SettingsProblem};
+pub use settings::{
+    MqttSettings, PublisherConfig, QualityOfService, ReconnectSettings, SettingsProblem,
+};
 pub use snapshot::render_snapshot;
 pub use spool::{Spool, SpoolError, SpooledMessage};
 pub use stats::{PublisherStats, PublisherStatsSnapshot};

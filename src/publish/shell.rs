@@ -100,14 +100,10 @@ impl Shell {
         board: Arc<StatusBoard>,
         stats: Arc<PublisherStats>,
     ) -> Shell {
-        let seed = config
-            .client_id
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            })
-            ^ unix_ms();
-        let link = LinkState::new(config.settings.reconnect, seed);
+        // Differs between nodes and between restarts of one node.
+        let jitter =
+            crate::backoff::Jitter::from_name(&format!("{}@{}", config.client_id, unix_ms()));
+        let link = LinkState::new(config.settings.reconnect, jitter);
         let window = usize::from(config.settings.max_inflight);
         Shell {
             config,

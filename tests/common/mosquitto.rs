@@ -494,8 +494,9 @@ impl TestCertificates {
 
 /// Settings for a publisher under test: QoS 1, fast backoff, a spool in `spool_dir`.
 pub fn test_settings(url: &str, spool_dir: &Path) -> florence_edge::publish::MqttSettings {
+    use florence_edge::backoff::BackoffPolicy;
     use florence_edge::publish::settings::SpoolSettings;
-    use florence_edge::publish::BackoffPolicy;
+    use florence_edge::publish::ReconnectSettings;
     florence_edge::publish::MqttSettings {
         url: url.to_owned(),
         topic_prefix: "fe-test".into(),
@@ -504,9 +505,11 @@ pub fn test_settings(url: &str, spool_dir: &Path) -> florence_edge::publish::Mqt
             dir: spool_dir.to_owned(),
             max_messages: 100_000,
         },
-        reconnect: BackoffPolicy {
-            initial: std::time::Duration::from_millis(200),
-            max: std::time::Duration::from_secs(1),
+        reconnect: ReconnectSettings {
+            backoff: BackoffPolicy::new(
+                std::time::Duration::from_millis(200),
+                std::time::Duration::from_secs(1),
+            ),
             stable_after: std::time::Duration::from_secs(5),
         },
         ..florence_edge::publish::MqttSettings::default()

@@ -11,14 +11,16 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use percent_encoding::percent_decode_str;
 use serde::Serialize;
+use url::Url;
 
 use super::decoder::DecoderChoice;
 use super::state::{BackoffPolicy, SupervisionPolicy};
 use super::IngestError;
 use crate::settings::{
-    boolean, duration, duration_at_least, float_in, non_empty_string, one_of, password, redact_url,
-    string, uint_in, Errors, Fields, PasswordSource, Problem, Secret,
+    boolean, duration_at_least, non_empty_string, one_of, password, redact_url, string, uint_in,
+    Errors, Fields, PasswordSource, Problem, Secret,
 };
 
 /// Pixel layout of frames handed over.
@@ -120,6 +122,9 @@ pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(5);
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Shortest `watchdog` and `startup_timeout`.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+/// `reconnect` when unset (its bounds are in [`crate::backoff`]).
+pub const DEFAULT_RECONNECT: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_secs(1), Duration::from_secs(30));
 /// Highest analysis rate a camera's tasks may ask for (the shortest
 /// `every`, 1 ms).
 pub const MAX_ANALYSIS_FPS: f64 = 1000.0;
@@ -192,7 +197,7 @@ impl CameraSettings {
             analysis_fps: None,
             watchdog: DEFAULT_WATCHDOG,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
-            backoff: BackoffPolicy::default(),
+            backoff: DEFAULT_RECONNECT,
             max_attempts: MaxAttempts::Unlimited,
             keyframe_skipping: true,
         }
@@ -247,15 +252,7 @@ impl CameraSettings {
         });
         let keyframe_skipping = f.or("keyframe_skipping", d.keyframe_skipping, errors, boolean);
         let reconnect = f.table("reconnect", errors).map(|mut r| {
-            let b = BackoffPolicy::default();
-            let backoff = BackoffPolicy {
-                initial: r.or("initial", b.initial, errors, duration),
-                max: r.or("max", b.max, errors, duration),
-                multiplier: r.or("multiplier", b.multiplier, errors, |v| {
-                    float_in(v, 1.0, 100.0)
-                }),
-                jitter: r.or("jitter", b.jitter, errors, |v| float_in(v, 0.0, 1.0)),
-            };
+            let backoff = BackoffPolicy::read(&mut r, d.backoff, errors);
             let max_attempts = r.or("max_attempts", 0, errors, |v| {
                 uint_in(v, 0, u64::from(u32::MAX))
             });
@@ -473,50 +470,53 @@ const TEST_PATTERNS: &[&str] = &[
     "colors",
 ];
 
+/// The query keys a `test://` URL takes.
+const TEST_KEYS: &[&str] = &["pattern", "width", "height", "fps"];
+/// The query keys a `csi://` URL takes.
+const CSI_KEYS: &[&str] = &["width", "height", "fps"];
+
 impl CameraSource {
-    /// Parses a URL without credentials; the error says what is wrong with it.
-    pub fn parse(url: &str) -> Result<CameraSource, String> {
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return Err("no scheme".into());
-        };
-        match scheme.to_ascii_lowercase().as_str() {
-            "rtsp" | "rtsps" | "rtspt" => {
-                if authority(rest).is_empty() {
-                    return Err("no host".into());
-                }
-                Ok(CameraSource::Rtsp {
-                    location: url.to_string(),
-                })
+    /// Parses a URL without credentials (the `url` crate, as for redaction);
+    /// the error says what is wrong with it and what is allowed.
+    pub fn parse(text: &str) -> Result<CameraSource, String> {
+        let url = Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+        let host = url.host_str().unwrap_or_default();
+        match url.scheme() {
+            "rtsp" | "rtsps" | "rtspt" | "http" | "https" if host.is_empty() => {
+                Err("no host".into())
             }
+            "rtsp" | "rtsps" | "rtspt" => Ok(CameraSource::Rtsp {
+                location: text.to_string(),
+            }),
+            "http" | "https" => Ok(CameraSource::Uri {
+                uri: text.to_string(),
+            }),
             "file" => {
-                if rest.is_empty() || rest == "/" {
+                if url.path().is_empty() || url.path() == "/" {
                     return Err("no path".into());
                 }
                 Ok(CameraSource::Uri {
-                    uri: url.to_string(),
-                })
-            }
-            "http" | "https" => {
-                if authority(rest).is_empty() {
-                    return Err("no host".into());
-                }
-                Ok(CameraSource::Uri {
-                    uri: url.to_string(),
+                    uri: text.to_string(),
                 })
             }
             "v4l2" => {
-                let path = rest.split(['?', '#']).next().unwrap_or_default();
-                if !path.starts_with("/dev/") {
+                if !host.is_empty() || !url.path().starts_with("/dev/") {
                     return Err(
                         "the device must be an absolute /dev path, as in v4l2:///dev/video0".into(),
                     );
                 }
                 Ok(CameraSource::V4l2 {
-                    device: PathBuf::from(path),
+                    device: PathBuf::from(url.path()),
                 })
             }
             "test" => {
-                let query = Query::parse(rest)?;
+                if !host.is_empty() || !matches!(url.path(), "" | "/") {
+                    return Err(format!(
+                        "a test:// URL has no host or path, only a query, as in test://?pattern=ball; got `{host}{}`",
+                        url.path()
+                    ));
+                }
+                let query = Query::parse(&url, TEST_KEYS)?;
                 let pattern = query.get("pattern").unwrap_or("ball").to_string();
                 if !TEST_PATTERNS.contains(&pattern.as_str()) {
                     return Err(format!(
@@ -532,17 +532,16 @@ impl CameraSource {
                 })
             }
             "csi" => {
-                let (id, query) = match rest.split_once('?') {
-                    Some((id, q)) => (id, Query::parse(&format!("?{q}"))?),
-                    None => (rest, Query::default()),
-                };
+                let id = format!("{host}{}", url.path());
+                let id = id.trim_end_matches('/');
                 let sensor_id = if id.is_empty() {
                     0
                 } else {
-                    id.trim_end_matches('/')
-                        .parse::<u32>()
-                        .map_err(|_| format!("sensor id `{id}` is not a number"))?
+                    id.parse::<u32>().map_err(|_| {
+                        format!("sensor id `{id}` is not a number; allowed: csi://N, as in csi://0")
+                    })?
                 };
+                let query = Query::parse(&url, CSI_KEYS)?;
                 Ok(CameraSource::Csi {
                     sensor_id,
                     width: query.number("width", 1920, 16, 7680)?,
@@ -555,22 +554,22 @@ impl CameraSource {
     }
 }
 
-/// The `?a=b&c=d` part of a `test://` or `csi://` URL.
-#[derive(Default)]
+/// The query of a `test://` or `csi://` URL, percent-decoded.
 struct Query(Vec<(String, String)>);
 
 impl Query {
-    fn parse(rest: &str) -> Result<Query, String> {
-        let query = match rest.split_once('?') {
-            Some((_, q)) => q,
-            None => return Ok(Query::default()),
-        };
+    /// Refuses keys outside `allowed`: a typo must not fall back to a
+    /// default silently.
+    fn parse(url: &Url, allowed: &[&str]) -> Result<Query, String> {
         let mut pairs = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("query part `{pair}` is not key=value"))?;
-            pairs.push((k.to_string(), v.to_string()));
+        for (k, v) in url.query_pairs() {
+            if !allowed.contains(&k.as_ref()) {
+                return Err(format!(
+                    "unknown query key `{k}`; allowed: {}",
+                    allowed.join(", ")
+                ));
+            }
+            pairs.push((k.into_owned(), v.into_owned()));
         }
         Ok(Query(pairs))
     }
@@ -593,53 +592,27 @@ impl Query {
     }
 }
 
-/// The `user:pass@host:port` part after `scheme://`.
-fn authority(rest: &str) -> &str {
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    &rest[..end]
-}
-
 /// Splits `scheme://user:pass@host/...` into the URL without userinfo and the
-/// percent-decoded login.
-pub(crate) fn split_credentials(url: &str) -> (String, Option<Login>) {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return (url.to_string(), None);
+/// percent-decoded login. Text that is not a URL is returned as it is, for
+/// [`CameraSource::parse`] to refuse.
+pub(crate) fn split_credentials(text: &str) -> (String, Option<Login>) {
+    let Ok(mut url) = Url::parse(text) else {
+        return (text.to_string(), None);
     };
-    let auth = authority(rest);
-    let Some(at) = auth.rfind('@') else {
-        return (url.to_string(), None);
-    };
-    let userinfo = &auth[..at];
-    let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-    let stripped = format!("{scheme}://{}", &rest[at + 1..]);
-    (
-        stripped,
-        Some(Login {
-            username: percent_decode(user),
-            password: Secret::new(percent_decode(pass)),
-        }),
-    )
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(b) = hex {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
+    if url.username().is_empty() && url.password().is_none() {
+        return (text.to_string(), None);
     }
-    String::from_utf8_lossy(&out).into_owned()
+    let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let login = Login {
+        username: decode(url.username()),
+        password: Secret::new(decode(url.password().unwrap_or_default())),
+    };
+    // Both succeed on any URL that has a host, which one with userinfo has.
+    let stripped = url.set_username("").and_then(|()| url.set_password(None));
+    if stripped.is_err() {
+        return (text.to_string(), None);
+    }
+    (url.to_string(), Some(login))
 }
 
 /// Removes secrets from text that came from GStreamer (error messages and

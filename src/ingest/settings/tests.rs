@@ -133,6 +133,47 @@ fn urls_of_every_source_parse() {
 }
 
 #[test]
+fn source_urls_refuse_what_their_kind_cannot_take() {
+    let refused = |url: &str, needle: &str| {
+        let reason = CameraSource::parse(url).expect_err(url);
+        assert!(reason.contains(needle), "{url}: {reason}");
+    };
+    refused(
+        "test://?patern=ball",
+        "unknown query key `patern`; allowed: pattern, width, height, fps",
+    );
+    refused("test://?fps=1000", "fps=1000; allowed: 1..=240");
+    refused("test://?fps=0", "fps=0; allowed: 1..=240");
+    refused("test://cam?pattern=ball", "no host or path");
+    refused("csi://abc", "sensor id `abc` is not a number");
+    refused(
+        "csi://0?pattern=ball",
+        "unknown query key `pattern`; allowed: width, height, fps",
+    );
+    refused("v4l2://host/dev/video0", "absolute /dev path");
+    refused("file://", "no path");
+    refused("not a url", "not a URL");
+    // Percent-encoded query values are decoded, as any URL's are.
+    assert!(matches!(
+        CameraSource::parse("test://?pattern=%62all"),
+        Ok(CameraSource::Test { ref pattern, .. }) if pattern == "ball"
+    ));
+    assert!(matches!(
+        CameraSource::parse("csi://"),
+        Ok(CameraSource::Csi { sensor_id: 0, .. })
+    ));
+}
+
+#[test]
+fn a_password_ending_in_an_escape_is_decoded_whole() {
+    let (url, creds) = split_credentials("rtsp://viewer:pa%25@cam/x");
+    assert_eq!(url, "rtsp://cam/x");
+    assert_eq!(creds.expect("login").password.expose(), "pa%");
+    let (url, creds) = split_credentials("rtsp://cam/x");
+    assert_eq!((url.as_str(), creds.is_none()), ("rtsp://cam/x", true));
+}
+
+#[test]
 fn bad_settings_are_errors_that_name_the_camera_and_the_setting() {
     let mut s = CameraSettings::new("yard", "test://");
     s.analysis_fps = Some(2000.0);

@@ -11,6 +11,11 @@ impl MqttSettings {
     /// Every problem that needs no file: each bound and relation of the
     /// section, written once. Keys are as in the configuration file.
     pub fn check(&self, node_id: &str) -> Vec<SettingsProblem> {
+        self.check_with_broker(node_id).0
+    }
+
+    /// [`MqttSettings::check`], and the broker address when `url` parsed.
+    fn check_with_broker(&self, node_id: &str) -> (Vec<SettingsProblem>, Option<BrokerAddress>) {
         let mut problems = Vec::new();
         let mut problem = |key: &str, text: String| {
             problems.push(SettingsProblem {
@@ -113,12 +118,6 @@ impl MqttSettings {
             }
         };
         range(
-            "mqtt.reconnect.initial",
-            self.reconnect.initial,
-            RECONNECT_DELAY,
-        );
-        range("mqtt.reconnect.max", self.reconnect.max, RECONNECT_DELAY);
-        range(
             "mqtt.reconnect.stable_after",
             self.reconnect.stable_after,
             RECONNECT_STABLE_AFTER,
@@ -133,11 +132,8 @@ impl MqttSettings {
             self.snapshots.min_interval,
             SNAPSHOT_MIN_INTERVAL,
         );
-        if self.reconnect.max < self.reconnect.initial {
-            problem(
-                "mqtt.reconnect.max",
-                "is below mqtt.reconnect.initial; allowed: max >= initial".into(),
-            );
+        if let Err((key, reason)) = self.reconnect.backoff.check() {
+            problem(&format!("mqtt.{key}"), reason);
         }
         if self.connect_timeout.subsec_nanos() != 0 {
             problem(
@@ -170,13 +166,13 @@ impl MqttSettings {
                 "0 is not allowed; allowed: 1 to 65535".into(),
             );
         }
-        problems
+        (problems, broker)
     }
 
     /// [`MqttSettings::check`], then reads the password and TLS files, and
     /// returns the settings rumqttc can take, or every problem found.
     pub fn validate(&self, node_id: &str) -> Result<PublisherConfig, Vec<SettingsProblem>> {
-        let mut problems = self.check(node_id);
+        let (mut problems, broker) = self.check_with_broker(node_id);
         let mut problem = |key: &str, text: String| {
             problems.push(SettingsProblem {
                 key: key.to_owned(),
@@ -185,28 +181,27 @@ impl MqttSettings {
         };
         let password = match &self.password {
             None => None,
-            Some(PasswordSource::Inline(secret)) => Some(Password(secret.expose().to_string())),
-            Some(PasswordSource::File(path)) => match std::fs::read_to_string(path) {
-                Ok(text) => {
-                    let secret = text.trim_end_matches(['\r', '\n']).to_owned();
-                    if secret.is_empty() {
+            Some(source) => {
+                let (path, from_file) = match source {
+                    PasswordSource::File(path) => (path.display().to_string(), true),
+                    PasswordSource::Inline(_) => (String::new(), false),
+                };
+                match source.read() {
+                    Ok(secret) if from_file && secret.expose().is_empty() => {
                         problem(
                             "mqtt.password_file",
-                            format!("{} is empty; it must hold the password", path.display()),
+                            format!("{path} is empty; it must hold the password"),
                         );
+                        None
                     }
-                    Some(Password(secret))
+                    Ok(secret) => Some(Password(secret.expose().to_string())),
+                    Err(e) => {
+                        problem("mqtt.password_file", format!("cannot read {path}: {e}"));
+                        None
+                    }
                 }
-                Err(e) => {
-                    problem(
-                        "mqtt.password_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    None
-                }
-            },
+            }
         };
-        let broker = parse_broker_url(&self.url).ok();
         let tls = self.read_tls(broker.as_ref(), &mut problem);
         let topics = Topics::new(&self.topic_prefix, node_id).ok();
         let qos = QualityOfService::from_level(self.qos);

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::connection::BackoffPolicy;
 use super::topic::{check_level, Topics};
+use crate::backoff::BackoffPolicy;
 use crate::settings::{
     boolean, duration_in, non_empty_string, password, path_value, string, uint_in, Errors, Fields,
     PasswordSource, Problem,
@@ -46,14 +46,11 @@ pub const QUEUE_CAPACITY: (usize, usize) = (1, 1_000_000);
 /// `max_inflight_messages`. With QoS 2 mosquitto drops a client that has
 /// more unreleased messages in flight than that.
 pub const DEFAULT_MAX_INFLIGHT: u16 = 20;
-pub const DEFAULT_RECONNECT: BackoffPolicy = BackoffPolicy {
-    initial: Duration::from_millis(500),
-    max: Duration::from_secs(30),
+/// `reconnect` when unset (bounds in [`crate::backoff`]).
+pub const DEFAULT_RECONNECT: ReconnectSettings = ReconnectSettings {
+    backoff: BackoffPolicy::new(Duration::from_millis(500), Duration::from_secs(30)),
     stable_after: Duration::from_secs(10),
 };
-/// Bounds of `reconnect.initial` and `reconnect.max`.
-pub const RECONNECT_DELAY: (Duration, Duration) =
-    (Duration::from_millis(10), Duration::from_secs(3600));
 /// Bounds of `reconnect.stable_after`.
 pub const RECONNECT_STABLE_AFTER: (Duration, Duration) =
     (Duration::ZERO, Duration::from_secs(3600));
@@ -204,10 +201,22 @@ impl Default for SnapshotSettings {
     }
 }
 
+/// `[mqtt] reconnect`: the shared backoff policy, plus how long a
+/// connection must last before the backoff starts again from `initial` (a
+/// broker that accepts and then drops us at once keeps backing off instead
+/// of being hammered).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ReconnectSettings {
+    #[serde(flatten)]
+    pub backoff: BackoffPolicy,
+    #[serde(with = "humantime_text")]
+    pub stable_after: Duration,
+}
+
 /// The `[mqtt]` section. Nothing here is trusted until
 /// [`MqttSettings::check`] (or [`MqttSettings::validate`], which runs it)
 /// has passed.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Serialize)]
 pub struct MqttSettings {
     /// `mqtt://host:port` or `mqtts://host:port` (TLS).
     pub url: String,
@@ -229,8 +238,7 @@ pub struct MqttSettings {
     pub retain: RetainSettings,
     pub tls: TlsSettings,
     pub spool: SpoolSettings,
-    #[serde(with = "backoff_text")]
-    pub reconnect: BackoffPolicy,
+    pub reconnect: ReconnectSettings,
     /// How long one connection attempt (TCP, TLS, CONNACK) may take.
     #[serde(with = "humantime_text")]
     pub connect_timeout: Duration,
@@ -297,26 +305,6 @@ mod humantime_text {
     }
 }
 
-mod backoff_text {
-    use serde::ser::SerializeStruct;
-
-    use super::BackoffPolicy;
-
-    pub fn serialize<S: serde::Serializer>(b: &BackoffPolicy, s: S) -> Result<S::Ok, S::Error> {
-        let mut t = s.serialize_struct("reconnect", 3)?;
-        t.serialize_field(
-            "initial",
-            &humantime::format_duration(b.initial).to_string(),
-        )?;
-        t.serialize_field("max", &humantime::format_duration(b.max).to_string())?;
-        t.serialize_field(
-            "stable_after",
-            &humantime::format_duration(b.stable_after).to_string(),
-        )?;
-        t.end()
-    }
-}
-
 fn any_duration(value: &::config::Value) -> Result<Duration, Problem> {
     duration_in(value, ANY_DURATION.0, ANY_DURATION.1)
 }
@@ -377,9 +365,8 @@ impl MqttSettings {
             out
         });
         let reconnect = f.table("reconnect", errors).map(|mut t| {
-            let out = BackoffPolicy {
-                initial: t.or("initial", d.reconnect.initial, errors, any_duration),
-                max: t.or("max", d.reconnect.max, errors, any_duration),
+            let out = ReconnectSettings {
+                backoff: BackoffPolicy::read(&mut t, d.reconnect.backoff, errors),
                 stable_after: t.or(
                     "stable_after",
                     d.reconnect.stable_after,
@@ -490,7 +477,7 @@ impl fmt::Debug for TlsMaterial {
 
 /// The checked `[mqtt]` section with what was derived and read from it:
 /// every value here is one rumqttc accepts.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PublisherConfig {
     /// The section as written (checked).
     pub settings: MqttSettings,

@@ -128,7 +128,7 @@ fn compile_root(
         .table("mqtt", errors)
         .map(|f| MqttSettings::from_section(f, node_id.as_deref(), errors));
     let http = root.table("http", errors).map(|f| http(f, errors));
-    let cameras = cameras(&mut root, errors);
+    let cameras = cameras(&mut root, node_id.as_deref(), errors);
     root.finish(errors);
     Some(Config {
         file: path.to_path_buf(),
@@ -321,7 +321,11 @@ fn http(mut f: Fields, errors: &mut Errors) -> Option<HttpConfig> {
     })
 }
 
-fn cameras(root: &mut Fields, errors: &mut Errors) -> Option<Vec<CameraConfig>> {
+fn cameras(
+    root: &mut Fields,
+    node_id: Option<&str>,
+    errors: &mut Errors,
+) -> Option<Vec<CameraConfig>> {
     let given = root.has("cameras");
     let Some(items) = root.array("cameras", errors) else {
         if !given {
@@ -356,6 +360,17 @@ fn cameras(root: &mut Fields, errors: &mut Errors) -> Option<Vec<CameraConfig>> 
                             format!("{:?} is also the id of {first}", camera.id),
                             "a unique id per camera",
                         ),
+                    );
+                    all_ok = false;
+                }
+                // Topics are `{prefix}/{camera}/…` beside `{prefix}/{node}/status`.
+                if let Some(Err(e)) =
+                    node_id.map(|node| crate::publish::topic::check_camera_id(&camera.id, node))
+                {
+                    errors.report(
+                        origin.as_deref(),
+                        &format!("{path}.id"),
+                        Problem::message(e.to_string()),
                     );
                     all_ok = false;
                 }

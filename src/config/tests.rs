@@ -561,3 +561,24 @@ fn the_printed_configuration_compiles_back_to_the_same_one() {
         assert_eq!(again, config, "{name}:\n{printed}");
     }
 }
+
+#[test]
+fn camera_ids_that_collide_with_topics_are_refused() {
+    let camera = |id: &str| {
+        format!("[[cameras]]\nid = \"{id}\"\nurl = \"test://\"\ntasks = [{{ task = \"<OD>\", every = \"1s\" }}]\n")
+    };
+    for reserved in ["status", "info", "events", "set", "snapshot"] {
+        let text = format!("{MINIMAL}\n{}", camera(reserved));
+        assert_eq!(
+            lines(&text),
+            [format!(
+                "test.toml: cameras[1].id: camera id \"{reserved}\" is a reserved topic level; allowed: any id but status, info, events, set, snapshot"
+            )],
+        );
+    }
+    let text = format!("[node]\nid = \"gate\"\n{MINIMAL}\n{}", camera("gate"));
+    assert_eq!(
+        lines(&text),
+        ["test.toml: cameras[1].id: camera id \"gate\" is also the node id; they share `{prefix}/{id}/status`, so rename the camera"],
+    );
+}

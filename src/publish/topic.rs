@@ -19,6 +19,8 @@ pub enum TopicError {
     InvalidTask(String),
     #[error("camera id {0:?} is also the node id; they share `{{prefix}}/{{id}}/status`, so rename the camera")]
     CameraIsNode(String),
+    #[error("camera id {0:?} is a reserved topic level; allowed: any id but {reserved}", reserved = RESERVED_LEVELS.join(", "))]
+    ReservedCameraId(String),
     #[error("topic prefix {value:?} is not allowed: {reason}")]
     InvalidPrefix { value: String, reason: &'static str },
 }
@@ -26,6 +28,25 @@ pub enum TopicError {
 /// Longest topic level we accept; MQTT allows 64 KiB per topic, but an id this
 /// long is a mistake, and a short bound keeps topic strings cheap.
 const MAX_LEVEL_BYTES: usize = 128;
+
+/// Topic levels the daemon's own topics use beside camera ids (status
+/// topics, node info, events, control `…/set` topics, snapshots): a camera
+/// named so would share, or shadow, one of them.
+pub const RESERVED_LEVELS: &[&str] = &["status", "info", "events", "set", "snapshot"];
+
+/// Checks a camera id against the node's topics: a valid level, not a
+/// reserved one, not the node id. `validate` runs it, so a camera whose
+/// results could not be published never starts.
+pub fn check_camera_id(camera: &str, node: &str) -> Result<(), TopicError> {
+    if RESERVED_LEVELS.contains(&camera) {
+        return Err(TopicError::ReservedCameraId(camera.to_owned()));
+    }
+    check_level("camera id", camera)?;
+    if camera == node {
+        return Err(TopicError::CameraIsNode(camera.to_owned()));
+    }
+    Ok(())
+}
 
 /// Checks one topic level (a node or camera id).
 pub fn check_level(what: &'static str, value: &str) -> Result<(), TopicError> {
@@ -116,11 +137,7 @@ impl Topics {
     }
 
     fn check_camera(&self, camera: &str) -> Result<(), TopicError> {
-        check_level("camera id", camera)?;
-        if camera == self.node {
-            return Err(TopicError::CameraIsNode(camera.to_owned()));
-        }
-        Ok(())
+        check_camera_id(camera, &self.node)
     }
 
     /// `{prefix}/{camera}/status`

@@ -75,8 +75,13 @@ fn stderr_is_journal() -> bool {
 
 fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    // Colour codes only for a person at a terminal: a log file, a pipe or
+    // the journal gets plain text (and NO_COLOR is honoured, see no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder
@@ -84,7 +89,7 @@ fn init_logging(filter: &str, format: LogFormat) {
             .flatten_event(true)
             .with_current_span(false)
             .init(),
-        LogFormat::Auto if stderr_is_journal() => builder.without_time().with_ansi(false).init(),
+        LogFormat::Auto if stderr_is_journal() => builder.without_time().init(),
         LogFormat::Auto | LogFormat::Text => builder.init(),
     }
 }
@@ -483,7 +488,7 @@ fn invalid_configuration(errors: Vec<florence_edge::config::ConfigError>) -> any
 
 fn build_engines_cmd(config_path: &std::path::Path) -> Result<()> {
     let config = load_config(config_path)?;
-    let spec = config.engine_spec();
+    let spec = config.engine_spec()?;
     let rt = florence_edge::runtime::init(config.model.ort_library.as_deref())?;
     let t0 = std::time::Instant::now();
     let report = florence_edge::runtime::engines::build_engines(&spec, rt, &mut |ev| {

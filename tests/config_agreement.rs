@@ -222,7 +222,9 @@ fn errors_name_keys_of_the_operators_file() {
     refused(&s.write("", &rest), "cameras[0].password_file");
     std::fs::write(&password, "s3cret\n").expect("written");
     let plan = valid(&s.write("", &rest));
-    let login = plan.cameras[0].credentials.as_ref().expect("login");
+    // What the camera starts with: the password read from the file.
+    let resolved = plan.config.cameras[0].stream.resolve().expect("resolves");
+    let login = resolved.credentials.as_ref().expect("login");
     assert_eq!(login.password.expose(), "s3cret");
 }
 

@@ -228,3 +228,38 @@ fn a_reload_that_only_changes_tasks_keeps_the_stream() {
         TaskArgument::Text("a white bar".into())
     );
 }
+
+/// The demo configuration drives the real scheduler and batcher as the
+/// daemon would: the stages' own types, handed over by `config`.
+#[test]
+fn scheduler_and_batcher_follow_the_demo_config() {
+    use florence_edge::schedule::{Batcher, Scheduler};
+    use std::time::Instant;
+    let config = load(&configs_dir().join("demo.toml")).expect("valid demo");
+    let t0 = Instant::now();
+    let mut scheduler = Scheduler::new(config.schedules(), t0).expect("valid schedule");
+    let mut batcher: Batcher<()> =
+        Batcher::new(config.model.max_batch, config.model.max_wait).expect("valid batcher");
+    scheduler.on_frame("ball", 1, t0).expect("known camera");
+    scheduler.on_frame("bars", 1, t0).expect("known camera");
+    for job in scheduler.poll(t0) {
+        batcher.push(job, t0);
+    }
+    assert_eq!(
+        batcher.len(),
+        5,
+        "every task of both cameras is due at start"
+    );
+    let first = batcher.pop_batch(t0).unwrap_or_default();
+    let cameras: Vec<&str> = first.iter().map(|j| &*j.key.camera).collect();
+    assert_eq!(
+        cameras,
+        ["ball", "ball", "bars", "bars"],
+        "max_batch 4: cameras in turn, each with its jobs on the same frame"
+    );
+    assert_eq!(
+        batcher.next_deadline(),
+        Some(t0 + Duration::from_millis(20)),
+        "max_wait_ms 20"
+    );
+}

@@ -77,6 +77,20 @@ pub struct ModelConfig {
     pub decoding: Decoding,
 }
 
+impl ModelConfig {
+    /// The graphs' file variant in effect: `precision`, or the fp32 files.
+    pub fn variant_name(&self) -> &str {
+        self.precision.as_ref().map_or("fp32", |p| p.name())
+    }
+
+    /// TensorRT builds FP16 kernels unless fp32 is asked for explicitly
+    /// (the fp32 graphs are the default files, not a request for fp32
+    /// engines).
+    pub fn tensorrt_fp16(&self) -> bool {
+        self.precision.as_ref().is_none_or(|p| p.name() != "fp32")
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
     /// `None` when `enabled = false`: no metrics or health endpoint.

@@ -12,21 +12,20 @@
 use std::path::Path;
 
 use super::{Config, ConfigError, DecoderLayout, Strategy};
-use crate::ingest::{IngestError, ResolvedCamera};
+use crate::ingest::{DecoderChoice, IngestError};
 use crate::publish::PublisherConfig;
-use crate::runtime::engines::{engines_dir_or_default, EngineSpec, ProfileBounds, ProfileData};
-use crate::settings::Secret;
+use crate::runtime::engines::{
+    engines_dir_or_default, EngineError, EngineSpec, ProfileBounds, ProfileData,
+};
 
-/// What `run` starts from.
+/// What `run` starts from. The cameras' password files and the HTTP token
+/// are read here only to check them: the stages read them again when they
+/// start (a camera on each reconnect, so a rotated password is picked up).
 #[derive(Debug)]
 pub struct Plan {
     pub config: Config,
     /// The `[mqtt]` section ready to connect: password and TLS files read.
     pub publisher: PublisherConfig,
-    /// The enabled cameras, checked and with their passwords read.
-    pub cameras: Vec<ResolvedCamera>,
-    /// The token of `http.bearer_token_file`.
-    pub http_token: Option<Secret>,
 }
 
 /// Checks `config` against the disk, collecting every problem, each named
@@ -72,20 +71,23 @@ pub fn plan(config: Config) -> Result<Plan, Vec<ConfigError>> {
             None
         }
     };
-    let http_token = match config.http.read_bearer_token() {
-        Ok(token) => token,
-        Err(problem) => {
-            report("http.bearer_token_file".into(), problem);
-            None
-        }
-    };
-    let mut cameras = Vec::new();
+    if let Err(problem) = config.http.read_bearer_token() {
+        report("http.bearer_token_file".into(), problem);
+    }
     for (i, camera) in config.cameras.iter().enumerate() {
         if !camera.enabled {
             continue;
         }
+        if let DecoderChoice::Element(name) = &camera.stream.decoder {
+            if crate::ingest::element_installed(name) == Some(false) {
+                report(
+                    format!("cameras[{i}].decoder"),
+                    format!("`{name}` is not installed on this machine (GStreamer has no such element); allowed: \"auto\" or an installed decoder, as `gst-inspect-1.0 {name}` shows"),
+                );
+            }
+        }
         match camera.stream.resolve() {
-            Ok(resolved) => cameras.push(resolved),
+            Ok(_) => {}
             Err(IngestError::InvalidSetting {
                 setting, reason, ..
             }) => report(format!("cameras[{i}].{setting}"), reason),
@@ -93,12 +95,7 @@ pub fn plan(config: Config) -> Result<Plan, Vec<ConfigError>> {
         }
     }
     match publisher {
-        Some(publisher) if errors.is_empty() => Ok(Plan {
-            config,
-            publisher,
-            cameras,
-            http_token,
-        }),
+        Some(publisher) if errors.is_empty() => Ok(Plan { config, publisher }),
         _ => Err(errors),
     }
 }
@@ -107,17 +104,16 @@ impl Config {
     /// What this configuration asks TensorRT to build: the graphs of
     /// `model.precision` (fp32 files when unset), FP16 kernels unless fp32 is
     /// asked for explicitly, profiles up to `max_batch` × beams and
-    /// `max_new_tokens`.
-    pub fn engine_spec(&self) -> EngineSpec {
+    /// `max_new_tokens`. Fails only if the compiled-in profile data
+    /// (`engines/profiles.toml`) does not parse, which its unit test rules
+    /// out.
+    pub fn engine_spec(&self) -> Result<EngineSpec, EngineError> {
         let m = &self.model;
-        EngineSpec {
+        let prompt = ProfileData::embedded()?.prompt.default_max_tokens;
+        Ok(EngineSpec {
             model_dir: m.dir.clone(),
-            variant: m
-                .precision
-                .as_ref()
-                .map_or("fp32", |p| p.name())
-                .to_string(),
-            fp16: m.precision.as_ref().is_none_or(|p| p.name() != "fp32"),
+            variant: m.variant_name().to_string(),
+            fp16: m.tensorrt_fp16(),
             merged_decoder: m.decoder == DecoderLayout::Merged,
             engines_dir: engines_dir_or_default(m.engines_dir.as_deref()),
             bounds: ProfileBounds {
@@ -127,13 +123,8 @@ impl Config {
                     Strategy::Greedy => 1,
                 },
                 max_new_tokens: m.decoding.max_new_tokens,
-                // Should the compiled-in profile data not parse (its unit
-                // test rules that out), 0 stands here; ProfileRanges::new
-                // reads the same data before it looks at the bounds and
-                // fails with the parse error, so the 0 is never used.
-                max_prompt_tokens: ProfileData::embedded()
-                    .map_or(0, |d| d.prompt.default_max_tokens),
+                max_prompt_tokens: prompt,
             },
-        }
+        })
     }
 }

@@ -5,7 +5,7 @@
 use super::*;
 
 /// Model load options from the `[model]` section.
-pub fn load_options(config: &Config) -> Result<LoadOptions, DaemonError> {
+pub fn load_options(config: &Config) -> LoadOptions {
     let m = &config.model;
     let mut opts = LoadOptions::new(&m.dir);
     opts.backend = m.backend;
@@ -18,8 +18,8 @@ pub fn load_options(config: &Config) -> Result<LoadOptions, DaemonError> {
     opts.engine_cache_dir = Some(crate::runtime::engines::engines_dir_or_default(
         m.engines_dir.as_deref(),
     ));
-    opts.tensorrt_fp16 = m.precision.as_ref().is_none_or(|v| v.name() != "fp32");
-    Ok(opts)
+    opts.tensorrt_fp16 = m.tensorrt_fp16();
+    opts
 }
 
 /// Everything start-up derives from a configuration before it loads the
@@ -28,7 +28,7 @@ pub fn load_options(config: &Config) -> Result<LoadOptions, DaemonError> {
 /// settings. [`Daemon::start_with`] runs it first; `tests/config_agreement.rs`
 /// checks that it accepts exactly what `validate` accepts.
 pub fn preflight(config: &Config) -> Result<LoadOptions, DaemonError> {
-    let options = load_options(config)?;
+    let options = load_options(config);
     Batcher::<()>::new(config.model.max_batch, config.model.max_wait)?;
     Scheduler::new(config.schedules(), Instant::now())?;
     for camera in config.cameras.iter().filter(|c| c.enabled) {
@@ -53,14 +53,13 @@ fn tensorrt_engines(
     use crate::runtime::engines::startup_check;
     let m = &config.model;
     let rt = crate::runtime::init(m.ort_library.as_deref())?;
-    let backend = load_options(config)?.backend;
-    let choice = crate::runtime::choose_backend(backend, rt.providers)?;
+    let choice = crate::runtime::choose_backend(m.backend, rt.providers)?;
     if choice.backend != Backend::TensorRt {
         return Ok(None);
     }
     let notifier = options.notifier.clone();
     let manifest = startup_check(
-        &config.engine_spec(),
+        &config.engine_spec()?,
         rt,
         m.build_engines_at_start,
         options.config_path.as_deref(),

@@ -6,7 +6,9 @@
 //! any split gives the bytes the plain loops give. The tables, the fixed-point arithmetic and
 //! [`ResizePlan`](super::ResizePlan), which chooses and runs the passes, are in `resample.rs`.
 
-use super::resample::{clip8, ResampleCoeffs, PRECISION_BITS, ROUNDING_HALF};
+#[cfg(target_arch = "x86_64")]
+use super::resample::PRECISION_BITS;
+use super::resample::{clip8, ResampleCoeffs, ROUNDING_HALF};
 use super::RgbFrame;
 
 /// Where a pass reads its input rows from.

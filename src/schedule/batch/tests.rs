@@ -466,31 +466,3 @@ proptest! {
         }
     }
 }
-
-#[test]
-fn scheduler_and_batcher_follow_the_demo_config() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml");
-    let config = crate::config::load_with_env(&path, std::iter::empty()).expect("valid demo");
-    let t0 = Instant::now();
-    let mut scheduler = Scheduler::new(config.schedules(), t0).expect("valid schedule");
-    let mut batcher: Batcher =
-        Batcher::new(config.model.max_batch, config.model.max_wait).expect("valid batcher");
-    scheduler.on_frame("ball", 1, t0).expect("known camera");
-    scheduler.on_frame("bars", 1, t0).expect("known camera");
-    for job in scheduler.poll(t0) {
-        batcher.push(job, t0);
-    }
-    assert_eq!(
-        batcher.len(),
-        5,
-        "every task of both cameras is due at start"
-    );
-    let first = batcher.pop_batch(t0).unwrap_or_default();
-    let cameras: Vec<&str> = first.iter().map(|j| &*j.key.camera).collect();
-    assert_eq!(
-        cameras,
-        ["ball", "ball", "bars", "bars"],
-        "max_batch 4: cameras in turn, each with its jobs on the same frame"
-    );
-    assert_eq!(batcher.next_deadline(), Some(t0 + ms(20)), "max_wait_ms 20");
-}

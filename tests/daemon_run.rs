@@ -298,3 +298,101 @@ tasks = [{ task = "<OD>", every = "1s" }]
         "{msg}"
     );
 }
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `within`.
+fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// issue 13 item 2: a camera whose source cannot be built (here `csi://`
+/// on a machine without nvarguscamerasrc) neither stops the start nor
+/// vanishes from a reload: it shows its reason and retries by its policy
+/// while the camera beside it publishes.
+#[test]
+fn a_camera_that_cannot_start_fails_alone_at_start_and_on_reload() {
+    gstreamer::init().unwrap();
+    if gstreamer::ElementFactory::find("nvarguscamerasrc").is_some() {
+        eprintln!("nvarguscamerasrc is installed: csi:// would start here; nothing to show");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let good = r#"
+[[cameras]]
+id = "good"
+url = "test://?pattern=ball&width=160&height=120&fps=10"
+tasks = [{ task = "<OD>", every = "300ms" }]
+"#;
+    let csi = |id: &str, n: u32| {
+        format!(
+            "\n[[cameras]]\nid = \"{id}\"\nurl = \"csi://{n}\"\nreconnect = {{ initial = \"100ms\", max = \"200ms\", max_attempts = 2 }}\ntasks = [{{ task = \"<OD>\", every = \"1s\" }}]\n"
+        )
+    };
+    let path = write_config(dir.path(), &format!("{good}{}", csi("jetson-cam", 0)));
+    let config = florence_edge::config::load(&path).expect("a valid config");
+    let sink = Collect::default();
+    let options = florence_edge::daemon::DaemonOptions {
+        config_path: Some(path.clone()),
+        ..Default::default()
+    };
+    let daemon = Daemon::start_with(config, Box::new(sink.clone()), options)
+        .expect("one camera that cannot start does not stop the daemon");
+    let good_results = || {
+        sink.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.camera == "good")
+            .count()
+    };
+    let failed_with_reason = |id: &str| {
+        let registry = daemon.cameras();
+        let reg = registry.lock().unwrap();
+        let status = reg.get(id)?.reader.status();
+        (status.state == ingest::CameraState::Failed).then_some(status.last_error?)
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "results from the good camera",
+        || (good_results() >= 2).then_some(()),
+    );
+    let reason = wait_for(Duration::from_secs(20), "jetson-cam failed", || {
+        failed_with_reason("jetson-cam")
+    });
+    assert!(
+        reason.contains("jetson-cam") && reason.contains("nvarguscamerasrc"),
+        "{reason}"
+    );
+
+    // A reload that adds another such camera lists it, failed with its
+    // reason, and the good camera keeps publishing.
+    write_config(
+        dir.path(),
+        &format!("{good}{}{}", csi("jetson-cam", 0), csi("second-csi", 1)),
+    );
+    let before = good_results();
+    daemon.reload();
+    let reason = wait_for(Duration::from_secs(20), "second-csi failed", || {
+        failed_with_reason("second-csi")
+    });
+    assert!(reason.contains("nvarguscamerasrc"), "{reason}");
+    wait_for(
+        Duration::from_secs(30),
+        "more results after the reload",
+        || (good_results() >= before + 2).then_some(()),
+    );
+    let stats = daemon.stats();
+    assert_eq!(
+        (stats.reloads, stats.reload_camera_failures),
+        (1, 0),
+        "{stats:?}"
+    );
+    daemon.shutdown();
+    daemon.wait().unwrap();
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use florence_edge::ingest::{
     spawn_camera, BackoffPolicy, CameraEvent, CameraSettings, CameraState, DecoderChoice, Frame,
-    IngestError, MaxAttempts, PixelFormat,
+    MaxAttempts, PixelFormat,
 };
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -240,38 +240,53 @@ fn a_decoder_that_cannot_decode_the_stream_is_named_in_the_error() {
     );
 }
 
+/// A camera whose decoder or source element is not installed starts (the
+/// daemon beside it runs on) and fails by its policy with the element named.
 #[test]
-fn a_missing_explicit_decoder_or_source_element_is_an_error_at_start() {
-    let (ftx, _frx, etx, _erx) = channels();
+fn a_missing_explicit_decoder_or_source_element_fails_that_camera_alone() {
+    let (ftx, _frx, etx, erx) = channels();
     let mut settings = camera("cam-nodec", "rtsp://127.0.0.1:9/stream".into());
     settings.decoder = DecoderChoice::Element("nosuchdec264".into());
-    match spawn_camera(&settings, ftx.clone(), etx.clone()) {
-        Err(e @ IngestError::DecoderMissing { .. }) => {
-            let text = e.to_string();
-            assert!(
-                text.contains("cam-nodec") && text.contains("nosuchdec264"),
-                "{text}"
-            );
-        }
-        other => panic!(
-            "expected DecoderMissing, got {:?}",
-            other.map(|c| c.status())
-        ),
-    }
+    settings.max_attempts = MaxAttempts::Limit(2);
+    let cam = spawn_camera(&settings, ftx.clone(), etx.clone()).expect("the camera starts");
+    let (retrying, _) = wait_for_state(&erx, "cam-nodec", CameraState::Reconnecting, BOUND)
+        .unwrap_or_else(|seen| panic!("never reconnecting: {:?}", states(&seen)));
+    let error = retrying.reason.unwrap_or_default();
+    assert!(
+        error.contains("cam-nodec")
+            && error.contains("decoder element `nosuchdec264` is not installed"),
+        "{error}"
+    );
+    let (failed, _) = wait_for_state(&erx, "cam-nodec", CameraState::Failed, BOUND)
+        .unwrap_or_else(|seen| panic!("never failed: {:?}", states(&seen)));
+    assert_eq!(failed.attempt, 2, "retried by its policy, then gave up");
+    let status = cam.status();
+    assert_eq!(status.state, CameraState::Failed);
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("nosuchdec264")),
+        "{:?}",
+        status.last_error
+    );
+    cam.stop();
 
     gst::init().expect("GStreamer initialises");
     let has_argus = gst::ElementFactory::find("nvarguscamerasrc").is_some();
-    let result = spawn_camera(&camera("cam-csi", "csi://0".into()), ftx, etx);
-    match (has_argus, result) {
-        (false, Err(e @ IngestError::ElementMissing { .. })) => {
-            assert!(e.to_string().contains("nvarguscamerasrc"), "{e}");
-        }
-        (true, Ok(cam)) => cam.stop(),
-        (has, other) => panic!(
-            "nvarguscamerasrc installed: {has}, got {:?}",
-            other.map(|c| c.status())
-        ),
+    let mut csi = camera("cam-csi", "csi://0".into());
+    csi.max_attempts = MaxAttempts::Limit(1);
+    let cam = spawn_camera(&csi, ftx, etx).expect("the camera starts");
+    if !has_argus {
+        let (failed, _) = wait_for_state(&erx, "cam-csi", CameraState::Failed, BOUND)
+            .unwrap_or_else(|seen| panic!("never failed: {:?}", states(&seen)));
+        let error = failed.reason.unwrap_or_default();
+        assert!(
+            error.contains("`nvarguscamerasrc` is not installed"),
+            "{error}"
+        );
     }
+    cam.stop();
 }
 
 #[test]

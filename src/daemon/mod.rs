@@ -156,6 +156,9 @@ pub struct DaemonStats {
     /// configuration stayed).
     pub reloads: u64,
     pub reloads_rejected: u64,
+    /// Cameras a reload could not start at all (a camera that starts and
+    /// then fails is `reconnecting`/`failed` in its own status instead).
+    pub reload_camera_failures: u64,
     /// Jobs dropped because their camera was removed or restarted.
     pub dropped_by_reload: u64,
     /// Results post-processed from their ids, and those parsed from text

@@ -314,6 +314,12 @@ impl DaemonView {
         )?;
         counter(
             e,
+            "florence_edge_reload_camera_failures_total",
+            "Cameras a reload could not start (each is named in the reload's log line).",
+            st.reload_camera_failures,
+        )?;
+        counter(
+            e,
             "florence_edge_jobs_dropped_by_reload_total",
             "Waiting jobs of cameras that a reload removed or restarted.",
             st.dropped_by_reload,

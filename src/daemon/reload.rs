@@ -28,8 +28,10 @@ impl Coordinator {
         };
         self.notifier.reloading();
         tracing::info!(file = %path.display(), "Reloading the configuration.");
-        let mut new = match crate::config::load(&path) {
-            Ok(c) => c,
+        // The same checks as `validate` and start-up: the file, then the
+        // machine (password files, installed decoders, the model directory).
+        let mut new = match crate::config::load(&path).and_then(crate::config::plan) {
+            Ok(plan) => plan.config,
             Err(errors) => {
                 for e in &errors {
                     tracing::error!(problem = %e, "Reload rejected.");
@@ -150,6 +152,7 @@ impl Coordinator {
         {
             let mut st = crate::sync::lock(&self.stats);
             st.reloads += 1;
+            st.reload_camera_failures += failed.len() as u64;
         }
         let outcome = format!(
             "Reloaded: {} added, {} removed, {} restarted, {} rescheduled{}.",

@@ -42,6 +42,23 @@ pub use supervisor::{
     spawn_camera, CameraCounters, CameraEvent, CameraHandle, CameraStatus, StatusReader,
 };
 
+/// Whether GStreamer on this machine has the element `name` (a decoder named
+/// in a camera's `decoder`): `None` where it cannot tell — built without
+/// GStreamer, or GStreamer does not initialise. `validate` refuses a
+/// decoder this says is missing; a camera checks again before each build.
+pub fn element_installed(name: &str) -> Option<bool> {
+    #[cfg(feature = "gstreamer")]
+    {
+        gstreamer::init().ok()?;
+        Some(gstreamer::ElementFactory::find(name).is_some())
+    }
+    #[cfg(not(feature = "gstreamer"))]
+    {
+        let _ = name;
+        None
+    }
+}
+
 /// Everything that can go wrong in ingest; every message names the camera.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {

@@ -28,7 +28,9 @@ use super::state::{AnalysisRate, KeyframeSkip};
 use super::supervisor::CameraCounters;
 use super::IngestError;
 
-/// Everything a pipeline build needs; shared by all builds of one camera.
+/// Everything a pipeline build needs; the counters, sequence and frame
+/// channel are shared by all builds of one camera.
+#[derive(Clone)]
 pub(crate) struct PipelineContext {
     pub camera: Arc<ResolvedCamera>,
     pub camera_id: Arc<str>,
@@ -64,8 +66,10 @@ pub(crate) fn installed(element: &str) -> bool {
     gst::ElementFactory::find(element).is_some()
 }
 
-/// Elements the camera's source needs, checked once at start so a missing
-/// plugin is an error there, not a reconnect loop.
+/// Elements the camera's source needs, checked before each build so that a
+/// missing plugin is named as the camera's error (`last_error`) rather than
+/// as a parse failure deep in GStreamer; the camera retries by its policy
+/// and every other camera runs on.
 pub(crate) fn preflight(ctx: &PipelineContext) -> Result<(), IngestError> {
     let camera = ctx.camera.id.clone();
     let need = |element: &str, why: &'static str| -> Result<(), IngestError> {

@@ -20,6 +20,7 @@ use super::pipeline::{self, LivePipeline, PipelineContext};
 use super::settings::{scrub, CameraSettings, ResolvedCamera};
 use super::state::{CameraMachine, CameraState, Command, Transition};
 use super::IngestError;
+use crate::backoff::Jitter;
 
 /// How often the supervisor looks at the clock when the bus is quiet.
 const POLL: Duration = Duration::from_millis(50);
@@ -188,7 +189,10 @@ pub fn spawn_camera(
     frames: SyncSender<Frame>,
     events: Sender<CameraEvent>,
 ) -> Result<CameraHandle, IngestError> {
-    let resolved = Arc::new(settings.resolve()?);
+    // Checked, not resolved: the password file is read by each build
+    // attempt, so an unreadable one fails this camera alone (and a rotated
+    // one is picked up at the next reconnect).
+    let resolved = Arc::new(settings.check()?);
     gst::init().map_err(|e| IngestError::Init(e.to_string()))?;
     let counters = Arc::new(CameraCounters::default());
     let chain = Arc::new(Mutex::new(None));
@@ -208,7 +212,6 @@ pub fn spawn_camera(
         seq: Arc::new(AtomicU64::new(0)),
         chain: chain.clone(),
     });
-    pipeline::preflight(&ctx)?;
 
     let shared = Arc::new(Shared {
         counters,
@@ -232,12 +235,14 @@ pub fn spawn_camera(
     });
     let (stop_tx, stop_rx) = mpsc::channel();
     let supervisor = Supervisor {
+        settings: settings.clone(),
         camera: resolved.clone(),
         ctx,
         shared: shared.clone(),
         events,
         stop: stop_rx,
-        jitter: Jitter::seeded(&resolved.id),
+        // Differs between cameras and between runs of the daemon.
+        jitter: Jitter::from_name(&format!("{}@{:?}", resolved.id, SystemTime::now())),
     };
     // Linux thread names are at most 15 bytes.
     let name: String = format!("cam-{}", resolved.id).chars().take(15).collect();
@@ -258,6 +263,8 @@ pub fn spawn_camera(
 }
 
 struct Supervisor {
+    settings: CameraSettings,
+    /// As the latest build attempt resolved it (password read).
     camera: Arc<ResolvedCamera>,
     ctx: Arc<PipelineContext>,
     shared: Arc<Shared>,
@@ -317,7 +324,7 @@ impl Supervisor {
     }
 
     fn apply(
-        &self,
+        &mut self,
         command: Command,
         machine: &mut CameraMachine,
         live: &mut Option<LivePipeline>,
@@ -334,7 +341,7 @@ impl Supervisor {
                     Ok(p) => *live = Some(p),
                     Err(e) => {
                         let reason = scrub(&e.to_string(), self.camera.credentials.as_ref());
-                        let command = machine.failure(Instant::now(), reason, self.jitter_peek());
+                        let command = machine.failure(Instant::now(), reason, self.jitter.unit());
                         if command == Command::TearDown {
                             *live = None;
                         }
@@ -344,7 +351,14 @@ impl Supervisor {
         }
     }
 
-    fn start_pipeline(&self) -> Result<LivePipeline, IngestError> {
+    fn start_pipeline(&mut self) -> Result<LivePipeline, IngestError> {
+        let camera = Arc::new(self.settings.resolve()?);
+        self.camera = camera.clone();
+        self.ctx = Arc::new(PipelineContext {
+            camera,
+            ..(*self.ctx).clone()
+        });
+        pipeline::preflight(&self.ctx)?;
         let p = pipeline::build(&self.ctx)?;
         p.pipeline.set_state(gst::State::Playing).map_err(|_| {
             // The element that refused posted the reason on the bus.
@@ -406,17 +420,10 @@ impl Supervisor {
         }
     }
 
-    fn jitter_peek(&self) -> f64 {
-        // A build failure happens once per attempt; reuse the generator's
-        // current state rather than threading `&mut self` through `apply`.
-        self.jitter.peek()
-    }
-
     /// Logs, records and sends every transition — the one place that does, so
     /// logs, status and events never disagree.
     fn publish(&mut self, machine: &mut CameraMachine) {
         for t in machine.take_transitions() {
-            self.jitter.advance();
             self.emit(&t);
         }
     }
@@ -543,39 +550,5 @@ impl RateWindow {
             s.fps_out = (fps_out * 10.0).round() / 10.0;
         });
         *self = next;
-    }
-}
-
-/// splitmix64: enough randomness to de-synchronise cameras' retries without
-/// a dependency.
-struct Jitter(u64);
-
-impl Jitter {
-    fn seeded(camera: &str) -> Self {
-        let mut seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        for b in camera.bytes() {
-            seed = seed.rotate_left(5) ^ u64::from(b);
-        }
-        Jitter(seed)
-    }
-
-    fn advance(&mut self) {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn peek(&self) -> f64 {
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn unit(&mut self) -> f64 {
-        self.advance();
-        self.peek()
     }
 }

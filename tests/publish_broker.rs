@@ -306,3 +306,52 @@ fn every_qos_level_delivers_every_result_in_order() {
         );
     }
 }
+
+/// issue 13 item 8: two nodes with one node id (so one client id) knock
+/// each other off the broker; each notices that its connections are
+/// accepted and dropped again and says so, instead of only reconnecting.
+#[test]
+fn a_duplicate_client_id_is_detected_as_a_takeover() {
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let spool_a = tempfile::tempdir().expect("spool dir");
+    let spool_b = tempfile::tempdir().expect("spool dir");
+    let a = Publisher::start(
+        &mosquitto::test_settings(&broker.url(), spool_a.path()),
+        "edge-twin",
+    )
+    .expect("start");
+    let b = Publisher::start(
+        &mosquitto::test_settings(&broker.url(), spool_b.path()),
+        "edge-twin",
+    )
+    .expect("start");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let suspected = loop {
+        let (sa, sb) = (a.stats().snapshot(), b.stats().snapshot());
+        if sa.takeovers_suspected + sb.takeovers_suspected > 0 {
+            break (sa, sb);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no takeover noticed in 30 s: {sa:?} {sb:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        suspected.0.connects + suspected.1.connects >= 4,
+        "{suspected:?}"
+    );
+    b.shutdown(Duration::from_secs(2));
+    a.shutdown(Duration::from_secs(2));
+    // A node alone is never suspected: its connection stays up.
+    let spool_c = tempfile::tempdir().expect("spool dir");
+    let c = Publisher::start(
+        &mosquitto::test_settings(&broker.url(), spool_c.path()),
+        "edge-single",
+    )
+    .expect("start");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.stats().snapshot().takeovers_suspected, 0);
+    assert!(c.stats().snapshot().connected);
+    c.shutdown(Duration::from_secs(2));
+}

@@ -354,3 +354,32 @@ fn a_tensorrt_backend_without_tensorrt_fails_to_start_and_never_says_ready() {
         );
     }
 }
+
+/// issue 13 item 8: logs redirected to a file or a pipe carry no ANSI
+/// colour codes (they did: tracing-subscriber colours by default).
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let output = Command::new(env!("CARGO_BIN_EXE_florence-edge"))
+        .args([
+            "--log-format",
+            "text",
+            "--log",
+            "info",
+            "infer",
+            "--task",
+            "<OD>",
+        ])
+        .arg("--model")
+        .arg(daemon::model_dir())
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/images/landscape_640x480.png"),
+        )
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("INFO"), "some log lines: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no escape codes: {stderr:?}");
+}

@@ -374,7 +374,7 @@ fn mqtt_metrics(e: &mut DescriptorEncoder<'_>, p: &PublisherStats) -> fmt::Resul
         "1 while the broker connection is up.",
         u64::from(s.connected),
     )?;
-    let counters: [(&str, &str, u64); 9] = [
+    let counters: [(&str, &str, u64); 10] = [
         (
             "florence_edge_mqtt_connects_total",
             "Successful broker connections.",
@@ -384,6 +384,11 @@ fn mqtt_metrics(e: &mut DescriptorEncoder<'_>, p: &PublisherStats) -> fmt::Resul
             "florence_edge_mqtt_connection_failures_total",
             "Failed connection attempts and lost connections.",
             s.connection_failures,
+        ),
+        (
+            "florence_edge_mqtt_takeovers_suspected_total",
+            "Streaks of connections the broker dropped right after accepting them (a duplicate client id, most likely).",
+            s.takeovers_suspected,
         ),
         (
             "florence_edge_mqtt_results_published_total",

@@ -34,7 +34,16 @@ pub struct Retry {
     pub log: bool,
     /// A live connection was lost (as opposed to an attempt failing).
     pub was_connected: bool,
+    /// The broker accepted us and dropped us again, shortly, for the
+    /// [`TAKEOVER_STREAK`]-th time in a row: what a broker does when
+    /// another client connects with the same client id (MQTT 3.1.1 §3.1.4:
+    /// the server disconnects the existing client). Set once per streak.
+    pub takeover_suspected: bool,
 }
+
+/// Short-lived connections in a row (each accepted, each lost before
+/// `stable_after`) that make a duplicate client id the likely cause.
+pub const TAKEOVER_STREAK: u32 = 3;
 
 /// The connection's state and backoff together.
 #[derive(Clone, Debug)]
@@ -43,6 +52,8 @@ pub struct LinkState {
     backoff: Backoff,
     stable_after: Duration,
     consecutive_failures: u32,
+    /// Accepted connections in a row that did not last `stable_after`.
+    short_lived: u32,
 }
 
 impl LinkState {
@@ -53,6 +64,7 @@ impl LinkState {
             backoff: Backoff::new(policy.backoff, jitter),
             stable_after: policy.stable_after,
             consecutive_failures: 0,
+            short_lived: 0,
         }
     }
 
@@ -78,10 +90,17 @@ impl LinkState {
             Link::Connected { since } => {
                 if now.saturating_duration_since(*since) >= self.stable_after {
                     self.backoff.reset();
+                    self.short_lived = 0;
+                } else {
+                    self.short_lived = self.short_lived.saturating_add(1);
                 }
                 true
             }
-            _ => false,
+            // A refused attempt (broker down, bad login) is not a takeover.
+            _ => {
+                self.short_lived = 0;
+                false
+            }
         };
         let log = match &self.link {
             Link::Down { reason: previous } => previous != reason,
@@ -99,6 +118,7 @@ impl LinkState {
             attempt: self.consecutive_failures,
             log,
             was_connected,
+            takeover_suspected: was_connected && self.short_lived == TAKEOVER_STREAK,
         }
     }
 }
@@ -135,6 +155,41 @@ mod tests {
         let lost = state.failed(t0 + Duration::from_secs(1), "connection reset");
         assert!(lost.log && lost.was_connected);
         assert_eq!(lost.attempt, 1);
+    }
+
+    #[test]
+    fn connections_dropped_right_after_acceptance_suggest_a_duplicate_client_id() {
+        let mut t = Instant::now();
+        let mut state = LinkState::new(policy(), Jitter::new(5));
+        let mut suspected = Vec::new();
+        for _ in 0..5 {
+            state.connected(t);
+            t += Duration::from_secs(2);
+            suspected.push(
+                state
+                    .failed(t, "connection reset by peer")
+                    .takeover_suspected,
+            );
+        }
+        assert_eq!(
+            suspected,
+            [false, false, true, false, false],
+            "once per streak"
+        );
+        // A stable connection ends the streak; refused attempts never count.
+        state.connected(t);
+        t += Duration::from_secs(11);
+        assert!(!state.failed(t, "reset").takeover_suspected);
+        for _ in 0..5 {
+            assert!(!state.failed(t, "connection refused").takeover_suspected);
+        }
+        for _ in 0..2 {
+            state.connected(t);
+            t += Duration::from_secs(1);
+            assert!(!state.failed(t, "reset").takeover_suspected);
+        }
+        state.connected(t);
+        assert!(state.failed(t, "reset").takeover_suspected, "a new streak");
     }
 
     #[test]

@@ -145,6 +145,17 @@ impl Shell {
                     let retry = self.link.failed(Instant::now(), &reason);
                     self.stats.connection_failed(&reason);
                     let broker = format!("{}:{}", self.config.broker.host, self.config.broker.port);
+                    if retry.takeover_suspected {
+                        self.stats.takeover_suspected();
+                        tracing::error!(
+                            %broker,
+                            client_id = %self.config.client_id,
+                            "The broker accepted this connection and dropped it again, {} times in a row: \
+                             another client is probably connected with the same client id (two daemons with one [node] id?). \
+                             Give each node its own [node] id, or set mqtt.client_id.",
+                            super::connection::TAKEOVER_STREAK
+                        );
+                    }
                     if retry.log {
                         tracing::warn!(
                             %broker,

@@ -13,6 +13,7 @@ pub struct PublisherStats {
     connected: AtomicBool,
     connects: AtomicU64,
     connection_failures: AtomicU64,
+    takeovers_suspected: AtomicU64,
     results_published: AtomicU64,
     statuses_published: AtomicU64,
     snapshots_published: AtomicU64,
@@ -37,6 +38,9 @@ pub struct PublisherStatsSnapshot {
     pub connects: u64,
     /// Failed connection attempts and lost connections.
     pub connection_failures: u64,
+    /// Streaks of connections the broker dropped right after accepting them:
+    /// another client with the same client id, most likely.
+    pub takeovers_suspected: u64,
     /// Results the broker acknowledged (QoS 1/2) or that were written (QoS 0).
     pub results_published: u64,
     pub statuses_published: u64,
@@ -70,6 +74,7 @@ impl PublisherStats {
             connected: self.connected.load(Ordering::Relaxed),
             connects: get(&self.connects),
             connection_failures: get(&self.connection_failures),
+            takeovers_suspected: get(&self.takeovers_suspected),
             results_published: get(&self.results_published),
             statuses_published: get(&self.statuses_published),
             snapshots_published: get(&self.snapshots_published),
@@ -108,6 +113,10 @@ impl PublisherStats {
         if connected {
             self.connects.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn takeover_suspected(&self) {
+        self.takeovers_suspected.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn connection_failed(&self, reason: &str) {

@@ -416,3 +416,109 @@ fn an_http_source_streams_through_uridecodebin() {
     assert!(decoder.starts_with("decodebin: "), "{decoder}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// An MP4 of `seconds` at 10 fps, 160×120, made here.
+fn mp4_clip(path: &Path, seconds: u32) {
+    encode(
+        &format!(
+            "videotestsrc num-buffers={} pattern=ball ! video/x-raw,width=160,height=120,framerate=10/1 \
+             ! x264enc speed-preset=ultrafast key-int-max=10 ! h264parse ! mp4mux ! filesink location={{path}}",
+            seconds * 10
+        ),
+        path,
+    );
+}
+
+/// issue 13 item 4: a file plays at its own pace (it was decoded as fast as
+/// the machine could, the watchdog fired and only its first second was ever
+/// analysed), and without `loop` it ends as `ended`, not in a restart.
+#[test]
+fn a_file_plays_at_its_own_pace_and_then_is_ended() {
+    let dir = scratch_dir("pace");
+    let clip = dir.join("clip.mp4");
+    mp4_clip(&clip, 3);
+    let (ftx, frx, etx, erx) = channels();
+    let mut settings = camera("cam-file", file_url(&clip));
+    // Shorter than the clip: a file decoded at once and then silent would
+    // trip it; one that plays at its own pace never does.
+    settings.watchdog = Duration::from_millis(1500);
+    let started = Instant::now();
+    let cam = spawn_camera(&settings, ftx, etx).expect("camera starts");
+    let (ended, before) = wait_for_state(&erx, "cam-file", CameraState::Ended, BOUND)
+        .unwrap_or_else(|seen| panic!("never ended: {:?}", states(&seen)));
+    let played_for = started.elapsed();
+    assert_eq!(
+        states(&before),
+        [(CameraState::Starting, CameraState::Streaming, None)],
+        "no stall or restart on the way"
+    );
+    assert!(ended.reason.unwrap_or_default().contains("end of file"));
+    let pts: Vec<Duration> = frx.try_iter().filter_map(|f| f.pts).collect();
+    assert!(
+        pts.len() >= 25,
+        "every frame of the 3 s clip: {}",
+        pts.len()
+    );
+    assert!(
+        pts.last().copied().unwrap_or_default() >= Duration::from_millis(2800),
+        "the whole clip, not its first second: {pts:?}"
+    );
+    // Paced: 3 s of video take about 3 s (the clock cannot run fast).
+    assert!(
+        played_for >= Duration::from_millis(2500),
+        "a 3 s clip played in {played_for:?}"
+    );
+    // Ended means no retry: nothing happens after the watchdog period.
+    std::thread::sleep(Duration::from_millis(1800));
+    let status = cam.status();
+    assert_eq!((status.state, status.reconnects), (CameraState::Ended, 0));
+    assert!(erx.try_recv().is_err(), "no transition after ended");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `loop = true`: the file starts over at its end, in the same pipeline
+/// (no reconnect), and frames keep coming at the file's pace.
+#[test]
+fn a_looping_file_starts_over_without_a_reconnect() {
+    let dir = scratch_dir("loop");
+    let clip = dir.join("clip.mp4");
+    mp4_clip(&clip, 1);
+    let (ftx, frx, etx, erx) = channels();
+    let mut settings = camera("cam-loop", file_url(&clip));
+    settings.looping = true;
+    let cam = spawn_camera(&settings, ftx, etx).expect("camera starts");
+    wait_for_state(&erx, "cam-loop", CameraState::Streaming, BOUND)
+        .unwrap_or_else(|seen| panic!("never streaming: {:?}", states(&seen)));
+    let deadline = Instant::now() + BOUND;
+    let mut restarts = 0;
+    let mut last = None;
+    while restarts < 2 && Instant::now() < deadline {
+        if let Ok(f) = frx.recv_timeout(Duration::from_millis(200)) {
+            if let (Some(prev), Some(pts)) = (last, f.pts) {
+                if pts < prev {
+                    restarts += 1;
+                }
+            }
+            last = f.pts.or(last);
+        }
+    }
+    assert_eq!(restarts, 2, "the 1 s clip started over twice");
+    let status = cam.status();
+    assert_eq!(
+        (status.state, status.reconnects),
+        (CameraState::Streaming, 0)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `loop` is for files: on any other source it is a setting error.
+#[test]
+fn loop_on_a_live_source_is_refused() {
+    let mut settings = camera("cam-live-loop", "test://".into());
+    settings.looping = true;
+    let error = settings.check().expect_err("loop on test://").to_string();
+    assert!(
+        error.contains("`loop`") && error.contains("only a file:// camera can loop"),
+        "{error}"
+    );
+}

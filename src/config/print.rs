@@ -153,6 +153,7 @@ fn camera_table(c: &CameraConfig) -> Table {
         "keyframe_skipping".into(),
         Value::Boolean(s.keyframe_skipping),
     );
+    t.insert("loop".into(), Value::Boolean(s.looping));
     let mut r = match Value::try_from(s.backoff) {
         Ok(Value::Table(r)) => r,
         _ => Table::new(),

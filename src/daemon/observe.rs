@@ -118,12 +118,13 @@ pub struct DaemonView {
 /// Reads one counter from a camera's status.
 type CameraCounter = fn(&crate::ingest::CameraStatus) -> u64;
 
-const CAMERA_STATES: [(CameraState, &str); 5] = [
+const CAMERA_STATES: [(CameraState, &str); 6] = [
     (CameraState::Starting, "starting"),
     (CameraState::Streaming, "streaming"),
     (CameraState::Stalled, "stalled"),
     (CameraState::Reconnecting, "reconnecting"),
     (CameraState::Failed, "failed"),
+    (CameraState::Ended, "ended"),
 ];
 
 fn state_name(s: CameraState) -> &'static str {

@@ -277,7 +277,14 @@ fn build_tail(
     queue.set_property("max-size-buffers", 1u32);
     queue.set_property("max-size-bytes", 0u32);
     queue.set_property("max-size-time", 0u64);
-    queue.set_property_from_str("leaky", "downstream");
+    // A file plays at its own pace: the appsink syncs to the clock and the
+    // queue in front of it must pass that wait back to the decoder. Leaky,
+    // it dropped instead, and a 30 s file was decoded in 2 s (issue 13
+    // item 4). Live sources keep the leaky queue: the newest frame wins.
+    let paced = ctx.camera.source.is_file();
+    if !paced {
+        queue.set_property_from_str("leaky", "downstream");
+    }
     queue.set_property("silent", false);
     let counters = ctx.counters.clone();
     queue.connect("overrun", false, move |_| {
@@ -288,8 +295,8 @@ fn build_tail(
     let caps = gst::Caps::builder("video/x-raw")
         .field("format", ctx.output.gst_format())
         .build();
-    // A file plays at its own pace like a camera would; live sources hand
-    // frames over as soon as they are decoded.
+    // A file (and an http(s) clip) plays at its own pace like a camera
+    // would; live sources hand frames over as soon as they are decoded.
     let sync = matches!(ctx.camera.source, CameraSource::Uri { .. });
     let sink = gst_app::AppSink::builder()
         .name("frames")

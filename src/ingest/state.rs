@@ -29,6 +29,9 @@ pub enum CameraState {
     Reconnecting,
     /// Gave up (e.g. the retry limit was reached); needs an operator.
     Failed,
+    /// A `file://` camera played its file to the end and does not loop;
+    /// nothing more will come until it is restarted.
+    Ended,
 }
 
 impl CameraState {
@@ -39,6 +42,7 @@ impl CameraState {
             CameraState::Stalled => "stalled",
             CameraState::Reconnecting => "reconnecting",
             CameraState::Failed => "failed",
+            CameraState::Ended => "ended",
         }
     }
 }
@@ -134,9 +138,14 @@ impl CameraMachine {
         std::mem::take(&mut self.transitions)
     }
 
+    /// Whether the camera is done for good: `failed` or `ended`.
+    pub fn is_final(&self) -> bool {
+        matches!(self.state, CameraState::Failed | CameraState::Ended)
+    }
+
     /// A decoded frame arrived from the current pipeline.
     pub fn frame(&mut self, now: Instant) {
-        if !self.pipeline_up || self.state == CameraState::Failed {
+        if !self.pipeline_up || self.is_final() {
             return;
         }
         self.last_frame = Some(now);
@@ -149,16 +158,33 @@ impl CameraMachine {
     /// The current pipeline failed: an error or end-of-stream on the bus, or
     /// it could not be built. Returns `TearDown` unless nothing was running.
     pub fn failure(&mut self, now: Instant, reason: impl Into<String>, unit: f64) -> Command {
-        if !self.pipeline_up || self.state == CameraState::Failed {
+        if !self.pipeline_up || self.is_final() {
             return Command::Nothing;
         }
         self.fail(now, reason.into(), unit);
         Command::TearDown
     }
 
+    /// A file that does not loop reached its end: `ended`, no retry, no
+    /// watchdog. Returns `TearDown` unless nothing was running.
+    pub fn ended(&mut self) -> Command {
+        if !self.pipeline_up || self.is_final() {
+            return Command::Nothing;
+        }
+        self.pipeline_up = false;
+        self.last_frame = None;
+        self.retry_at = None;
+        self.push(
+            CameraState::Ended,
+            Some("end of file (loop = false)".into()),
+            None,
+        );
+        Command::TearDown
+    }
+
     /// Time passes: the watchdog, the startup timeout and the backoff timer.
     pub fn tick(&mut self, now: Instant, unit: f64) -> Command {
-        if self.state == CameraState::Failed {
+        if self.is_final() {
             return Command::Nothing;
         }
         if !self.pipeline_up {
@@ -344,6 +370,29 @@ mod tests {
     use super::*;
 
     const NO_JITTER: f64 = 0.5;
+
+    #[test]
+    fn a_file_that_ends_is_ended_and_never_retried_or_watched() {
+        let t0 = Instant::now();
+        let mut m = CameraMachine::new(policy(MaxAttempts::Unlimited), t0);
+        assert_eq!(m.tick(t0, NO_JITTER), Command::Build);
+        m.frame(t0 + ms(100));
+        assert_eq!(m.ended(), Command::TearDown);
+        assert_eq!(m.state(), CameraState::Ended);
+        assert_eq!(m.retry_at(), None);
+        // Long after the watchdog and any backoff: nothing happens.
+        for n in 1..50 {
+            assert_eq!(
+                m.tick(t0 + Duration::from_secs(n), NO_JITTER),
+                Command::Nothing
+            );
+        }
+        assert_eq!(m.failure(t0, "late bus error", NO_JITTER), Command::Nothing);
+        assert_eq!(m.ended(), Command::Nothing);
+        let to: Vec<_> = m.take_transitions().iter().map(|t| t.to).collect();
+        assert_eq!(to, [CameraState::Streaming, CameraState::Ended]);
+        assert_eq!(m.reconnects(), 0);
+    }
 
     fn policy(max_attempts: MaxAttempts) -> SupervisionPolicy {
         SupervisionPolicy {

@@ -262,6 +262,19 @@ pub fn spawn_camera(
     })
 }
 
+/// `loop = true`: back to the start of the file with a flushing seek (the
+/// running time restarts, so the file plays at its own pace again). A file
+/// that cannot seek (a raw elementary stream) fails the attempt instead,
+/// and the rebuild starts it from the beginning.
+fn rewind(pipeline: &gst::Pipeline) -> Result<(), String> {
+    pipeline
+        .seek_simple(
+            gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT,
+            gst::ClockTime::ZERO,
+        )
+        .map_err(|_| "end of file, and it cannot seek back to the start to loop".to_string())
+}
+
 struct Supervisor {
     settings: CameraSettings,
     /// As the latest build attempt resolved it (password read).
@@ -294,7 +307,18 @@ impl Supervisor {
                     .bus
                     .timed_pop(gst::ClockTime::from_nseconds(POLL.as_nanos() as u64));
                 while let Some(msg) = next {
-                    if let Some(reason) = self.inspect(&msg) {
+                    let end_of_file = matches!(msg.view(), gst::MessageView::Eos(_))
+                        && self.camera.source.is_file();
+                    let failure = if !end_of_file {
+                        self.inspect(&msg)
+                    } else if !self.settings.looping {
+                        let command = machine.ended();
+                        self.apply(command, &mut machine, &mut live);
+                        break;
+                    } else {
+                        rewind(&p.pipeline).err()
+                    };
+                    if let Some(reason) = failure {
                         let command = machine.failure(Instant::now(), reason, self.jitter.unit());
                         self.apply(command, &mut machine, &mut live);
                         break;
@@ -459,6 +483,9 @@ impl Supervisor {
             }
             CameraState::Failed => {
                 tracing::error!(camera = %id, attempt = t.attempt, reason = why, "Camera failed; giving up until restarted.")
+            }
+            CameraState::Ended => {
+                tracing::info!(camera = %id, "The file played to its end; the camera is ended (loop = false).")
             }
             CameraState::Starting => tracing::info!(camera = %id, "Camera starting."),
         }

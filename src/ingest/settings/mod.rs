@@ -156,6 +156,9 @@ pub struct CameraSettings {
     pub max_attempts: MaxAttempts,
     /// Decode only keyframes when the analysis rate is below the keyframe rate.
     pub keyframe_skipping: bool,
+    /// `loop`, for `file://` cameras only: at the end of the file, start it
+    /// again (`true`) or go to `ended` (`false`, the default).
+    pub looping: bool,
 }
 
 impl fmt::Debug for CameraSettings {
@@ -175,6 +178,7 @@ impl fmt::Debug for CameraSettings {
             .field("backoff", &self.backoff)
             .field("max_attempts", &self.max_attempts)
             .field("keyframe_skipping", &self.keyframe_skipping)
+            .field("looping", &self.looping)
             .finish()
     }
 }
@@ -200,13 +204,14 @@ impl CameraSettings {
             backoff: DEFAULT_RECONNECT,
             max_attempts: MaxAttempts::Unlimited,
             keyframe_skipping: true,
+            looping: false,
         }
     }
 
     /// Reads the stream keys of a `[[cameras]]` table (`f`, at key path
     /// `path`): `url`, `username`, `password`/`password_file`, `transport`,
     /// `latency_ms`, `decoder`, `watchdog`, `startup_timeout`,
-    /// `keyframe_skipping`, `reconnect`. Types are checked here, values by
+    /// `keyframe_skipping`, `loop`, `reconnect`. Types are checked here, values by
     /// [`CameraSettings::check`], which the caller runs once the camera's
     /// analysis rate is known. `None` when a key is unusable (reported).
     pub(crate) fn from_section(
@@ -251,6 +256,7 @@ impl CameraSettings {
             duration_at_least(v, MIN_TIMEOUT)
         });
         let keyframe_skipping = f.or("keyframe_skipping", d.keyframe_skipping, errors, boolean);
+        let looping = f.or("loop", d.looping, errors, boolean);
         let reconnect = f.table("reconnect", errors).map(|mut r| {
             let backoff = BackoffPolicy::read(&mut r, d.backoff, errors);
             let max_attempts = r.or("max_attempts", 0, errors, |v| {
@@ -275,6 +281,7 @@ impl CameraSettings {
             backoff,
             max_attempts,
             keyframe_skipping,
+            looping,
             ..d
         })
     }
@@ -384,6 +391,12 @@ impl CameraSettings {
             }
             (None, from_url) => from_url,
         };
+        if self.looping && !source.is_file() {
+            return Err(invalid(
+                "loop",
+                "only a file:// camera can loop; allowed: loop = true with a file:// url, or leave it out".into(),
+            ));
+        }
         if credentials.is_some() && !matches!(source, CameraSource::Rtsp { .. }) {
             return Err(invalid(
                 "username",
@@ -476,6 +489,12 @@ const TEST_KEYS: &[&str] = &["pattern", "width", "height", "fps"];
 const CSI_KEYS: &[&str] = &["width", "height", "fps"];
 
 impl CameraSource {
+    /// A `file://` source: it has an end, plays at its own pace and may
+    /// loop (an `http(s)://` one is treated as a live stream).
+    pub fn is_file(&self) -> bool {
+        matches!(self, CameraSource::Uri { uri } if uri.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("file://")))
+    }
+
     /// Parses a URL without credentials (the `url` crate, as for redaction);
     /// the error says what is wrong with it and what is allowed.
     pub fn parse(text: &str) -> Result<CameraSource, String> {

@@ -372,9 +372,11 @@ impl Pipeline {
     }
 
     /// The prompt for `req` on a `width`×`height` frame, tokenized: the
-    /// text, checked against what the task takes and, on TensorRT,
-    /// against the engines' longest prompt. The daemon refuses an item
-    /// whose request fails here on its own, before batching it.
+    /// text, checked against what the task takes, against the model's
+    /// position embeddings (image tokens + prompt, see
+    /// [`crate::florence2::SequenceLimit`]) and, on TensorRT, against the
+    /// engines' longest prompt. The daemon refuses an item whose request
+    /// fails here on its own, before batching it.
     pub fn prompt_ids(
         &self,
         req: &TaskRequest,
@@ -384,6 +386,9 @@ impl Pipeline {
         let input = req.prompt_input(width, height)?;
         let prompt = req.task.prompt(input.as_deref());
         let ids = self.model.tokenizer.encode_prompt(&prompt)?;
+        if let Some(limit) = &self.model.sequence_limit {
+            limit.check(req.task, ids.len())?;
+        }
         check_prompt_length(req.task, ids.len(), self.max_prompt_tokens)?;
         Ok((prompt, input, ids))
     }

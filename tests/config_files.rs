@@ -263,3 +263,50 @@ fn scheduler_and_batcher_follow_the_demo_config() {
         "max_wait_ms 20"
     );
 }
+
+/// `validate` counts each configured prompt in tokens against what the
+/// model takes (image tokens + prompt ≤ its position embeddings): a text
+/// under the character limit can still be far too long.
+#[test]
+fn validate_refuses_a_prompt_too_long_for_the_model_naming_key_and_limit() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-florence2");
+    // 150 words, 599 characters: each word is several tokens of the tiny
+    // vocabulary.
+    let long = vec!["qzx"; 150].join(" ");
+    assert!(long.chars().count() < 1000);
+    let tokenizer = florence_edge::florence2::tokenizer::FlorenceTokenizer::from_dir(&model)
+        .expect("the tiny tokenizer");
+    let tokens = tokenizer
+        .encode_prompt(&Task::OpenVocabularyDetection.prompt(Some(&long)))
+        .expect("encodes")
+        .len();
+    assert!(tokens > 447, "{tokens}");
+    let text = format!(
+        "[model]\ndir = {model:?}\n\
+         [[cameras]]\nid = \"innocent\"\nurl = \"test://\"\ntasks = [{{ task = \"<OD>\", every = \"1s\" }}]\n\
+         [[cameras]]\nid = \"longtext\"\nurl = \"test://\"\ntasks = [\n  {{ task = \"<CAPTION>\", every = \"1s\" }},\n  \
+         {{ task = \"<OPEN_VOCABULARY_DETECTION>\", text = \"{long}\", every = \"1s\" }},\n  \
+         {{ task = \"<OPEN_VOCABULARY_DETECTION>\", text = \"a person\", every = \"1s\" }},\n]\n",
+        model = model.display().to_string(),
+    );
+    let path = dir.path().join("long.toml");
+    std::fs::write(&path, &text).expect("written");
+    assert!(
+        config::validate(&path, false).is_empty(),
+        "the file itself is valid; the model refuses it"
+    );
+    let lines = config::validate(&path, true);
+    assert_eq!(
+        lines,
+        [format!(
+            "{}: cameras[1].tasks[1].text: the <OPEN_VOCABULARY_DETECTION> prompt is {tokens} tokens \
+             (allowed: at most 447 tokens with this model (image tokens 577 + prompt ≤ \
+             max_position_embeddings 1024))",
+            path.display()
+        )]
+    );
+    // The same file with a short text passes.
+    std::fs::write(&path, text.replace(&long, "a helmet")).expect("written");
+    assert_eq!(config::validate(&path, true), Vec::<String>::new());
+}

@@ -21,15 +21,22 @@ use florence_edge::florence2::Task;
 use florence_edge::ingest::{self, CameraSettings};
 use florence_edge::pipeline::{Pipeline, TaskRequest};
 use florence_edge::preprocess::RgbFrame;
-use florence_edge::publish::ResultPayload as AnalysisResult;
+use florence_edge::publish::{CameraStatusPayload, ResultPayload as AnalysisResult};
 use rtsp::{Encoding, RtspTestServer, StreamSpec};
 
 #[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<AnalysisResult>>>);
+struct Collect(
+    Arc<Mutex<Vec<AnalysisResult>>>,
+    Arc<Mutex<Vec<CameraStatusPayload>>>,
+);
 
 impl ResultSink for Collect {
     fn result(&mut self, result: &AnalysisResult) {
         self.0.lock().unwrap().push(result.clone());
+    }
+
+    fn camera_status(&mut self, status: &CameraStatusPayload) {
+        self.1.lock().unwrap().push(status.clone());
     }
 }
 
@@ -395,4 +402,117 @@ tasks = [{ task = "<OD>", every = "300ms" }]
     );
     daemon.shutdown();
     daemon.wait().unwrap();
+}
+
+/// The bug report of issue 13: camera `longtext` asks for an
+/// open-vocabulary detection whose text is under the 1000-character limit
+/// but, in tokens, past what the model's position embeddings take with the
+/// image tokens; camera `innocent` asks for `<OD>`. The configuration is
+/// loaded without `validate`'s model checks (which, like start-up and a
+/// reload, refuse it), as a file edited under a running daemon could be
+/// before any check. The long prompt fails alone, before batching; `innocent` gets its
+/// results; `longtext`'s task is paused longer after each failure, so its
+/// failures stop piling up; metrics and the camera status name it.
+#[test]
+fn a_prompt_too_long_for_the_model_fails_alone_and_its_task_backs_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = vec!["qzx"; 150].join(" ");
+    assert!(long.chars().count() < 1000);
+    let path = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[[cameras]]
+id = "innocent"
+url = "test://?pattern=ball&width=160&height=120&fps=10"
+tasks = [{{ task = "<OD>", every = "500ms" }}]
+
+[[cameras]]
+id = "longtext"
+url = "test://?pattern=smpte&width=160&height=120&fps=10"
+tasks = [{{ task = "<OPEN_VOCABULARY_DETECTION>", text = "{long}", every = "500ms" }}]
+"#
+        ),
+    );
+    let config = florence_edge::config::load(&path).expect("the file itself is valid");
+    let sink = Collect::default();
+    let daemon = Daemon::start(config, Box::new(sink.clone())).unwrap();
+    let key = (
+        "longtext".to_string(),
+        "<OPEN_VOCABULARY_DETECTION>".to_string(),
+        "prompt_too_long",
+    );
+    let failures = |daemon: &Daemon| daemon.stats().job_errors.get(&key).copied().unwrap_or(0);
+    daemon::wait_until("the first refused job", Duration::from_secs(20), || {
+        failures(&daemon) >= 1
+    });
+    // Paused 2 s after the first failure, 4 s after the second: at most 3
+    // failures in the next 7 s, where its period alone would make 14.
+    std::thread::sleep(Duration::from_secs(7));
+    let stats = daemon.stats();
+    let (code, metrics) = daemon::http_get(daemon.http_addr().unwrap(), "/metrics", None);
+    daemon.shutdown();
+    daemon.wait().unwrap();
+    let results = sink.0.lock().unwrap().clone();
+    let statuses = sink.1.lock().unwrap().clone();
+    let got = counts(&results);
+    eprintln!("{got:?}\n{stats:?}");
+
+    let failed = stats.job_errors.get(&key).copied().unwrap_or(0);
+    assert!(
+        (2..=3).contains(&failed),
+        "retried after its pause, and only then: {failed} failures; {stats:?}"
+    );
+    assert_eq!(
+        stats.job_errors.len(),
+        1,
+        "only the long prompt fails: {stats:?}"
+    );
+    assert_eq!(stats.failed_jobs, failed);
+    assert_eq!(
+        stats
+            .task_backoffs
+            .get(&(key.0.clone(), key.1.clone()))
+            .copied(),
+        Some(failed),
+        "one pause per failure in a row"
+    );
+    let innocent = got
+        .get(&("innocent".to_string(), "<OD>".to_string()))
+        .copied()
+        .unwrap_or(0);
+    assert!(innocent >= 4, "innocent publishes: {got:?}");
+    assert_eq!(got.len(), 1, "no result for the long prompt: {got:?}");
+
+    assert_eq!(code, 200);
+    let line = format!(
+        "florence_edge_job_errors_total{{camera=\"longtext\",task=\"<OPEN_VOCABULARY_DETECTION>\",reason=\"prompt_too_long\"}} {failed}"
+    );
+    assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "florence_edge_task_backoffs_total{camera=\"longtext\",task=\"<OPEN_VOCABULARY_DETECTION>\"}"
+        )),
+        "{metrics}"
+    );
+
+    // The camera's status names the task, the token count and the limit.
+    let error = statuses
+        .iter()
+        .filter(|s| s.camera == "longtext")
+        .find_map(|s| s.last_error.clone())
+        .expect("a longtext status with the task's error");
+    assert!(
+        error.starts_with("task <OPEN_VOCABULARY_DETECTION>: ")
+            && error.contains(" tokens; allowed: at most 447 tokens with this model")
+            && error.contains("max_position_embeddings 1024"),
+        "{error}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .filter(|s| s.camera == "innocent")
+            .all(|s| s.last_error.is_none()),
+        "{statuses:?}"
+    );
 }

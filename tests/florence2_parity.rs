@@ -529,3 +529,102 @@ fn the_cpu_build_refuses_tensorrt_with_a_clear_message() {
         "{err}"
     );
 }
+
+/// An `<OPEN_VOCABULARY_DETECTION>` request for `words` words of text
+/// (" a" is one token of the tiny vocabulary: one word, one token).
+fn vocabulary_request(words: usize) -> TaskRequest {
+    TaskRequest {
+        task: Task::OpenVocabularyDetection,
+        text: Some(vec!["a"; words].join(" ")),
+        region: None,
+    }
+}
+
+/// The encoder reads the image tokens and then the prompt's, all on the
+/// language model's position embeddings: a prompt is refused before the
+/// model sees it exactly when the model itself could not take it.
+#[test]
+fn prompts_past_the_position_embeddings_are_refused_exactly_where_the_model_fails() {
+    let mut engine = load(DecoderLayout::Split);
+    let limit = engine
+        .model
+        .sequence_limit
+        .expect("the tiny model declares its limit");
+    assert_eq!((limit.image_tokens, limit.max_positions), (577, 1024));
+    let max = limit.max_prompt_tokens();
+    assert_eq!(max, 447);
+    let tokens = |engine: &Pipeline, words: usize| {
+        let req = vocabulary_request(words);
+        let prompt = req.task.prompt(req.text.as_deref());
+        engine.model.tokenizer.encode_prompt(&prompt).unwrap().len()
+    };
+    // The number of words whose prompt is exactly the longest allowed.
+    let at_limit = (1..max)
+        .find(|&w| tokens(&engine, w) == max)
+        .expect("a prompt of exactly the limit");
+    assert_eq!(tokens(&engine, at_limit + 1), max + 1);
+
+    let (w, h) = (64u32, 48u32);
+    let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
+    let frame = RgbFrame::packed(w, h, &rgb).unwrap();
+    let (_, _, ids) = engine
+        .prompt_ids(&vocabulary_request(at_limit), w, h)
+        .expect("a prompt at the limit is accepted");
+    assert_eq!(ids.len(), max);
+    let e = engine
+        .prompt_ids(&vocabulary_request(at_limit + 1), w, h)
+        .unwrap_err();
+    assert!(
+        matches!(e, florence_edge::florence2::ModelError::PromptTooLong { tokens, .. } if tokens == max + 1),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("<OPEN_VOCABULARY_DETECTION>")
+            && msg.contains("448 tokens")
+            && msg.contains("at most 447")
+            && msg.contains("max_position_embeddings 1024"),
+        "{msg}"
+    );
+    // A short prompt goes through as before.
+    assert!(engine.prompt_ids(&vocabulary_request(3), w, h).is_ok());
+    let decoding = Decoding {
+        strategy: Strategy::Greedy,
+        max_new_tokens: 2,
+    };
+    // A batch holding the refused item fails up front, naming it …
+    let e = engine
+        .run(
+            &[
+                (frame, TaskRequest::new(Task::ObjectDetection)),
+                (frame, vocabulary_request(at_limit + 1)),
+            ],
+            decoding,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("448 tokens"), "{e}");
+    // … while the longest allowed prompt runs.
+    let out = engine
+        .run(&[(frame, vocabulary_request(at_limit))], decoding)
+        .expect("the longest allowed prompt runs");
+    assert_eq!(out.len(), 1);
+    // One token more is past the embedding table: the model itself fails
+    // (the check is not stricter than the model).
+    let mut over = ids.clone();
+    over.insert(1, over[1]);
+    let pixels = vec![0.0f32; 3 * 768 * 768];
+    let e = engine
+        .model
+        .generate_shared(
+            florence_edge::florence2::Pixels::Host {
+                values: &pixels,
+                shape: [1, 3, 768, 768],
+            },
+            &[0],
+            &[over],
+            Strategy::Greedy,
+            2,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("encoder"), "{e}");
+}

@@ -28,7 +28,8 @@ pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Identifiers that end up in MQTT topics and metric labels.
 const ID_ALLOWED: &str = "1 to 64 characters of A-Z a-z 0-9 _ -";
 
-/// Longest free-text task input; the prompt has to fit the encoder.
+/// Longest free-text task input. The prompt has to fit the encoder too,
+/// which is counted in tokens against the model (`plan::prompt_problems`).
 const MAX_TEXT_CHARS: usize = 1000;
 
 pub(super) fn compile(

@@ -4,14 +4,17 @@
 //! [`super::load`] checks the file itself; [`plan`] checks it against the
 //! machine it will run on, reading every file it names the way the stages
 //! read them when they start (the publisher's password and TLS files, the
-//! cameras' password files, the HTTP token, the model directory). A file
+//! cameras' password files, the HTTP token, the model directory, whose
+//! tokenizer and limits the configured prompts are counted against). A file
 //! that `validate` accepts can then fail in `run` only for reasons outside
 //! it — a camera down, a broker away, a GPU missing — and those are
 //! reported by the stages as such, not as configuration errors.
 
 use std::path::Path;
 
-use super::{Config, ConfigError, DecoderLayout, Strategy};
+use super::{Config, ConfigError, DecoderLayout, Strategy, TaskArgument};
+use crate::florence2::tokenizer::FlorenceTokenizer;
+use crate::florence2::SequenceLimit;
 use crate::ingest::{DecoderChoice, IngestError};
 use crate::publish::PublisherConfig;
 use crate::runtime::engines::{
@@ -94,10 +97,66 @@ pub fn plan(config: Config) -> Result<Plan, Vec<ConfigError>> {
             Err(other) => report(format!("cameras[{i}].url"), other.to_string()),
         }
     }
+    errors.extend(prompt_problems(&config, &file));
     match publisher {
         Some(publisher) if errors.is_empty() => Ok(Plan { config, publisher }),
         _ => Err(errors),
     }
+}
+
+/// The enabled cameras' prompts against the model's sequence limit, in
+/// tokens, the way the daemon checks each job before batching it
+/// (`Pipeline::prompt_ids`): image tokens + prompt tokens must fit the
+/// position embeddings config.json declares. Checked when the model
+/// directory has tokenizer.json and config.json (otherwise the model load
+/// reports what is missing); a file there that does not read is a
+/// `model.dir` problem, as it would stop `run`.
+fn prompt_problems(config: &Config, file: &str) -> Vec<ConfigError> {
+    let dir = &config.model.dir;
+    if !dir.join("tokenizer.json").is_file() || !dir.join("config.json").is_file() {
+        return Vec::new();
+    }
+    let invalid = |key: String, problem: String, allowed: Option<String>| ConfigError::Invalid {
+        origin: file.to_string(),
+        key,
+        problem,
+        allowed,
+    };
+    let limit = match SequenceLimit::from_dir(dir) {
+        Ok(Some(limit)) => limit,
+        Ok(None) => return Vec::new(),
+        Err(e) => return vec![invalid("model.dir".into(), e.to_string(), None)],
+    };
+    let tokenizer = match FlorenceTokenizer::from_dir(dir) {
+        Ok(t) => t,
+        Err(e) => return vec![invalid("model.dir".into(), e.to_string(), None)],
+    };
+    // Every `<loc_N>` is one token, so any bins count the same.
+    let region = "<loc_0>".repeat(4);
+    let mut errors = Vec::new();
+    for (i, camera) in config.cameras.iter().enumerate() {
+        if !camera.enabled {
+            continue;
+        }
+        for (j, t) in camera.tasks.iter().enumerate() {
+            let (field, input) = match &t.argument {
+                TaskArgument::None => ("task", None),
+                TaskArgument::Text(text) => ("text", Some(&**text)),
+                TaskArgument::Region(_) => ("region", Some(region.as_str())),
+            };
+            let key = format!("cameras[{i}].tasks[{j}].{field}");
+            match tokenizer.encode_prompt(&t.task.prompt(input)) {
+                Ok(ids) if ids.len() > limit.max_prompt_tokens() => errors.push(invalid(
+                    key,
+                    format!("the {} prompt is {} tokens", t.task, ids.len()),
+                    Some(limit.allowed()),
+                )),
+                Ok(_) => {}
+                Err(e) => errors.push(invalid(key, e.to_string(), None)),
+            }
+        }
+    }
+    errors
 }
 
 impl Config {

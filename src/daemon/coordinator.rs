@@ -25,11 +25,26 @@ pub(super) struct Coordinator {
     /// The configuration in effect (sections a reload cannot change keep
     /// their running values).
     pub(super) config: Config,
+    /// The error of each task paused after failures, until it succeeds:
+    /// its camera's status carries it as `last_error`.
+    pub(super) task_errors: BTreeMap<Arc<JobKey>, String>,
 }
 
 impl Coordinator {
     pub(super) fn publish_status(&self, status: &CameraStatus) {
-        let payload = result::status_payload(&self.node, status);
+        let mut payload = result::status_payload(&self.node, status);
+        // While the stream is up, a paused task's error is the news; a
+        // stream that is down says why itself.
+        if status.state == ingest::CameraState::Streaming {
+            if let Some(error) = self
+                .task_errors
+                .iter()
+                .find(|(key, _)| *key.camera == *status.camera && self.scheduler.has_task(key))
+                .map(|(_, error)| error)
+            {
+                payload.last_error = Some(error.clone());
+            }
+        }
         {
             let mut sink = crate::sync::lock(&self.sink);
             sink.camera_status(&payload);
@@ -72,6 +87,64 @@ impl Coordinator {
         Ok(())
     }
 
+    /// A finished batch's jobs: a failure pauses its task (longer after
+    /// each failure in a row) and drops its waiting job, so it does not
+    /// fail again next to other cameras' jobs every period; a success ends
+    /// the pause. Logged and counted once per change.
+    fn job_outcomes(&mut self, outcomes: Vec<JobOutcome>, now: Instant) {
+        use crate::schedule::BackoffChange;
+        for outcome in outcomes {
+            let key = outcome.key;
+            let camera = key.camera.to_string();
+            let task = key.task.token();
+            let change = match &outcome.error {
+                Some(_) => self.scheduler.job_failed(&key, now),
+                None => self.scheduler.job_succeeded(&key),
+            };
+            match (change, outcome.error) {
+                (Some(BackoffChange::BackedOff { failures, retry_in }), Some(error)) => {
+                    let dropped = self.batcher.remove_key(&key).is_some();
+                    tracing::warn!(
+                        camera,
+                        task,
+                        failures,
+                        retry_in_s = retry_in.as_secs_f64(),
+                        waiting_job_dropped = dropped,
+                        error = %error,
+                        "Job failed; its task is paused, longer after each failure in a row."
+                    );
+                    {
+                        let mut st = crate::sync::lock(&self.stats);
+                        *st.task_backoffs
+                            .entry((camera.clone(), task.to_string()))
+                            .or_insert(0) += 1;
+                    }
+                    self.task_errors
+                        .insert(key, format!("task {task}: {error}"));
+                    self.publish_camera_status(&camera);
+                }
+                (Some(BackoffChange::Recovered { failures }), None) => {
+                    tracing::info!(
+                        camera,
+                        task,
+                        failures,
+                        "Task succeeded again after failures; back to its period."
+                    );
+                    if self.task_errors.remove(&key).is_some() {
+                        self.publish_camera_status(&camera);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn publish_camera_status(&self, camera: &str) {
+        if let Some(cam) = self.cameras.get(camera) {
+            self.publish_status(&cam.status());
+        }
+    }
+
     /// Stops a camera: its pipeline, its schedule, its waiting jobs and its
     /// newest frame. With `forget`, it also leaves the registry.
     pub(super) fn stop_camera(&mut self, id: &str, forget: bool) {
@@ -79,6 +152,7 @@ impl Coordinator {
             handle.stop();
         }
         self.scheduler.remove_camera(id);
+        self.task_errors.retain(|key, _| &*key.camera != id);
         self.latest.remove(id);
         let dropped = self.batcher.remove_camera(id).len();
         if dropped > 0 {
@@ -146,9 +220,10 @@ impl Coordinator {
                     // the one place camera transitions are logged).
                     self.publish_status(&event.status);
                 }
-                Ok(Msg::BatchDone { jobs }) => {
+                Ok(Msg::BatchDone { jobs, outcomes }) => {
                     tracing::debug!(jobs, "Batch finished.");
                     self.model_busy = false;
+                    self.job_outcomes(outcomes, Instant::now());
                 }
                 Ok(Msg::Reload) => self.reload(),
                 Ok(Msg::Shutdown(why)) => break why,

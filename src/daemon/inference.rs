@@ -53,8 +53,10 @@ pub(super) fn inference_thread(
         }
         let dispatched = Instant::now();
         let n = batch.len();
+        let mut outcomes = Vec::with_capacity(n);
         // Items whose request does not fit their frame (a region outside a
-        // resized stream) are refused one by one, not with the batch.
+        // resized stream) or the model (a prompt too long for its position
+        // embeddings) are refused one by one, not with the batch.
         let mut items = Vec::with_capacity(n);
         let mut jobs = Vec::with_capacity(n);
         for job in &batch {
@@ -62,7 +64,7 @@ pub(super) fn inference_thread(
             let frame = match RgbFrame::new(f.width, f.height, f.stride, &f.data) {
                 Ok(fr) => fr,
                 Err(e) => {
-                    tracing::error!(camera = %job.key.camera, task = %job.key.task, error = %e, "Frame refused; no result for this job.");
+                    job_failed(&ctx, job, "frame", e.to_string(), &mut outcomes);
                     continue;
                 }
             };
@@ -72,57 +74,90 @@ pub(super) fn inference_thread(
                 region: job.key.argument.region_pixels(),
             };
             if let Err(e) = engine.prompt_ids(&req, f.width, f.height) {
-                tracing::error!(camera = %job.key.camera, task = %job.key.task, error = %e, "Task input does not fit the frame or the engines; no result for this job.");
+                let reason = match e {
+                    crate::florence2::ModelError::PromptTooLong { .. } => "prompt_too_long",
+                    _ => "input",
+                };
+                job_failed(&ctx, job, reason, e.to_string(), &mut outcomes);
                 continue;
             }
             items.push((frame, req));
             jobs.push(job);
         }
-        let jobs_len = jobs.len();
-        let mut items_ok = false;
-        if !items.is_empty() {
-            match engine.run(&items, ctx.decoding) {
-                Ok(results) => {
-                    items_ok = true;
-                    for (job, r) in jobs.iter().zip(results) {
-                        let seq = result_seq
-                            .entry((job.key.camera.clone(), job.key.task))
-                            .or_insert(0);
-                        *seq += 1;
-                        let out =
-                            result::result_payload(&ctx.node, &info, job, r, *seq, dispatched);
-                        {
-                            let mut sink = crate::sync::lock(&sink);
-                            sink.result_with_frame(&out, &job.frame);
-                        }
-                        let end_to_end = SystemTime::now()
-                            .duration_since(job.frame.captured_at)
-                            .map_or(0.0, |d| d.as_secs_f64());
-                        {
-                            let mut st = crate::sync::lock(&ctx.stats);
-                            let key = (out.camera.clone(), out.task.clone());
-                            st.latency
-                                .entry(key.clone())
-                                .or_default()
-                                .observe(&out.latency_ms, end_to_end);
-                            *st.results.entry(key).or_insert(0) += 1;
-                        }
-                    }
-                }
+        // A batch that fails is retried in halves: the job that fails is
+        // isolated and its neighbours still get their results.
+        let results = isolate::run_isolating(&items, &mut |part| {
+            ctx.liveness.batch_started();
+            engine.run(part, ctx.decoding)
+        });
+        for (job, r) in jobs.iter().zip(results) {
+            let r = match r {
+                Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(jobs = items.len(), error = %e, "Inference failed for a batch; its results are lost.");
+                    job_failed(&ctx, job, "inference", e.to_string(), &mut outcomes);
+                    continue;
                 }
+            };
+            outcomes.push(JobOutcome {
+                key: job.key.clone(),
+                error: None,
+            });
+            let seq = result_seq
+                .entry((job.key.camera.clone(), job.key.task))
+                .or_insert(0);
+            *seq += 1;
+            let out = result::result_payload(&ctx.node, &info, job, r, *seq, dispatched);
+            {
+                let mut sink = crate::sync::lock(&sink);
+                sink.result_with_frame(&out, &job.frame);
+            }
+            let end_to_end = SystemTime::now()
+                .duration_since(job.frame.captured_at)
+                .map_or(0.0, |d| d.as_secs_f64());
+            {
+                let mut st = crate::sync::lock(&ctx.stats);
+                let key = (out.camera.clone(), out.task.clone());
+                st.latency
+                    .entry(key.clone())
+                    .or_default()
+                    .observe(&out.latency_ms, end_to_end);
+                *st.results.entry(key).or_insert(0) += 1;
             }
         }
-        let produced = if items_ok { jobs_len } else { 0 };
         {
             let mut st = crate::sync::lock(&ctx.stats);
-            st.failed_jobs += (n - produced) as u64;
             st.postprocess_routes = engine.route_counts();
         }
         ctx.liveness.batch_finished();
-        if ctx.done.send(Msg::BatchDone { jobs: n }).is_err() {
+        if ctx.done.send(Msg::BatchDone { jobs: n, outcomes }).is_err() {
             break;
         }
     }
+}
+
+/// A job that produced no result: counted per camera, task and reason, and
+/// reported to the coordinator, which pauses its task and logs the error
+/// once per change (a paused task makes no job, so this is not per period).
+fn job_failed(
+    ctx: &InferenceContext,
+    job: &FrameJob,
+    reason: &'static str,
+    error: String,
+    outcomes: &mut Vec<JobOutcome>,
+) {
+    tracing::debug!(camera = %job.key.camera, task = %job.key.task, reason, error = %error, "No result for this job.");
+    {
+        let mut st = crate::sync::lock(&ctx.stats);
+        st.failed_jobs += 1;
+        let key = (
+            job.key.camera.to_string(),
+            job.key.task.token().to_string(),
+            reason,
+        );
+        *st.job_errors.entry(key).or_insert(0) += 1;
+    }
+    outcomes.push(JobOutcome {
+        key: job.key.clone(),
+        error: Some(error),
+    });
 }

@@ -10,6 +10,7 @@
 pub mod cameras;
 mod coordinator;
 mod inference;
+mod isolate;
 pub mod observe;
 pub mod reload;
 pub mod result;
@@ -28,7 +29,7 @@ use crate::ingest::{self, CameraEvent, CameraHandle, CameraStatus, Frame, Status
 use crate::pipeline::{Decoding, Pipeline, TaskRequest};
 use crate::preprocess::RgbFrame;
 use crate::runtime::Backend;
-use crate::schedule::{Batcher, Job, Scheduler, TaskSchedule};
+use crate::schedule::{Batcher, Job, JobKey, Scheduler, TaskSchedule};
 use crate::service::http::HttpServer;
 use crate::service::{Liveness, Notifier, Watchdog};
 
@@ -86,13 +87,22 @@ pub enum DaemonError {
 enum Msg {
     Frame(Frame),
     Event(CameraEvent),
-    /// The model finished a batch.
+    /// The model finished a batch: how each of its jobs ended.
     BatchDone {
         jobs: usize,
+        outcomes: Vec<JobOutcome>,
     },
     /// SIGHUP: re-read the configuration file.
     Reload,
     Shutdown(&'static str),
+}
+
+/// How one job of a finished batch ended; a failure pauses its task
+/// (`schedule::backoff`).
+struct JobOutcome {
+    key: Arc<JobKey>,
+    /// Why it produced no result; `None` when it did.
+    error: Option<String>,
 }
 
 /// How the daemon is run, beyond its configuration.
@@ -152,6 +162,14 @@ pub struct DaemonStats {
     pub results: BTreeMap<(String, String), u64>,
     /// Jobs that produced no result (refused input, failed batch).
     pub failed_jobs: u64,
+    /// The same, per (camera, task token, reason): `frame` (a frame the
+    /// model cannot take), `prompt_too_long` (the prompt and the image
+    /// tokens exceed the model's position embeddings), `input` (another
+    /// input the task refuses), `inference` (failed alone in the model).
+    pub job_errors: BTreeMap<(String, String, &'static str), u64>,
+    /// Times a (camera, task token) was paused after a failure (each
+    /// failure in a row pauses it longer).
+    pub task_backoffs: BTreeMap<(String, String), u64>,
     /// Reloads applied, and reloads rejected (invalid file: the running
     /// configuration stayed).
     pub reloads: u64,

@@ -244,6 +244,30 @@ impl DaemonView {
                 ([("camera", camera.as_str()), ("task", task.as_str())], *n)
             }),
         )?;
+        metrics::counters(
+            e,
+            "florence_edge_job_errors_total",
+            "Jobs that produced no result, per camera, task and reason (frame, prompt_too_long, \
+             input, inference); the task is then paused, longer after each failure in a row.",
+            st.job_errors.iter().map(|((camera, task, reason), n)| {
+                (
+                    [
+                        ("camera", camera.as_str()),
+                        ("task", task.as_str()),
+                        ("reason", *reason),
+                    ],
+                    *n,
+                )
+            }),
+        )?;
+        metrics::counters(
+            e,
+            "florence_edge_task_backoffs_total",
+            "Times a camera's task was paused after a failed job.",
+            st.task_backoffs.iter().map(|((camera, task), n)| {
+                ([("camera", camera.as_str()), ("task", task.as_str())], *n)
+            }),
+        )?;
         histograms(
             e,
             "florence_edge_stage_latency_seconds",

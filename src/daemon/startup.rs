@@ -185,6 +185,7 @@ impl Daemon {
             notifier: notifier.clone(),
             liveness: liveness.clone(),
             config: config.clone(),
+            task_errors: BTreeMap::new(),
         };
         for camera in config.cameras.iter().filter(|c| c.enabled) {
             coordinator.start_camera(camera, now)?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::ModelError;
+use super::{ModelError, Task};
 
 /// Generation settings as the reference reads them. Field names follow
 /// transformers' `GenerationConfig`.
@@ -219,6 +219,95 @@ impl Florence2Config {
     }
 }
 
+/// How long a prompt may be: the encoder reads the image tokens followed
+/// by the prompt's, and both share the language model's position
+/// embeddings, so `image_tokens + prompt tokens ≤ max_positions`. A longer
+/// sequence indexes past the embedding table and ONNX Runtime fails the
+/// whole batch (an out-of-bounds Gather), so prompts are checked against
+/// this before they are batched, and `validate` checks configured prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceLimit {
+    /// Tokens the vision encoder produces per image
+    /// (preprocessor_config.json `image_seq_length`, 577 for Florence-2).
+    pub image_tokens: usize,
+    /// config.json `text_config.max_position_embeddings` (1024 for
+    /// Florence-2).
+    pub max_positions: usize,
+}
+
+impl SequenceLimit {
+    /// Reads the limit from a model directory: `None` when config.json
+    /// declares no `max_position_embeddings` (nothing to check against) or
+    /// preprocessor_config.json no `image_seq_length`.
+    pub fn from_dir(dir: &Path) -> Result<Option<Self>, ModelError> {
+        let config_path = dir.join("config.json");
+        let cfg = read_json(&config_path)?;
+        let max_positions = match cfg
+            .get("text_config")
+            .and_then(|t| t.get("max_position_embeddings"))
+            .map(|v| (v, "text_config.max_position_embeddings"))
+            .or_else(|| {
+                cfg.get("max_position_embeddings")
+                    .map(|v| (v, "max_position_embeddings"))
+            }) {
+            None => return Ok(None),
+            Some((v, key)) => positive(v, &config_path, key)?,
+        };
+        let pre_path = dir.join("preprocessor_config.json");
+        if !pre_path.is_file() {
+            return Ok(None);
+        }
+        let pre = read_json(&pre_path)?;
+        let image_tokens = match pre.get("image_seq_length") {
+            None => return Ok(None),
+            Some(v) => positive(v, &pre_path, "image_seq_length")?,
+        };
+        Ok(Some(Self {
+            image_tokens,
+            max_positions,
+        }))
+    }
+
+    /// The longest prompt, BOS and EOS included, that fits.
+    pub fn max_prompt_tokens(&self) -> usize {
+        self.max_positions.saturating_sub(self.image_tokens)
+    }
+
+    /// What is allowed, as error messages say it.
+    pub fn allowed(&self) -> String {
+        format!(
+            "at most {} tokens with this model (image tokens {} + prompt ≤ \
+             max_position_embeddings {})",
+            self.max_prompt_tokens(),
+            self.image_tokens,
+            self.max_positions
+        )
+    }
+
+    /// A prompt of `tokens` tokens (BOS and EOS included) for `task`.
+    pub fn check(&self, task: Task, tokens: usize) -> Result<(), ModelError> {
+        if tokens > self.max_prompt_tokens() {
+            return Err(ModelError::PromptTooLong {
+                task,
+                tokens,
+                limit: *self,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn positive(v: &Value, path: &Path, key: &str) -> Result<usize, ModelError> {
+    v.as_u64()
+        .filter(|&n| n > 0)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| ModelError::Key {
+            path: path.to_path_buf(),
+            key: key.into(),
+            problem: format!("is {v}; expected a positive integer"),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +356,48 @@ mod tests {
         assert!(
             e.contains("generation_config.json")
                 && e.contains("text_config.decoder_start_token_id"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_sequence_limit_is_the_positions_left_after_the_image_tokens() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "config.json",
+            r#"{"model_type":"florence2","text_config":{"max_position_embeddings":1024}}"#,
+        );
+        // No preprocessor_config.json: nothing to check against.
+        assert_eq!(SequenceLimit::from_dir(d.path()).unwrap(), None);
+        write(
+            d.path(),
+            "preprocessor_config.json",
+            r#"{"image_seq_length":577}"#,
+        );
+        let limit = SequenceLimit::from_dir(d.path()).unwrap().unwrap();
+        assert_eq!(limit.max_prompt_tokens(), 447);
+        assert!(limit.check(Task::OpenVocabularyDetection, 447).is_ok());
+        let e = limit
+            .check(Task::OpenVocabularyDetection, 448)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("<OPEN_VOCABULARY_DETECTION>")
+                && e.contains("448 tokens")
+                && e.contains("at most 447")
+                && e.contains("image tokens 577")
+                && e.contains("max_position_embeddings 1024"),
+            "{e}"
+        );
+        write(
+            d.path(),
+            "preprocessor_config.json",
+            r#"{"image_seq_length":"many"}"#,
+        );
+        let e = SequenceLimit::from_dir(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("image_seq_length") && e.contains("\"many\""),
             "{e}"
         );
     }

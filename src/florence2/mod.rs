@@ -10,6 +10,7 @@ pub mod tokenizer;
 
 use std::path::PathBuf;
 
+pub use config::SequenceLimit;
 pub use generate::{Decoding, Strategy};
 pub use graphs::{DecoderLayout, Variant};
 pub use model::{Florence2, LoadOptions, Pixels, StageTimings};
@@ -43,6 +44,14 @@ pub enum ModelError {
     Region(String),
     #[error("invalid input: {0}")]
     Input(String),
+    /// The prompt and the image tokens do not fit the model's position
+    /// embeddings (see [`config::SequenceLimit`]).
+    #[error("the {task} prompt is {tokens} tokens; allowed: {}", limit.allowed())]
+    PromptTooLong {
+        task: Task,
+        tokens: usize,
+        limit: config::SequenceLimit,
+    },
     #[error("running {}: {reason}", path.display())]
     Run { path: PathBuf, reason: String },
     #[error(transparent)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ort::memory::Allocator;
 use ort::value::{DynValue, TensorElementType};
 
-use super::config::{Florence2Config, GenerationConfig};
+use super::config::{Florence2Config, GenerationConfig, SequenceLimit};
 use super::generate::{self, SearchConfig, Strategy};
 use super::graphs::{self, DecoderLayout, FloatType, Graph, Variant};
 use super::tokenizer::FlorenceTokenizer;
@@ -97,6 +97,9 @@ pub struct Florence2 {
     pub tokenizer: FlorenceTokenizer,
     pub generation: GenerationConfig,
     pub config: Florence2Config,
+    /// Image tokens + prompt tokens ≤ position embeddings; `None` when the
+    /// model directory does not declare them.
+    pub sequence_limit: Option<SequenceLimit>,
     vision: Graph,
     embed: Graph,
     encoder: Graph,

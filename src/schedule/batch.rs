@@ -26,7 +26,8 @@ pub struct BatchCounters {
     pub dispatched: u64,
     /// Overtaken by a newer job before dispatch.
     pub stale_skipped: u64,
-    /// Dropped because the camera was removed.
+    /// Dropped because the camera was removed or the task paused after a
+    /// failure.
     pub cancelled: u64,
 }
 
@@ -194,6 +195,20 @@ impl<F> Batcher<F> {
             self.counters.entry(job.key.clone()).or_default().cancelled += 1;
         }
         queue.into()
+    }
+
+    /// Drops the waiting job of one (camera, task), if any (its task was
+    /// paused after a failure: the job would fail next to the others).
+    pub fn remove_key(&mut self, key: &JobKey) -> Option<Job<F>> {
+        let queue = self.queues.get_mut(&key.camera)?;
+        let i = queue.iter().position(|j| *j.key == *key)?;
+        let job = queue.remove(i)?;
+        if queue.is_empty() {
+            self.queues.remove(&key.camera);
+        }
+        self.pending -= 1;
+        self.counters.entry(job.key.clone()).or_default().cancelled += 1;
+        Some(job)
     }
 
     /// Jobs waiting now; at most one per (camera, task).

@@ -8,6 +8,7 @@
 //! instants returned by their `next_deadline` methods. The rules are written
 //! down in `docs/SCHEDULING.md`.
 
+pub mod backoff;
 mod batch;
 #[allow(clippy::module_inception)]
 mod schedule;
@@ -16,6 +17,7 @@ pub mod task;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use backoff::BackoffChange;
 pub use batch::{BatchCounters, BatchStats, Batcher};
 pub use schedule::{ScheduleCounters, Scheduler};
 

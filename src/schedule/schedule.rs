@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::backoff::{BackoffChange, TaskBackoff};
 use super::{later, CameraId, Job, JobKey, ScheduleError, TaskSchedule, MAX_PERIOD};
 
 /// Counts of one (camera, task). `ticks == emitted + coalesced + owed` where
@@ -46,6 +47,8 @@ struct Slot {
     /// `arrival` of the frame the last job of this slot took.
     last_arrival: Option<u64>,
     counters: ScheduleCounters,
+    /// Failures in a row and the pause they impose (see `backoff`).
+    backoff: TaskBackoff,
 }
 
 impl Slot {
@@ -58,6 +61,7 @@ impl Slot {
             owed: None,
             last_arrival: None,
             counters: ScheduleCounters::default(),
+            backoff: TaskBackoff::default(),
         }
     }
 
@@ -208,6 +212,11 @@ impl Scheduler {
         for entry in self.cameras.values_mut() {
             for slot in &mut entry.slots {
                 slot.advance(now);
+                // A backed-off task keeps its debt (ticks coalesce into it)
+                // and is served on the newest frame when the pause ends.
+                if slot.backoff.blocks(now) {
+                    continue;
+                }
                 let (Some(due), Some(frame)) = (slot.owed, entry.newest) else {
                     continue;
                 };
@@ -237,8 +246,40 @@ impl Scheduler {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.cameras
             .values()
-            .flat_map(|c| c.slots.iter().map(|s| s.next_tick))
+            .flat_map(|c| {
+                c.slots
+                    .iter()
+                    .flat_map(|s| std::iter::once(s.next_tick).chain(s.backoff.until()))
+            })
             .min()
+    }
+
+    fn slot_mut(&mut self, key: &JobKey) -> Option<&mut Slot> {
+        self.cameras
+            .get_mut(&key.camera)?
+            .slots
+            .iter_mut()
+            .find(|s| *s.key == *key)
+    }
+
+    /// Whether `key` is one of the scheduled tasks.
+    pub fn has_task(&self, key: &JobKey) -> bool {
+        self.cameras
+            .get(&key.camera)
+            .is_some_and(|c| c.slots.iter().any(|s| *s.key == *key))
+    }
+
+    /// A job of `key` produced no result: the task is paused, longer after
+    /// each failure in a row (see the `backoff` module). `None` when the
+    /// task is no longer scheduled (a reload removed it meanwhile).
+    pub fn job_failed(&mut self, key: &JobKey, now: Instant) -> Option<BackoffChange> {
+        self.slot_mut(key).map(|s| s.backoff.failed(now))
+    }
+
+    /// A job of `key` produced its result; `Some` when that ends a run of
+    /// failures.
+    pub fn job_succeeded(&mut self, key: &JobKey) -> Option<BackoffChange> {
+        self.slot_mut(key).and_then(|s| s.backoff.succeeded())
     }
 
     /// Counters of every (camera, task), in key order.
@@ -331,6 +372,95 @@ mod tests {
             tasks_of(&s.poll(t0 + ms(2000))),
             [(Task::ObjectDetection, 7), (Task::Caption, 7)]
         );
+    }
+
+    #[test]
+    fn a_failing_task_is_paused_longer_per_failure_and_its_neighbour_is_not() {
+        use crate::schedule::backoff::{BackoffChange, FIRST_DELAY};
+        let t0 = Instant::now();
+        let mut s = one_camera(t0);
+        s.on_frame("cam", 1, t0).expect("known camera");
+        let jobs = s.poll(t0);
+        let od = jobs[0].key.clone();
+        assert_eq!(od.task, Task::ObjectDetection);
+        assert_eq!(
+            s.job_failed(&od, t0),
+            Some(BackoffChange::BackedOff {
+                failures: 1,
+                retry_in: FIRST_DELAY
+            })
+        );
+        assert_eq!(s.job_succeeded(&jobs[1].key), None);
+        // New frames every 100 ms. <OD> (every 500 ms) fails once more on
+        // its first retry, then succeeds; <CAPTION> (every 2 s) keeps its
+        // period throughout.
+        let (mut od_runs, mut caption_runs) = (Vec::new(), Vec::new());
+        for step in 1..=70u64 {
+            let now = t0 + ms(100 * step);
+            s.on_frame("cam", 1 + step, now).expect("known camera");
+            for job in s.poll(now) {
+                if job.key.task == Task::Caption {
+                    caption_runs.push(100 * step);
+                    continue;
+                }
+                od_runs.push(100 * step);
+                let change = if od_runs.len() == 1 {
+                    s.job_failed(&job.key, now)
+                } else {
+                    s.job_succeeded(&job.key)
+                };
+                let want = match od_runs.len() {
+                    1 => Some(BackoffChange::BackedOff {
+                        failures: 2,
+                        retry_in: FIRST_DELAY * 2,
+                    }),
+                    2 => Some(BackoffChange::Recovered { failures: 2 }),
+                    _ => None,
+                };
+                assert_eq!(change, want, "<OD> run {}", od_runs.len());
+            }
+        }
+        // Retried when the 2 s pause ended, then when the 4 s pause ended,
+        // then at its period again.
+        assert_eq!(od_runs, [2000, 6000, 6500, 7000]);
+        assert_eq!(caption_runs, [2000, 4000, 6000]);
+        let od_counters = s
+            .counters()
+            .into_iter()
+            .find(|(k, _)| k.task == Task::ObjectDetection)
+            .expect("<OD> counters")
+            .1;
+        assert_eq!(od_counters.emitted, 5);
+        let gone = JobKey {
+            camera: "gone".into(),
+            task: Task::Ocr,
+            argument: TaskArgument::None,
+        };
+        assert_eq!(s.job_failed(&gone, t0), None, "a task no longer scheduled");
+    }
+
+    #[test]
+    fn a_paused_task_that_owes_a_run_is_due_when_its_pause_ends() {
+        use crate::schedule::backoff::FIRST_DELAY;
+        let t0 = Instant::now();
+        let mut s = Scheduler::new([(CameraId::from("cam"), vec![task(Task::Ocr, 3000)])], t0)
+            .expect("valid schedule");
+        s.on_frame("cam", 1, t0).expect("known camera");
+        let key = s.poll(t0)[0].key.clone();
+        s.job_failed(&key, t0);
+        // Nothing owed during the first pause: the next tick is the deadline.
+        assert_eq!(s.next_deadline(), Some(t0 + FIRST_DELAY));
+        assert!(s.poll(t0 + FIRST_DELAY).is_empty());
+        assert_eq!(s.next_deadline(), Some(t0 + ms(3000)));
+        s.on_frame("cam", 2, t0 + ms(2500)).expect("known camera");
+        let job = s.poll(t0 + ms(3000));
+        assert_eq!(tasks_of(&job), [(Task::Ocr, 2)]);
+        s.job_failed(&key, t0 + ms(3000));
+        // The tick at 6 s is owed but paused until 7 s: due then, not at 9 s.
+        s.on_frame("cam", 3, t0 + ms(5000)).expect("known camera");
+        assert!(s.poll(t0 + ms(6000)).is_empty());
+        assert_eq!(s.next_deadline(), Some(t0 + ms(7000)));
+        assert_eq!(tasks_of(&s.poll(t0 + ms(7000))), [(Task::Ocr, 3)]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ort::value::TensorElementType;
 
 use super::{Florence2, KvLayer};
-use crate::florence2::config::{Florence2Config, GenerationConfig};
+use crate::florence2::config::{Florence2Config, GenerationConfig, SequenceLimit};
 use crate::florence2::graphs::{self, DecoderLayout, FloatType, Graph, GraphFiles, Variant, INT64};
 use crate::florence2::tokenizer::FlorenceTokenizer;
 use crate::florence2::ModelError;
@@ -129,6 +129,7 @@ impl Florence2 {
         // The graph contract, by name.
         let pixel_type = vision.require_float_input("pixel_values", 4)?;
         vision.require_float_output("image_features", 3)?;
+        let sequence_limit = sequence_limit(dir, vision.output("image_features"))?;
         let pixel_spec = vision.require_input("pixel_values", 4, graphs::FLOATS)?;
         let pixel_size = match (pixel_spec.dims[2], pixel_spec.dims[3]) {
             (h, w) if h > 0 && w > 0 => Some((h as usize, w as usize)),
@@ -239,6 +240,7 @@ impl Florence2 {
             tokenizer,
             generation,
             config,
+            sequence_limit,
             vision,
             embed,
             encoder,
@@ -257,4 +259,35 @@ impl Florence2 {
             placement,
         })
     }
+}
+
+/// The encoder's sequence bound from the model directory. Where the vision
+/// graph fixes how many tokens it produces per image, that number is the
+/// one the encoder sees, and it wins over preprocessor_config.json.
+fn sequence_limit(
+    dir: &Path,
+    image_features: Option<graphs::TensorSpec>,
+) -> Result<Option<SequenceLimit>, ModelError> {
+    let Some(mut limit) = SequenceLimit::from_dir(dir)? else {
+        tracing::warn!(
+            model = %dir.display(),
+            "config.json declares no max_position_embeddings or preprocessor_config.json no \
+             image_seq_length: prompt lengths are not checked before batching."
+        );
+        return Ok(None);
+    };
+    let fixed = image_features
+        .and_then(|spec| spec.dims.get(1).copied())
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n > 0);
+    if let Some(n) = fixed.filter(|&n| n != limit.image_tokens) {
+        tracing::warn!(
+            image_seq_length = limit.image_tokens,
+            graph_image_tokens = n,
+            "preprocessor_config.json's image_seq_length differs from the vision encoder's \
+             output; the graph's count is used for the prompt limit."
+        );
+        limit.image_tokens = n;
+    }
+    Ok(Some(limit))
 }

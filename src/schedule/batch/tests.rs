@@ -466,3 +466,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_waiting_job_of_a_paused_task_is_dropped_alone_and_counted() {
+    let t0 = Instant::now();
+    let mut b = Batcher::new(4, ms(40)).expect("valid");
+    b.push(job(1, "a", 0, t0), t0);
+    b.push(job(2, "a", 1, t0), t0);
+    b.push(job(3, "b", 0, t0), t0);
+    assert_eq!(b.remove_key(&key("a", 0)).map(|j| j.id), Some(1));
+    assert_eq!(b.remove_key(&key("a", 0)).map(|j| j.id), None);
+    assert_eq!(b.remove_key(&key("c", 0)).map(|j| j.id), None);
+    assert_eq!(b.len(), 2);
+    assert_eq!(b.counters(&key("a", 0)).cancelled, 1);
+    assert_eq!(b.remove_key(&key("b", 0)).map(|j| j.id), Some(3));
+    assert_eq!(b.flush().as_deref().map(ids), Some(vec![2]));
+    assert!(b.is_empty());
+    assert_eq!(b.next_deadline(), None);
+}

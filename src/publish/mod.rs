@@ -206,7 +206,9 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let topic = self.topics.camera_status(camera)?;
         let mut payload = payload.clone();
-        payload.last_error = payload.last_error.map(|e| payload::redact_credentials(&e));
+        payload.last_error = payload
+            .last_error
+            .map(|e| crate::settings::redact_text(&e, &[]));
         let json = serde_json::to_vec(&payload).map_err(|e| PublishError::Serialize {
             what: "camera status",
             reason: e.to_string(),

@@ -174,50 +174,9 @@ pub fn camera_status_schema() -> serde_json::Value {
     schemars::schema_for!(CameraStatusPayload).to_value()
 }
 
-/// Replaces the user-info part of every `scheme://user:password@host` in
-/// `text` with `***`, so an error message quoting a camera URL cannot put a
-/// password on the bus.
-pub fn redact_credentials(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let authority_end = tail
-            .find(|c: char| {
-                c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\''
-            })
-            .unwrap_or(tail.len());
-        let authority = &tail[..authority_end];
-        match authority.rfind('@') {
-            Some(at) => {
-                out.push_str("***");
-                out.push_str(&authority[at..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[authority_end..];
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn credentials_are_removed_from_urls_in_text() {
-        assert_eq!(
-            redact_credentials("rtsp://admin:s3cret@192.0.2.10:554/stream1 timed out"),
-            "rtsp://***@192.0.2.10:554/stream1 timed out"
-        );
-        assert_eq!(
-            redact_credentials("a http://h/x and rtsp://u:p@h and rtsp://h2"),
-            "a http://h/x and rtsp://***@h and rtsp://h2"
-        );
-        assert_eq!(redact_credentials("no url here"), "no url here");
-    }
 
     #[test]
     fn camera_state_is_lowercase_on_the_wire() {

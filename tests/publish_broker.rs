@@ -19,6 +19,7 @@ fn status(camera: &str, state: CameraState, last_error: Option<&str>) -> CameraS
     CameraStatusPayload {
         schema_version: STATUS_SCHEMA_VERSION,
         node: "edge-01".into(),
+        run_id: mosquitto::TEST_RUN_ID.into(),
         camera: camera.into(),
         state,
         fps_in: 25.0,

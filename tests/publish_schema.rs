@@ -46,6 +46,7 @@ pub fn status() -> CameraStatusPayload {
     CameraStatusPayload {
         schema_version: STATUS_SCHEMA_VERSION,
         node: "edge-01".into(),
+        run_id: mosquitto::TEST_RUN_ID.into(),
         camera: "front-door".into(),
         state: CameraState::Streaming,
         fps_in: 25.0,
@@ -91,6 +92,16 @@ fn every_result_shape_validates_and_broken_ones_do_not() {
             }),
         ),
         ("negative sequence", Box::new(|p| p["sequence"] = json!(-1))),
+        (
+            "missing run_id",
+            Box::new(|p| {
+                p.as_object_mut().expect("object").remove("run_id");
+            }),
+        ),
+        (
+            "run_id not a UUID",
+            Box::new(|p| p["run_id"] = json!("run-7")),
+        ),
         ("unknown field", Box::new(|p| p["extra"] = json!(1))),
         (
             "two task keys",
@@ -128,5 +139,8 @@ fn camera_status_validates_and_states_are_enumerated() {
     payload["last_error"] = json!("rtsp://***@192.0.2.10/stream timed out");
     assert!(schema.is_valid(&payload));
     payload["state"] = json!("sleeping");
+    assert!(!schema.is_valid(&payload));
+    payload["state"] = json!("streaming");
+    payload["run_id"] = json!("not-a-uuid");
     assert!(!schema.is_valid(&payload));
 }

@@ -18,6 +18,8 @@ pub(super) struct Coordinator {
     pub(super) stats: Arc<Mutex<DaemonStats>>,
     pub(super) sink: SharedSink,
     pub(super) node: String,
+    /// This run's id, in every camera status.
+    pub(super) run_id: Arc<str>,
     pub(super) last_status: Instant,
     pub(super) config_path: Option<PathBuf>,
     pub(super) notifier: Arc<Notifier>,
@@ -29,7 +31,7 @@ pub(super) struct Coordinator {
 
 impl Coordinator {
     pub(super) fn publish_status(&self, status: &CameraStatus) {
-        let payload = result::status_payload(&self.node, status);
+        let payload = result::status_payload(&self.node, &self.run_id, status);
         {
             let mut sink = crate::sync::lock(&self.sink);
             sink.camera_status(&payload);

@@ -21,10 +21,11 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// The published result for one job. `sequence` counts this camera and
-/// task's results from 1, so a subscriber of one topic sees a gap when a
-/// result is lost.
+/// task's results from 1 within the run `run_id`, so a subscriber of one
+/// topic sees a gap when a result is lost.
 pub fn result_payload(
     node: &str,
+    run_id: &str,
     model: &publish::ModelInfo,
     job: &Job<Arc<Frame>>,
     r: TaskResult,
@@ -35,6 +36,7 @@ pub fn result_payload(
     ResultPayload {
         schema_version: RESULT_SCHEMA_VERSION,
         node: node.to_string(),
+        run_id: run_id.to_string(),
         camera: job.key.camera.to_string(),
         task: r.task.clone(),
         text_input: r.text_input.clone(),
@@ -60,10 +62,11 @@ pub fn result_payload(
 }
 
 /// The published status of a camera.
-pub fn status_payload(node: &str, s: &CameraStatus) -> CameraStatusPayload {
+pub fn status_payload(node: &str, run_id: &str, s: &CameraStatus) -> CameraStatusPayload {
     CameraStatusPayload {
         schema_version: STATUS_SCHEMA_VERSION,
         node: node.to_string(),
+        run_id: run_id.to_string(),
         camera: s.camera.clone(),
         state: s.state,
         fps_in: s.fps_in,

@@ -65,6 +65,11 @@ pub struct ResultPayload {
     pub schema_version: u32,
     /// Node (florence-edge instance) id.
     pub node: String,
+    /// This run of the node: a random UUID drawn each time florence-edge
+    /// starts. `sequence` restarts at 1 with every run, so results are told
+    /// apart by (node, run_id, camera, task, sequence).
+    #[schemars(regex(pattern = RUN_ID_PATTERN), extend("format" = "uuid"))]
+    pub run_id: String,
     /// Camera id.
     pub camera: String,
     /// Task token, e.g. `<OD>`.
@@ -74,7 +79,8 @@ pub struct ResultPayload {
     pub text_input: Option<String>,
     /// Sequence number of this camera and task's results, counting up by one
     /// from 1 on each `{prefix}/{camera}/{task}` topic, so a subscriber sees a
-    /// gap when a result is lost. It restarts at 1 when florence-edge starts.
+    /// gap when a result is lost. It restarts at 1 when florence-edge starts
+    /// (a new `run_id`).
     pub sequence: u64,
     pub frame: FrameInfo,
     pub model: ModelInfo,
@@ -90,6 +96,20 @@ pub struct ResultPayload {
 /// State of a camera's pipeline: the ingest stage's own type.
 pub use crate::ingest::CameraState;
 
+/// Lower-case, hyphenated UUID text, as `run_id` is written.
+pub const RUN_ID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+
+/// A new `run_id`: a random (version 4) UUID from the operating system's
+/// random source.
+pub fn new_run_id() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string())
+}
+
 /// The state of one camera. Published retained on `{prefix}/{camera}/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +118,10 @@ pub struct CameraStatusPayload {
     /// Version of this payload's layout; see docs/MQTT.md.
     pub schema_version: u32,
     pub node: String,
+    /// The run of the node that published this status (see the result's
+    /// `run_id`); the counters below count from this run's start.
+    #[schemars(regex(pattern = RUN_ID_PATTERN), extend("format" = "uuid"))]
+    pub run_id: String,
     pub camera: String,
     pub state: CameraState,
     /// Frames per second decoded from the camera (recent average).
@@ -182,5 +206,16 @@ mod tests {
     fn camera_state_is_lowercase_on_the_wire() {
         let json = serde_json::to_string(&CameraState::Reconnecting).expect("serialize");
         assert_eq!(json, "\"reconnecting\"");
+    }
+
+    #[test]
+    fn run_ids_are_random_v4_uuids_in_the_published_pattern() {
+        let pattern = regex::Regex::new(RUN_ID_PATTERN).expect("pattern");
+        let a = new_run_id().expect("random source");
+        let b = new_run_id().expect("random source");
+        assert!(pattern.is_match(&a), "{a}");
+        assert_ne!(a, b);
+        let parsed = uuid::Uuid::parse_str(&a).expect("a UUID");
+        assert_eq!(parsed.get_version_num(), 4, "{a}");
     }
 }

@@ -21,7 +21,7 @@ fn status(camera: &str, state: CameraState, last_error: Option<&str>) -> CameraS
         node: "edge-01".into(),
         run_id: mosquitto::TEST_RUN_ID.into(),
         camera: camera.into(),
-        state,
+        state: state.into(),
         fps_in: 25.0,
         fps_out: 2.0,
         frames_in: 500,

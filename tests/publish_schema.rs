@@ -48,7 +48,7 @@ pub fn status() -> CameraStatusPayload {
         node: "edge-01".into(),
         run_id: mosquitto::TEST_RUN_ID.into(),
         camera: "front-door".into(),
-        state: CameraState::Streaming,
+        state: CameraState::Streaming.into(),
         fps_in: 25.0,
         fps_out: 2.0,
         frames_in: 1000,
@@ -138,6 +138,11 @@ fn camera_status_validates_and_states_are_enumerated() {
     assert!(schema.is_valid(&payload));
     payload["last_error"] = json!("rtsp://***@192.0.2.10/stream timed out");
     assert!(schema.is_valid(&payload));
+    // A camera this node no longer runs: removed by a reload, or the node stopped.
+    for state in ["removed", "offline"] {
+        payload["state"] = json!(state);
+        assert!(schema.is_valid(&payload), "{state}");
+    }
     payload["state"] = json!("sleeping");
     assert!(!schema.is_valid(&payload));
     payload["state"] = json!("streaming");

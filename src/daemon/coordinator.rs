@@ -3,6 +3,7 @@
 //! model only when the model is idle.
 
 use super::*;
+use crate::publish::NotRunning;
 
 pub(super) struct Coordinator {
     pub(super) scheduler: Scheduler,
@@ -35,6 +36,26 @@ impl Coordinator {
         {
             let mut sink = crate::sync::lock(&self.sink);
             sink.camera_status(&payload);
+        }
+    }
+
+    /// Publishes the last status of a camera this node no longer runs, so
+    /// the retained topic does not go on saying `streaming`.
+    fn publish_final(&self, status: &CameraStatus, why: NotRunning) {
+        let payload = result::final_status_payload(&self.node, &self.run_id, status, why);
+        {
+            let mut sink = crate::sync::lock(&self.sink);
+            sink.camera_status(&payload);
+        }
+    }
+
+    /// A camera that a reload removed (or disabled): stopped, forgotten,
+    /// and its status set to `removed`.
+    pub(super) fn remove_camera(&mut self, id: &str) {
+        let reader = self.cameras.get(id).map(CameraHandle::status_reader);
+        self.stop_camera(id, true);
+        if let Some(reader) = reader {
+            self.publish_final(&reader.status(), NotRunning::Removed);
         }
     }
 
@@ -145,8 +166,12 @@ impl Coordinator {
                 }
                 Ok(Msg::Event(event)) => {
                     // The supervisor logged the transition (ingest/supervisor.rs,
-                    // the one place camera transitions are logged).
-                    self.publish_status(&event.status);
+                    // the one place camera transitions are logged). An event
+                    // queued by a camera that a reload removed since must not
+                    // overwrite its `removed`.
+                    if self.cameras.contains_key(&event.status.camera) {
+                        self.publish_status(&event.status);
+                    }
                 }
                 Ok(Msg::BatchDone { jobs }) => {
                     tracing::debug!(jobs, "Batch finished.");
@@ -217,8 +242,12 @@ impl Coordinator {
         self.liveness.set_stopping();
         self.notifier
             .stopping("Stopping: cameras stop, the batch in flight finishes.");
+        // Each camera's retained status says `offline` before the node's
+        // does (the publisher sends statuses before its `offline`).
         for (_, cam) in std::mem::take(&mut self.cameras) {
+            let reader = cam.status_reader();
             cam.stop();
+            self.publish_final(&reader.status(), NotRunning::Offline);
         }
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while self.model_busy {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::ingest::{CameraStatus, Frame};
 use crate::pipeline::TaskResult;
 use crate::publish::{
-    self, CameraStatusPayload, MqttSettings, PublishError, Publisher, ResultPayload,
+    self, CameraStatusPayload, MqttSettings, NotRunning, PublishError, Publisher, ResultPayload,
     RESULT_SCHEMA_VERSION, STATUS_SCHEMA_VERSION,
 };
 use crate::schedule::Job;
@@ -68,7 +68,7 @@ pub fn status_payload(node: &str, run_id: &str, s: &CameraStatus) -> CameraStatu
         node: node.to_string(),
         run_id: run_id.to_string(),
         camera: s.camera.clone(),
-        state: s.state,
+        state: s.state.into(),
         fps_in: s.fps_in,
         fps_out: s.fps_out,
         frames_in: s.frames_in,
@@ -76,6 +76,22 @@ pub fn status_payload(node: &str, run_id: &str, s: &CameraStatus) -> CameraStatu
         reconnects: s.reconnects,
         last_error: s.last_error.clone(),
         updated_unix_ms: unix_ms(SystemTime::now()),
+    }
+}
+
+/// The last status of a camera this node no longer runs (`why`): its last
+/// counters and error, no frame rate.
+pub fn final_status_payload(
+    node: &str,
+    run_id: &str,
+    s: &CameraStatus,
+    why: NotRunning,
+) -> CameraStatusPayload {
+    CameraStatusPayload {
+        state: why.into(),
+        fps_in: 0.0,
+        fps_out: 0.0,
+        ..status_payload(node, run_id, s)
     }
 }
 

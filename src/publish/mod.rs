@@ -39,8 +39,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 pub use connection::{Backoff, BackoffPolicy, LinkState};
 pub use payload::{
-    new_run_id, CameraState, CameraStatusPayload, FrameInfo, ModelInfo, ResultPayload,
-    StageLatencies, RESULT_SCHEMA_VERSION, STATUS_SCHEMA_VERSION,
+    new_run_id, CameraState, CameraStatusPayload, FrameInfo, ModelInfo, NotRunning, ResultPayload,
+    StageLatencies, StatusState, RESULT_SCHEMA_VERSION, STATUS_SCHEMA_VERSION,
 };
 pub use settings::{MqttSettings, PublisherConfig, QualityOfService, SettingsProblem};
 pub use snapshot::render_snapshot;

@@ -96,6 +96,39 @@ pub struct ResultPayload {
 /// State of a camera's pipeline: the ingest stage's own type.
 pub use crate::ingest::CameraState;
 
+/// What a camera status says of the camera: its pipeline's state while this
+/// node runs it, or why it no longer does. On the wire it is one string:
+/// `starting` … `failed`, `removed` or `offline`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StatusState {
+    Pipeline(CameraState),
+    NotRunning(NotRunning),
+}
+
+/// Why a node no longer runs a camera; a status with one of these is the
+/// camera's last until it runs again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotRunning {
+    /// A configuration reload removed or disabled the camera.
+    Removed,
+    /// The node stopped (SIGTERM or a requested shutdown).
+    Offline,
+}
+
+impl From<CameraState> for StatusState {
+    fn from(state: CameraState) -> Self {
+        StatusState::Pipeline(state)
+    }
+}
+
+impl From<NotRunning> for StatusState {
+    fn from(why: NotRunning) -> Self {
+        StatusState::NotRunning(why)
+    }
+}
+
 /// Lower-case, hyphenated UUID text, as `run_id` is written.
 pub const RUN_ID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 
@@ -123,7 +156,7 @@ pub struct CameraStatusPayload {
     #[schemars(regex(pattern = RUN_ID_PATTERN), extend("format" = "uuid"))]
     pub run_id: String,
     pub camera: String,
-    pub state: CameraState,
+    pub state: StatusState,
     /// Frames per second decoded from the camera (recent average).
     pub fps_in: f64,
     /// Frames per second analysed (recent average).
@@ -206,6 +239,22 @@ mod tests {
     fn camera_state_is_lowercase_on_the_wire() {
         let json = serde_json::to_string(&CameraState::Reconnecting).expect("serialize");
         assert_eq!(json, "\"reconnecting\"");
+    }
+
+    #[test]
+    fn status_states_are_one_string_each_way() {
+        let cases = [
+            (StatusState::from(CameraState::Streaming), "\"streaming\""),
+            (StatusState::from(CameraState::Failed), "\"failed\""),
+            (StatusState::from(NotRunning::Removed), "\"removed\""),
+            (StatusState::from(NotRunning::Offline), "\"offline\""),
+        ];
+        for (state, wire) in cases {
+            assert_eq!(serde_json::to_string(&state).expect("serialize"), wire);
+            let back: StatusState = serde_json::from_str(wire).expect("deserialize");
+            assert_eq!(back, state);
+        }
+        assert!(serde_json::from_str::<StatusState>("\"sleeping\"").is_err());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The daemon over a real mosquitto on 127.0.0.1: what arrives on which
-//! topic (snapshots included), and results spooled by a florence-edge that
-//! is killed during a broker outage, delivered by the next one.
+//! topic (snapshots included), what the retained statuses say after a
+//! reload removed a camera and after SIGTERM, and results spooled by a
+//! florence-edge that is killed during a broker outage, delivered by the
+//! next one.
 
 // Test and benchmark code: a failed unwrap or expect is the check failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -255,4 +257,101 @@ fn the_last_will_says_offline_when_the_daemon_is_killed() {
         m.last().is_some_and(|s| s.text() == "offline")
     });
     assert_eq!(m.last().unwrap().topic, "fe-dtest/mqtt-node/status");
+}
+
+/// The `state` of a camera status message.
+fn state(m: &Received) -> String {
+    m.json()["state"].as_str().unwrap_or_default().to_owned()
+}
+
+fn last_state(messages: &[Received], topic: &str) -> Option<String> {
+    on(messages, topic).last().map(|m| state(m))
+}
+
+#[test]
+fn retained_statuses_say_removed_after_a_reload_and_offline_after_sigterm() {
+    const NODE: &str = "fe-dtest/mqtt-node/status";
+    const YARD: &str = "fe-dtest/yard/status";
+    const GATE: &str = "fe-dtest/gate/status";
+    let broker = Mosquitto::start(BrokerOptions::default());
+    let live = Subscriber::start(
+        broker.port(),
+        "fe-dtest/+/status",
+        SubscriberOptions::default(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &broker.url(), "enabled = false", CAMERAS);
+    let mut daemon = DaemonProcess::start(&path, &[]);
+    live.wait_for(Duration::from_secs(90), "both cameras streaming", |m| {
+        [YARD, GATE]
+            .iter()
+            .all(|t| last_state(m, t).as_deref() == Some("streaming"))
+    });
+    daemon.wait_results("a result", Duration::from_secs(60), |r| !r.is_empty());
+    let run_id = daemon.results()[0]["run_id"].as_str().unwrap().to_owned();
+    let schema =
+        jsonschema::validator_for(&florence_edge::publish::payload::camera_status_schema())
+            .unwrap();
+
+    // A reload without the gate: its retained status becomes `removed`.
+    let only_yard = &CAMERAS[..CAMERAS.find("[[cameras]]\nid = \"gate\"").unwrap()];
+    write_config(dir.path(), &broker.url(), "enabled = false", only_yard);
+    daemon.signal(libc::SIGHUP);
+    live.wait_for(Duration::from_secs(30), "the gate removed", |m| {
+        last_state(m, GATE).as_deref() == Some("removed")
+    });
+    let late = Subscriber::start(
+        broker.port(),
+        "fe-dtest/+/status",
+        SubscriberOptions::default(),
+    );
+    let retained = late.wait_for(Duration::from_secs(10), "the retained statuses", |m| {
+        [NODE, YARD, GATE].iter().all(|t| !on(m, t).is_empty())
+    });
+    let gate = on(&retained, GATE)[0];
+    assert!(gate.retain);
+    let gate = gate.json();
+    assert_eq!(gate["state"], "removed", "{gate}");
+    assert_eq!(gate["run_id"], run_id.as_str());
+    assert_eq!(gate["fps_in"], 0.0);
+    assert!(schema.is_valid(&gate), "{gate}");
+    assert_eq!(state(on(&retained, YARD)[0]), "streaming");
+    assert_eq!(on(&retained, NODE)[0].text(), "online");
+    drop(late);
+
+    // SIGTERM: each running camera says `offline`, then the node does; the
+    // removed camera stays `removed`.
+    let before = live.messages().len();
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(30)).success());
+    let after = live.wait_for(Duration::from_secs(10), "the node offline", |m| {
+        on(m, NODE).last().is_some_and(|s| s.text() == "offline")
+    });
+    let tail = &after[before..];
+    let yard_offline = tail
+        .iter()
+        .position(|m| m.topic == YARD && state(m) == "offline")
+        .unwrap_or_else(|| panic!("no yard offline in {tail:?}"));
+    let node_offline = tail
+        .iter()
+        .position(|m| m.topic == NODE && m.text() == "offline")
+        .unwrap();
+    assert!(yard_offline < node_offline, "{tail:?}");
+    assert!(tail.iter().all(|m| m.topic != GATE), "{tail:?}");
+
+    let late = Subscriber::start(
+        broker.port(),
+        "fe-dtest/+/status",
+        SubscriberOptions::default(),
+    );
+    let retained = late.wait_for(Duration::from_secs(10), "the retained statuses", |m| {
+        [NODE, YARD, GATE].iter().all(|t| !on(m, t).is_empty())
+    });
+    assert_eq!(on(&retained, NODE)[0].text(), "offline");
+    let yard = on(&retained, YARD)[0].json();
+    assert_eq!(yard["state"], "offline", "{yard}");
+    assert_eq!(yard["run_id"], run_id.as_str());
+    assert!(yard["frames_in"].as_u64().unwrap() > 0, "{yard}");
+    assert!(schema.is_valid(&yard), "{yard}");
+    assert_eq!(state(on(&retained, GATE)[0]), "removed");
 }

@@ -46,8 +46,9 @@ pub fn status() -> CameraStatusPayload {
     CameraStatusPayload {
         schema_version: STATUS_SCHEMA_VERSION,
         node: "edge-01".into(),
+        run_id: mosquitto::TEST_RUN_ID.into(),
         camera: "front-door".into(),
-        state: CameraState::Streaming,
+        state: CameraState::Streaming.into(),
         fps_in: 25.0,
         fps_out: 2.0,
         frames_in: 1000,
@@ -91,6 +92,16 @@ fn every_result_shape_validates_and_broken_ones_do_not() {
             }),
         ),
         ("negative sequence", Box::new(|p| p["sequence"] = json!(-1))),
+        (
+            "missing run_id",
+            Box::new(|p| {
+                p.as_object_mut().expect("object").remove("run_id");
+            }),
+        ),
+        (
+            "run_id not a UUID",
+            Box::new(|p| p["run_id"] = json!("run-7")),
+        ),
         ("unknown field", Box::new(|p| p["extra"] = json!(1))),
         (
             "two task keys",
@@ -127,6 +138,14 @@ fn camera_status_validates_and_states_are_enumerated() {
     assert!(schema.is_valid(&payload));
     payload["last_error"] = json!("rtsp://***@192.0.2.10/stream timed out");
     assert!(schema.is_valid(&payload));
+    // A camera this node no longer runs: removed by a reload, or the node stopped.
+    for state in ["removed", "offline"] {
+        payload["state"] = json!(state);
+        assert!(schema.is_valid(&payload), "{state}");
+    }
     payload["state"] = json!("sleeping");
+    assert!(!schema.is_valid(&payload));
+    payload["state"] = json!("streaming");
+    payload["run_id"] = json!("not-a-uuid");
     assert!(!schema.is_valid(&payload));
 }

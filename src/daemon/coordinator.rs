@@ -3,6 +3,7 @@
 //! model only when the model is idle.
 
 use super::*;
+use crate::publish::NotRunning;
 
 pub(super) struct Coordinator {
     pub(super) scheduler: Scheduler,
@@ -18,6 +19,8 @@ pub(super) struct Coordinator {
     pub(super) stats: Arc<Mutex<DaemonStats>>,
     pub(super) sink: SharedSink,
     pub(super) node: String,
+    /// This run's id, in every camera status.
+    pub(super) run_id: Arc<str>,
     pub(super) last_status: Instant,
     pub(super) config_path: Option<PathBuf>,
     pub(super) notifier: Arc<Notifier>,
@@ -32,7 +35,7 @@ pub(super) struct Coordinator {
 
 impl Coordinator {
     pub(super) fn publish_status(&self, status: &CameraStatus) {
-        let mut payload = result::status_payload(&self.node, status);
+        let mut payload = result::status_payload(&self.node, &self.run_id, status);
         // While the stream is up, a paused task's error is the news; a
         // stream that is down says why itself.
         if status.state == ingest::CameraState::Streaming {
@@ -48,6 +51,26 @@ impl Coordinator {
         {
             let mut sink = crate::sync::lock(&self.sink);
             sink.camera_status(&payload);
+        }
+    }
+
+    /// Publishes the last status of a camera this node no longer runs, so
+    /// the retained topic does not go on saying `streaming`.
+    fn publish_final(&self, status: &CameraStatus, why: NotRunning) {
+        let payload = result::final_status_payload(&self.node, &self.run_id, status, why);
+        {
+            let mut sink = crate::sync::lock(&self.sink);
+            sink.camera_status(&payload);
+        }
+    }
+
+    /// A camera that a reload removed (or disabled): stopped, forgotten,
+    /// and its status set to `removed`.
+    pub(super) fn remove_camera(&mut self, id: &str) {
+        let reader = self.cameras.get(id).map(CameraHandle::status_reader);
+        self.stop_camera(id, true);
+        if let Some(reader) = reader {
+            self.publish_final(&reader.status(), NotRunning::Removed);
         }
     }
 
@@ -217,8 +240,12 @@ impl Coordinator {
                 }
                 Ok(Msg::Event(event)) => {
                     // The supervisor logged the transition (ingest/supervisor.rs,
-                    // the one place camera transitions are logged).
-                    self.publish_status(&event.status);
+                    // the one place camera transitions are logged). An event
+                    // queued by a camera that a reload removed since must not
+                    // overwrite its `removed`.
+                    if self.cameras.contains_key(&event.status.camera) {
+                        self.publish_status(&event.status);
+                    }
                 }
                 Ok(Msg::BatchDone { jobs, outcomes }) => {
                     tracing::debug!(jobs, "Batch finished.");
@@ -290,8 +317,12 @@ impl Coordinator {
         self.liveness.set_stopping();
         self.notifier
             .stopping("Stopping: cameras stop, the batch in flight finishes.");
+        // Each camera's retained status says `offline` before the node's
+        // does (the publisher sends statuses before its `offline`).
         for (_, cam) in std::mem::take(&mut self.cameras) {
+            let reader = cam.status_reader();
             cam.stop();
+            self.publish_final(&reader.status(), NotRunning::Offline);
         }
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while self.model_busy {

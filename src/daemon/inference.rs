@@ -5,6 +5,8 @@ use super::*;
 
 pub(super) struct InferenceContext {
     pub(super) node: String,
+    /// This run's id, in every result beside its sequence number.
+    pub(super) run_id: Arc<str>,
     pub(super) decoding: Decoding,
     pub(super) done: Sender<Msg>,
     pub(super) stats: Arc<Mutex<DaemonStats>>,
@@ -106,7 +108,8 @@ pub(super) fn inference_thread(
                 .entry((job.key.camera.clone(), job.key.task))
                 .or_insert(0);
             *seq += 1;
-            let out = result::result_payload(&ctx.node, &info, job, r, *seq, dispatched);
+            let out =
+                result::result_payload(&ctx.node, &ctx.run_id, &info, job, r, *seq, dispatched);
             {
                 let mut sink = crate::sync::lock(&sink);
                 sink.result_with_frame(&out, &job.frame);

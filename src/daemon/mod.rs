@@ -67,6 +67,8 @@ pub enum DaemonError {
     },
     #[error("scheduling: {0}")]
     Schedule(#[from] crate::schedule::ScheduleError),
+    #[error("cannot draw a run id from the operating system's random source: {0}")]
+    RunId(String),
     #[error("signals: {0}")]
     Signals(#[source] std::io::Error),
     #[error("http: {0}")]

@@ -3,8 +3,8 @@
 //!
 //! - An invalid file is rejected as a whole (every problem logged) and the
 //!   running configuration keeps running.
-//! - Added cameras start, removed (or disabled) cameras stop, cameras whose
-//!   stream settings changed restart.
+//! - Added cameras start, removed (or disabled) cameras stop (their retained
+//!   status becomes `removed`), cameras whose stream settings changed restart.
 //! - A camera whose tasks alone changed keeps its stream: its schedule is
 //!   replaced in place (kept tasks keep their counters and rhythm). Only if
 //!   its fastest task changes the frame rate ingest delivers does the
@@ -83,7 +83,7 @@ impl Coordinator {
             let restart = match (change, camera) {
                 (CameraChange::Removed, _) | (_, None) => {
                     tracing::info!(camera = %id, "Camera removed by the reload; stopping it.");
-                    self.stop_camera(id, true);
+                    self.remove_camera(id);
                     continue;
                 }
                 (CameraChange::Added, Some(_)) => {

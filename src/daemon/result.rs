@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::ingest::{CameraStatus, Frame};
 use crate::pipeline::TaskResult;
 use crate::publish::{
-    self, CameraStatusPayload, MqttSettings, PublishError, Publisher, ResultPayload,
+    self, CameraStatusPayload, MqttSettings, NotRunning, PublishError, Publisher, ResultPayload,
     RESULT_SCHEMA_VERSION, STATUS_SCHEMA_VERSION,
 };
 use crate::schedule::Job;
@@ -21,10 +21,11 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// The published result for one job. `sequence` counts this camera and
-/// task's results from 1, so a subscriber of one topic sees a gap when a
-/// result is lost.
+/// task's results from 1 within the run `run_id`, so a subscriber of one
+/// topic sees a gap when a result is lost.
 pub fn result_payload(
     node: &str,
+    run_id: &str,
     model: &publish::ModelInfo,
     job: &Job<Arc<Frame>>,
     r: TaskResult,
@@ -35,6 +36,7 @@ pub fn result_payload(
     ResultPayload {
         schema_version: RESULT_SCHEMA_VERSION,
         node: node.to_string(),
+        run_id: run_id.to_string(),
         camera: job.key.camera.to_string(),
         task: r.task.clone(),
         text_input: r.text_input.clone(),
@@ -60,12 +62,13 @@ pub fn result_payload(
 }
 
 /// The published status of a camera.
-pub fn status_payload(node: &str, s: &CameraStatus) -> CameraStatusPayload {
+pub fn status_payload(node: &str, run_id: &str, s: &CameraStatus) -> CameraStatusPayload {
     CameraStatusPayload {
         schema_version: STATUS_SCHEMA_VERSION,
         node: node.to_string(),
+        run_id: run_id.to_string(),
         camera: s.camera.clone(),
-        state: s.state,
+        state: s.state.into(),
         fps_in: s.fps_in,
         fps_out: s.fps_out,
         frames_in: s.frames_in,
@@ -73,6 +76,22 @@ pub fn status_payload(node: &str, s: &CameraStatus) -> CameraStatusPayload {
         reconnects: s.reconnects,
         last_error: s.last_error.clone(),
         updated_unix_ms: unix_ms(SystemTime::now()),
+    }
+}
+
+/// The last status of a camera this node no longer runs (`why`): its last
+/// counters and error, no frame rate.
+pub fn final_status_payload(
+    node: &str,
+    run_id: &str,
+    s: &CameraStatus,
+    why: NotRunning,
+) -> CameraStatusPayload {
+    CameraStatusPayload {
+        state: why.into(),
+        fps_in: 0.0,
+        fps_out: 0.0,
+        ..status_payload(node, run_id, s)
     }
 }
 

@@ -82,6 +82,7 @@ pub struct Daemon {
     _watchdog: Option<Watchdog>,
     http: Option<HttpServer>,
     view: DaemonView,
+    run_id: Arc<str>,
     coordinator: Option<JoinHandle<Result<(), DaemonError>>>,
 }
 
@@ -127,8 +128,13 @@ impl Daemon {
         let (ready_tx, ready_rx) =
             mpsc::channel::<Result<ModelInfo, crate::florence2::ModelError>>();
         let stats = Arc::new(Mutex::new(DaemonStats::default()));
+        // Sequence numbers start at 1 in every run; the run id tells runs apart.
+        let run_id: Arc<str> = crate::publish::new_run_id()
+            .map_err(|e| DaemonError::RunId(e.to_string()))?
+            .into();
         let inference_ctx = InferenceContext {
             node: config.node.id.clone(),
+            run_id: run_id.clone(),
             decoding: config.model.decoding,
             done: tx.clone(),
             stats: stats.clone(),
@@ -153,7 +159,7 @@ impl Daemon {
             Ok(Err(e)) => return Err(DaemonError::Model(e)),
             Err(_) => return Err(DaemonError::InferenceGone),
         };
-        tracing::info!(model = %info.model_id, backend = %info.backend, variant = %info.variant, "Model ready.");
+        tracing::info!(model = %info.model_id, backend = %info.backend, variant = %info.variant, run_id = %run_id, "Model ready.");
 
         // Cameras send frames and events to forwarders feeding the one
         // coordinator channel.
@@ -180,6 +186,7 @@ impl Daemon {
             stats: stats.clone(),
             sink,
             node: config.node.id.clone(),
+            run_id: run_id.clone(),
             last_status: Instant::now() - STATUS_INTERVAL,
             config_path: options.config_path,
             notifier: notifier.clone(),
@@ -225,8 +232,14 @@ impl Daemon {
             _watchdog: watchdog,
             http,
             view,
+            run_id,
             coordinator: Some(handle),
         })
+    }
+
+    /// This run's id, as results and camera statuses carry it.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
     }
 
     pub fn stats(&self) -> DaemonStats {

@@ -39,8 +39,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 pub use connection::LinkState;
 pub use payload::{
-    CameraState, CameraStatusPayload, FrameInfo, ModelInfo, ResultPayload, StageLatencies,
-    RESULT_SCHEMA_VERSION, STATUS_SCHEMA_VERSION,
+    new_run_id, CameraState, CameraStatusPayload, FrameInfo, ModelInfo, NotRunning, ResultPayload,
+    StageLatencies, StatusState, RESULT_SCHEMA_VERSION, STATUS_SCHEMA_VERSION,
 };
 pub use settings::{
     MqttSettings, PublisherConfig, QualityOfService, ReconnectSettings, SettingsProblem,
@@ -208,7 +208,9 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let topic = self.topics.camera_status(camera)?;
         let mut payload = payload.clone();
-        payload.last_error = payload.last_error.map(|e| payload::redact_credentials(&e));
+        payload.last_error = payload
+            .last_error
+            .map(|e| crate::settings::redact_text(&e, &[]));
         let json = serde_json::to_vec(&payload).map_err(|e| PublishError::Serialize {
             what: "camera status",
             reason: e.to_string(),

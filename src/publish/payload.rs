@@ -65,6 +65,11 @@ pub struct ResultPayload {
     pub schema_version: u32,
     /// Node (florence-edge instance) id.
     pub node: String,
+    /// This run of the node: a random UUID drawn each time florence-edge
+    /// starts. `sequence` restarts at 1 with every run, so results are told
+    /// apart by (node, run_id, camera, task, sequence).
+    #[schemars(regex(pattern = RUN_ID_PATTERN), extend("format" = "uuid"))]
+    pub run_id: String,
     /// Camera id.
     pub camera: String,
     /// Task token, e.g. `<OD>`.
@@ -74,7 +79,8 @@ pub struct ResultPayload {
     pub text_input: Option<String>,
     /// Sequence number of this camera and task's results, counting up by one
     /// from 1 on each `{prefix}/{camera}/{task}` topic, so a subscriber sees a
-    /// gap when a result is lost. It restarts at 1 when florence-edge starts.
+    /// gap when a result is lost. It restarts at 1 when florence-edge starts
+    /// (a new `run_id`).
     pub sequence: u64,
     pub frame: FrameInfo,
     pub model: ModelInfo,
@@ -90,6 +96,53 @@ pub struct ResultPayload {
 /// State of a camera's pipeline: the ingest stage's own type.
 pub use crate::ingest::CameraState;
 
+/// What a camera status says of the camera: its pipeline's state while this
+/// node runs it, or why it no longer does. On the wire it is one string:
+/// `starting` … `failed`, `removed` or `offline`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StatusState {
+    Pipeline(CameraState),
+    NotRunning(NotRunning),
+}
+
+/// Why a node no longer runs a camera; a status with one of these is the
+/// camera's last until it runs again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotRunning {
+    /// A configuration reload removed or disabled the camera.
+    Removed,
+    /// The node stopped (SIGTERM or a requested shutdown).
+    Offline,
+}
+
+impl From<CameraState> for StatusState {
+    fn from(state: CameraState) -> Self {
+        StatusState::Pipeline(state)
+    }
+}
+
+impl From<NotRunning> for StatusState {
+    fn from(why: NotRunning) -> Self {
+        StatusState::NotRunning(why)
+    }
+}
+
+/// Lower-case, hyphenated UUID text, as `run_id` is written.
+pub const RUN_ID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+
+/// A new `run_id`: a random (version 4) UUID from the operating system's
+/// random source.
+pub fn new_run_id() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string())
+}
+
 /// The state of one camera. Published retained on `{prefix}/{camera}/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -98,8 +151,12 @@ pub struct CameraStatusPayload {
     /// Version of this payload's layout; see docs/MQTT.md.
     pub schema_version: u32,
     pub node: String,
+    /// The run of the node that published this status (see the result's
+    /// `run_id`); the counters below count from this run's start.
+    #[schemars(regex(pattern = RUN_ID_PATTERN), extend("format" = "uuid"))]
+    pub run_id: String,
     pub camera: String,
-    pub state: CameraState,
+    pub state: StatusState,
     /// Frames per second decoded from the camera (recent average).
     pub fps_in: f64,
     /// Frames per second analysed (recent average).
@@ -174,54 +231,40 @@ pub fn camera_status_schema() -> serde_json::Value {
     schemars::schema_for!(CameraStatusPayload).to_value()
 }
 
-/// Replaces the user-info part of every `scheme://user:password@host` in
-/// `text` with `***`, so an error message quoting a camera URL cannot put a
-/// password on the bus.
-pub fn redact_credentials(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let authority_end = tail
-            .find(|c: char| {
-                c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\''
-            })
-            .unwrap_or(tail.len());
-        let authority = &tail[..authority_end];
-        match authority.rfind('@') {
-            Some(at) => {
-                out.push_str("***");
-                out.push_str(&authority[at..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[authority_end..];
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn credentials_are_removed_from_urls_in_text() {
-        assert_eq!(
-            redact_credentials("rtsp://admin:s3cret@192.0.2.10:554/stream1 timed out"),
-            "rtsp://***@192.0.2.10:554/stream1 timed out"
-        );
-        assert_eq!(
-            redact_credentials("a http://h/x and rtsp://u:p@h and rtsp://h2"),
-            "a http://h/x and rtsp://***@h and rtsp://h2"
-        );
-        assert_eq!(redact_credentials("no url here"), "no url here");
-    }
-
-    #[test]
     fn camera_state_is_lowercase_on_the_wire() {
         let json = serde_json::to_string(&CameraState::Reconnecting).expect("serialize");
         assert_eq!(json, "\"reconnecting\"");
+    }
+
+    #[test]
+    fn status_states_are_one_string_each_way() {
+        let cases = [
+            (StatusState::from(CameraState::Streaming), "\"streaming\""),
+            (StatusState::from(CameraState::Failed), "\"failed\""),
+            (StatusState::from(NotRunning::Removed), "\"removed\""),
+            (StatusState::from(NotRunning::Offline), "\"offline\""),
+        ];
+        for (state, wire) in cases {
+            assert_eq!(serde_json::to_string(&state).expect("serialize"), wire);
+            let back: StatusState = serde_json::from_str(wire).expect("deserialize");
+            assert_eq!(back, state);
+        }
+        assert!(serde_json::from_str::<StatusState>("\"sleeping\"").is_err());
+    }
+
+    #[test]
+    fn run_ids_are_random_v4_uuids_in_the_published_pattern() {
+        let pattern = regex::Regex::new(RUN_ID_PATTERN).expect("pattern");
+        let a = new_run_id().expect("random source");
+        let b = new_run_id().expect("random source");
+        assert!(pattern.is_match(&a), "{a}");
+        assert_ne!(a, b);
+        let parsed = uuid::Uuid::parse_str(&a).expect("a UUID");
+        assert_eq!(parsed.get_version_num(), 4, "{a}");
     }
 }

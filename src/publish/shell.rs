@@ -614,7 +614,12 @@ impl Shell {
             if !lost && (self.send_statuses(client).is_err() || self.fill_window(client).is_err()) {
                 lost = true;
             }
-            let all_done = drained && !self.spool.has_unsent() && self.inflight.is_empty();
+            // Camera statuses (the `offline` of each, at a daemon's stop) go
+            // out before the node's `offline`.
+            let all_done = drained
+                && !self.spool.has_unsent()
+                && self.inflight.is_empty()
+                && !self.board.dirty.load(Ordering::Acquire);
             if !lost && !offline_sent && (all_done || Instant::now() >= deadline) {
                 timed_out = !all_done;
                 offline_sent = self

@@ -120,6 +120,12 @@ mod tests {
             redact_text("Location: 'rtsp://tok@cam/x'", &[]),
             "Location: 'rtsp://***@cam/x'"
         );
+        // Several URLs, one with credentials and no path (as camera status
+        // errors quote them before they go on the bus).
+        assert_eq!(
+            redact_text("a http://h/x and rtsp://u:p@h and rtsp://h2", &[]),
+            "a http://h/x and rtsp://u:***@h and rtsp://h2"
+        );
         assert_eq!(redact_text("pw=hunter2!", &["hunter2"]), "pw=***!");
         assert_eq!(redact_text("nothing here", &[""]), "nothing here");
     }

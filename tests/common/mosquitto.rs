@@ -516,6 +516,9 @@ pub fn test_settings(url: &str, spool_dir: &Path) -> florence_edge::publish::Mqt
     }
 }
 
+/// The `run_id` of the results and statuses the tests make up.
+pub const TEST_RUN_ID: &str = "00000000-0000-4000-8000-000000000001";
+
 /// A typical `<OD>` result with `boxes` detections on a 1280×720 frame.
 pub fn od_result(
     node: &str,
@@ -543,6 +546,7 @@ pub fn od_result(
     ResultPayload {
         schema_version: RESULT_SCHEMA_VERSION,
         node: node.to_owned(),
+        run_id: TEST_RUN_ID.to_owned(),
         camera: camera.to_owned(),
         task: "<OD>".into(),
         text_input: None,

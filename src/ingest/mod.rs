@@ -113,6 +113,10 @@ pub enum IngestError {
     #[error("GStreamer could not be initialised: {0}")]
     Init(String),
     /// The supervisor thread could not be started.
-    #[error("camera {camera}: supervisor thread could not be started: {reason}")]
-    Thread { camera: String, reason: String },
+    #[error("camera {camera}: supervisor thread could not be started: {source}")]
+    Thread {
+        camera: String,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -249,9 +249,9 @@ pub fn spawn_camera(
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || supervisor.run())
-        .map_err(|e| IngestError::Thread {
+        .map_err(|source| IngestError::Thread {
             camera: resolved.id.clone(),
-            reason: e.to_string(),
+            source,
         })?;
     Ok(CameraHandle {
         id: settings.id.clone(),

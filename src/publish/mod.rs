@@ -73,14 +73,18 @@ pub enum PublishError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
     /// A payload could not be serialized (a non-finite float in the result).
-    #[error("cannot serialize the {what} payload as JSON: {reason}")]
-    Serialize { what: &'static str, reason: String },
+    #[error("cannot serialize the {what} payload as JSON: {source}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     /// A snapshot could not be encoded as JPEG.
-    #[error("cannot encode the snapshot as JPEG: {reason}")]
-    Snapshot { reason: String },
+    #[error("cannot encode the snapshot as JPEG: {0}")]
+    Snapshot(#[source] image::ImageError),
     /// The publisher thread could not be started.
     #[error("cannot start the MQTT publisher thread: {0}")]
-    Thread(String),
+    Thread(#[source] std::io::Error),
 }
 
 /// What `shutdown` achieved, for the log line of a clean stop.
@@ -166,7 +170,7 @@ impl Publisher {
         let thread = std::thread::Builder::new()
             .name("fe-publish".into())
             .spawn(move || shell.run())
-            .map_err(|e| PublishError::Thread(e.to_string()))?;
+            .map_err(PublishError::Thread)?;
         Ok(Publisher {
             commands: tx,
             board,
@@ -211,9 +215,9 @@ impl Publisher {
         payload.last_error = payload
             .last_error
             .map(|e| crate::settings::redact_text(&e, &[]));
-        let json = serde_json::to_vec(&payload).map_err(|e| PublishError::Serialize {
+        let json = serde_json::to_vec(&payload).map_err(|source| PublishError::Serialize {
             what: "camera status",
-            reason: e.to_string(),
+            source,
         })?;
         {
             let mut latest = crate::sync::lock(&self.board.latest);

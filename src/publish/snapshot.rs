@@ -26,9 +26,7 @@ pub fn render_snapshot(
     let mut jpeg = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, quality.clamp(1, 100))
         .encode_image(&canvas)
-        .map_err(|e| PublishError::Snapshot {
-            reason: e.to_string(),
-        })?;
+        .map_err(PublishError::Snapshot)?;
     Ok(jpeg)
 }
 

@@ -6,14 +6,15 @@
 //! jobs. After `n` failures in a row its task makes no job for
 //! `FIRST_DELAY · 2^(n-1)`, at most `MAX_DELAY`; one success ends it.
 //!
-//! This is a small helper of its own rather than the ingest supervisor's
-//! `BackoffPolicy` (reconnects, with jitter and settings of their own):
-//! here there is nothing to configure and nothing to spread out, and the
-//! scheduler stays free of the ingest stage.
+//! The delays are the crate's one retry policy ([`crate::backoff`], as for
+//! camera and broker reconnects) with no jitter: there is nothing to
+//! spread out here and nothing to configure; this file keeps only the
+//! pause state of a task.
 
 use std::time::{Duration, Instant};
 
 use super::later;
+use crate::backoff::BackoffPolicy;
 
 /// The pause after the first failure in a row.
 pub const FIRST_DELAY: Duration = Duration::from_secs(2);
@@ -39,12 +40,17 @@ pub(crate) struct TaskBackoff {
     until: Option<Instant>,
 }
 
+/// The policy behind [`delay`].
+pub const TASK_BACKOFF: BackoffPolicy = BackoffPolicy {
+    initial: FIRST_DELAY,
+    max: MAX_DELAY,
+    multiplier: 2.0,
+    jitter: 0.0,
+};
+
 /// The pause after `failures` failures in a row (at least 1).
 pub fn delay(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(31);
-    FIRST_DELAY
-        .checked_mul(1u32 << doublings)
-        .map_or(MAX_DELAY, |d| d.min(MAX_DELAY))
+    TASK_BACKOFF.delay(failures.max(1), 0.5)
 }
 
 impl TaskBackoff {

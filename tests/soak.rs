@@ -159,12 +159,19 @@ fn eight_cameras_through_a_reload_fault_every_round_show_no_gap_and_no_stall() {
             .push((*at, r.sequence));
     }
     eprintln!(
-        "soak: {rounds} rounds in {:.0} s; results per camera: {:?}; {stats:?}",
+        "soak: {rounds} rounds in {:.0} s; results per camera: {:?}; reloads {} applied, {} rejected; \
+         {} batches, {} jobs, {} failed, {} dropped by reloads",
         elapsed.as_secs_f64(),
         per_camera
             .iter()
             .map(|(c, v)| (c.to_string(), v.len()))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>(),
+        stats.reloads,
+        stats.reloads_rejected,
+        stats.batches,
+        stats.jobs,
+        stats.failed_jobs,
+        stats.dropped_by_reload,
     );
     assert!(rounds >= 3, "at least one round of each fault: {rounds}");
     assert!(

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 pub enum GpuError {
     #[error("no CUDA driver found (looked for {looked_for}); install the NVIDIA driver or use the CPU backend")]
     NoDriver { looked_for: String },
-    #[error("no NVRTC library found (looked for {looked_for}); install the CUDA runtime compiler (libnvrtc, e.g. the nvidia-cuda-nvrtc package) or use the CPU backend")]
+    #[error("no NVRTC library found (looked for {looked_for}); install the CUDA runtime compiler (libnvrtc, e.g. the nvidia-cuda-nvrtc package); on a Jetson it is in /usr/local/cuda/lib64, which must be on LD_LIBRARY_PATH (the service's jetson.conf sets it); or use the CPU backend")]
     NoNvrtc { looked_for: String },
     #[error("CUDA driver call failed while {while_doing}: {source}")]
     Driver {

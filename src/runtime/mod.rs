@@ -103,7 +103,13 @@ impl FromStr for Backend {
 /// Which execution providers the loaded ONNX Runtime library offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProviderAvailability {
+    /// The TensorRT provider is compiled into the library
+    /// (`GetAvailableProviders`)…
     pub tensorrt: bool,
+    /// …and TensorRT's own library (libnvinfer) loads on this machine. An
+    /// `onnxruntime-gpu` install lists the provider without TensorRT being
+    /// installed; `auto` must not pick it then.
+    pub tensorrt_libraries: bool,
     pub cuda: bool,
 }
 
@@ -123,10 +129,19 @@ pub fn choose_backend(
     const CPU_BUILD: &str = "the loaded ONNX Runtime library does not include the {ep} execution provider \
         (a CPU-only build, e.g. the PyPI `onnxruntime` wheel); install a GPU build (`onnxruntime-gpu`, or JetPack's \
         onnxruntime on a Jetson) with CUDA and TensorRT libraries, or set backend = \"cpu\"";
+    const NO_NVINFER: &str = "the ONNX Runtime library has the TensorRT execution provider, but TensorRT's own \
+        library (libnvinfer.so.10 or .8) does not load on this machine; install TensorRT (JetPack ships it; on x86 \
+        the `tensorrt` packages or wheel) and put it on the loader path, or set backend = \"cuda\"";
     match requested {
-        Backend::TensorRt if available.tensorrt => Ok(BackendChoice {
-            backend: Backend::TensorRt,
-            reason: "requested explicitly".into(),
+        Backend::TensorRt if available.tensorrt && available.tensorrt_libraries => {
+            Ok(BackendChoice {
+                backend: Backend::TensorRt,
+                reason: "requested explicitly".into(),
+            })
+        }
+        Backend::TensorRt if available.tensorrt => Err(RuntimeError::BackendUnavailable {
+            requested,
+            reason: NO_NVINFER.into(),
         }),
         Backend::TensorRt => Err(RuntimeError::BackendUnavailable {
             requested,
@@ -144,9 +159,13 @@ pub fn choose_backend(
             backend: Backend::Cpu,
             reason: "requested explicitly".into(),
         }),
-        Backend::Auto if available.tensorrt => Ok(BackendChoice {
+        Backend::Auto if available.tensorrt && available.tensorrt_libraries => Ok(BackendChoice {
             backend: Backend::TensorRt,
-            reason: "auto: the TensorRT execution provider is available".into(),
+            reason: "auto: the TensorRT execution provider is available and TensorRT loads".into(),
+        }),
+        Backend::Auto if available.cuda && available.tensorrt => Ok(BackendChoice {
+            backend: Backend::Cuda,
+            reason: "auto: the library has the TensorRT provider but TensorRT's libnvinfer does not load; using CUDA".into(),
         }),
         Backend::Auto if available.cuda => Ok(BackendChoice {
             backend: Backend::Cuda,
@@ -158,6 +177,45 @@ pub fn choose_backend(
                 .into(),
         }),
     }
+}
+
+/// TensorRT without the engines `run` prepares (optimization profiles, the
+/// engine cache, the manifest) would make ONNX Runtime rebuild an engine
+/// whenever a shape leaves what it has seen — at nearly every decoder step,
+/// since the past length grows by one (minutes per build on a Jetson). So a
+/// caller without engines (`infer`, `bench`) never runs on TensorRT: `auto`
+/// takes CUDA (or the CPU) instead, and an explicit request is an error that
+/// says what to do.
+pub fn without_engines(
+    choice: BackendChoice,
+    requested: Backend,
+    available: ProviderAvailability,
+) -> Result<BackendChoice, RuntimeError> {
+    if choice.backend != Backend::TensorRt {
+        return Ok(choice);
+    }
+    if requested == Backend::TensorRt {
+        return Err(RuntimeError::BackendUnavailable {
+            requested,
+            reason: "TensorRT needs the engines `florence-edge run` builds from its configuration \
+                (`florence-edge build-engines`, with optimization profiles and a cache); without them ONNX Runtime \
+                would rebuild an engine at nearly every decoder step. Use `run`, or --backend cuda here"
+                .into(),
+        });
+    }
+    Ok(if available.cuda {
+        BackendChoice {
+            backend: Backend::Cuda,
+            reason:
+                "auto: TensorRT needs prepared engines, which this command has none of; using CUDA"
+                    .into(),
+        }
+    } else {
+        BackendChoice {
+            backend: Backend::Cpu,
+            reason: "auto: TensorRT needs prepared engines, which this command has none of, and CUDA is not available".into(),
+        }
+    })
 }
 
 /// Candidate locations for the library, in search order, with where each
@@ -299,13 +357,18 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static OrtRuntime, RuntimeError
         .with_name("florence-edge")
         .build()
         .map_err(|e| RuntimeError::Environment(e.to_string()))?;
+    let tensorrt = ep::TensorRT::is_available().unwrap_or(false);
+    // Only worth a dlopen when the provider is there to use it.
+    let tensorrt_libraries = tensorrt && tensorrt::tensorrt_version().known().is_some();
     let providers = ProviderAvailability {
-        tensorrt: ep::TensorRT::is_available().unwrap_or(false),
+        tensorrt,
+        tensorrt_libraries,
         cuda: ep::CUDA::is_available().unwrap_or(false),
     };
     tracing::info!(
         library = %library.display(),
         tensorrt = providers.tensorrt,
+        tensorrt_libraries = providers.tensorrt_libraries,
         cuda = providers.cuda,
         "ONNX Runtime loaded."
     );
@@ -494,12 +557,60 @@ mod tests {
 
     const CPU_ONLY: ProviderAvailability = ProviderAvailability {
         tensorrt: false,
+        tensorrt_libraries: false,
         cuda: false,
     };
     const GPU: ProviderAvailability = ProviderAvailability {
         tensorrt: true,
+        tensorrt_libraries: true,
         cuda: true,
     };
+    /// `onnxruntime-gpu` without TensorRT installed.
+    const NO_NVINFER: ProviderAvailability = ProviderAvailability {
+        tensorrt: true,
+        tensorrt_libraries: false,
+        cuda: true,
+    };
+
+    #[test]
+    fn without_engines_tensorrt_is_never_used() {
+        let auto = choose_backend(Backend::Auto, GPU).unwrap();
+        assert_eq!(auto.backend, Backend::TensorRt);
+        let c = without_engines(auto, Backend::Auto, GPU).unwrap();
+        assert_eq!(c.backend, Backend::Cuda);
+        assert!(c.reason.contains("prepared engines"), "{}", c.reason);
+        let explicit = choose_backend(Backend::TensorRt, GPU).unwrap();
+        let e = without_engines(explicit, Backend::TensorRt, GPU)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("build-engines") && e.contains("--backend cuda"),
+            "{e}"
+        );
+        let cpu = choose_backend(Backend::Cpu, GPU).unwrap();
+        assert_eq!(
+            without_engines(cpu, Backend::Cpu, GPU).unwrap().backend,
+            Backend::Cpu
+        );
+    }
+
+    #[test]
+    fn a_tensorrt_provider_without_tensorrt_is_not_chosen_by_auto() {
+        let c = choose_backend(Backend::Auto, NO_NVINFER).unwrap();
+        assert_eq!(c.backend, Backend::Cuda);
+        assert!(
+            c.reason.contains("libnvinfer does not load"),
+            "{}",
+            c.reason
+        );
+        let e = choose_backend(Backend::TensorRt, NO_NVINFER)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("libnvinfer") && e.contains("backend = \"cuda\""),
+            "{e}"
+        );
+    }
 
     #[test]
     fn explicit_gpu_backends_on_a_cpu_build_are_errors_naming_the_missing_provider() {
@@ -519,6 +630,7 @@ mod tests {
         );
         let cuda_only = ProviderAvailability {
             tensorrt: false,
+            tensorrt_libraries: false,
             cuda: true,
         };
         let c = choose_backend(Backend::Auto, cuda_only).unwrap();

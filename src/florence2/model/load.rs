@@ -90,7 +90,10 @@ impl Florence2 {
         let files = GraphFiles::resolve(dir, &opts.variant, opts.layout)?;
 
         let rt = runtime::init(opts.ort_library.as_deref())?;
-        let backend = runtime::choose_backend(opts.backend, rt.providers)?;
+        let mut backend = runtime::choose_backend(opts.backend, rt.providers)?;
+        if opts.engine_manifest.is_none() {
+            backend = runtime::without_engines(backend, opts.backend, rt.providers)?;
+        }
         tracing::info!(backend = %backend.backend, reason = %backend.reason, "Inference backend chosen.");
         let session_options = SessionOptions {
             backend: backend.backend,

@@ -66,7 +66,7 @@ pub use manifest::{
 };
 pub use probe::{
     decode_tensorrt_version, parse_nv_tegra_release, parse_nvidia_smi_line,
-    tegra_compute_capability, HostFacts, Probed,
+    tegra_compute_capability, tensorrt_version, HostFacts, Probed,
 };
 pub use profiles::{
     graph_profile, read_graph_inputs, AxisRange, DecoderData, GraphProfile, InputShapes, InputSpec,

@@ -69,7 +69,7 @@ impl HostFacts {
             gpu_name: gpu.0,
             compute_capability: gpu.1,
             driver_version: gpu.2,
-            tensorrt_version: probe_tensorrt(),
+            tensorrt_version: tensorrt_version(),
             onnxruntime_version: probe_onnxruntime(&rt.library),
         }
     }
@@ -115,6 +115,18 @@ pub fn tegra_compute_capability(compatible: &str) -> Probed {
         "no known Tegra SoC in /proc/device-tree/compatible ({})",
         names.join(", ")
     ))
+}
+
+/// The GPU name of a Jetson for the engine fingerprint: nvidia-smi's name
+/// (when it has one) with the device tree's board model, which is what
+/// tells the Orin modules apart.
+pub fn tegra_gpu_name(smi_name: &Probed, device_tree_model: &str) -> Probed {
+    let model = device_tree_model.trim_end_matches('\0').trim();
+    match (smi_name.known(), model.is_empty()) {
+        (_, true) => smi_name.clone(),
+        (Some(name), false) => Probed::Known(format!("{name} / {model}")),
+        (None, false) => Probed::Known(model.to_string()),
+    }
 }
 
 /// `/etc/nv_tegra_release`: `# R36 (release), REVISION: 4.0, GCID: …` →
@@ -198,14 +210,10 @@ fn probe_gpu() -> (Probed, Probed, Probed) {
     if let Ok(compatible) = fs::read("/proc/device-tree/compatible") {
         let compatible = String::from_utf8_lossy(&compatible);
         if compatible.contains("nvidia,tegra") {
-            if name.known().is_none() {
-                if let Ok(model) = fs::read("/proc/device-tree/model") {
-                    let model = String::from_utf8_lossy(&model);
-                    let model = model.trim_end_matches('\0').trim();
-                    if !model.is_empty() {
-                        name = Probed::Known(model.to_string());
-                    }
-                }
+            // Every Orin module reports "Orin (nvgpu)" and 8.7: only the
+            // board model tells an Orin Nano's engines from an AGX Orin's.
+            if let Ok(model) = fs::read("/proc/device-tree/model") {
+                name = tegra_gpu_name(&name, &String::from_utf8_lossy(&model));
             }
             if cc.known().is_none() {
                 cc = tegra_compute_capability(&compatible);
@@ -252,7 +260,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn probe_tensorrt() -> Probed {
+/// TensorRT's version, from `getInferLibVersion` of the libnvinfer the
+/// loader finds; unknown (with why) where none loads.
+pub fn tensorrt_version() -> Probed {
     let mut tried = Vec::new();
     for name in LIBNVINFER {
         // SAFETY: loading libnvinfer runs its initialisers, which the
@@ -342,6 +352,27 @@ mod tests {
             matches!(c, Probed::Unknown(ref why) if why.contains("[N/A]")),
             "{c:?}"
         );
+    }
+
+    #[test]
+    fn orin_modules_are_told_apart_by_their_board_model() {
+        let smi = Probed::Known("Orin (nvgpu)".into());
+        let nano = tegra_gpu_name(&smi, "NVIDIA Jetson Orin Nano Developer Kit\0");
+        let agx = tegra_gpu_name(&smi, "NVIDIA Jetson AGX Orin Developer Kit\0");
+        assert_ne!(
+            nano, agx,
+            "same GPU name and compute capability, other engines"
+        );
+        assert_eq!(
+            nano,
+            Probed::Known("Orin (nvgpu) / NVIDIA Jetson Orin Nano Developer Kit".into())
+        );
+        let missing = Probed::Unknown("nvidia-smi: not found".into());
+        assert_eq!(
+            tegra_gpu_name(&missing, "NVIDIA Jetson AGX Orin\0"),
+            Probed::Known("NVIDIA Jetson AGX Orin".into())
+        );
+        assert_eq!(tegra_gpu_name(&smi, "\0"), smi);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cudarc::driver::{sys::CUevent_flags, CudaSlice, CudaStream, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaStream, ValidAsZeroBits};
 use florence_edge::gpu::{
     GpuContext, GpuError, GpuFrame, GpuLocationParser, GpuPreprocessor, OutputElement,
 };
@@ -92,13 +92,16 @@ fn time_ms(
         work()?;
     }
     stream.synchronize()?;
-    let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    // Host time between two synchronisations, not CUDA events: cudarc's
+    // `cuda-13000` bindings time events with cuEventElapsedTime_v2, which
+    // JetPack 6's CUDA 12.6 driver does not have (the call would panic
+    // there). Over ITERATIONS launches the host overhead is negligible.
+    let start = std::time::Instant::now();
     for _ in 0..ITERATIONS {
         work()?;
     }
-    let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-    end.synchronize()?;
-    Ok(f64::from(start.elapsed_ms(&end)?) / ITERATIONS as f64)
+    stream.synchronize()?;
+    Ok(start.elapsed().as_secs_f64() * 1e3 / ITERATIONS as f64)
 }
 
 fn bench_preprocess<T: OutputElement + ValidAsZeroBits>(

@@ -221,12 +221,27 @@ fn kernel_paths(
     let cache = kernel_cache_dir(opts);
     let gpu = crate::gpu::GpuContext::new(crate::runtime::device::CUDA_DEVICE_ID as usize, &cache)
         .map_err(|e| ModelError::Gpu(format!("{e} (backend {})", model.placement().backend())))?;
-    let preprocessor = crate::gpu::GpuPreprocessor::new(
-        &gpu,
-        preprocessor,
-        crate::preprocess::YuvMatrix::Bt709Limited,
-    )
-    .map_err(|e| ModelError::Gpu(e.to_string()))?;
+    // The kernel writes into a device tensor of the graph's fixed input
+    // size; a graph that declares a symbolic height/width gets its frames
+    // preprocessed on the CPU instead (decided here, at load, rather than
+    // failing every batch). Not verified on a GPU.
+    let pixels = if model.pixel_size.is_none() {
+        tracing::warn!(
+            graph = %model.vision_path().display(),
+            "The vision encoder declares a symbolic image size: frames are preprocessed on the \
+             CPU and copied to the GPU (the CUDA preprocessing kernel needs a fixed size)."
+        );
+        PixelPath::HostFloats
+    } else {
+        PixelPath::Kernel(Box::new(
+            crate::gpu::GpuPreprocessor::new(
+                &gpu,
+                preprocessor,
+                crate::preprocess::YuvMatrix::Bt709Limited,
+            )
+            .map_err(|e| ModelError::Gpu(e.to_string()))?,
+        ))
+    };
     let locations = loc0
         .map(|loc0| {
             crate::gpu::GpuLocationParser::new(&gpu, loc0).map(|parser| LocationPath::Kernel {
@@ -241,7 +256,7 @@ fn kernel_paths(
         kernel_cache = %cache.display(),
         "CUDA kernels ready."
     );
-    Ok((Some(PixelPath::Kernel(Box::new(preprocessor))), locations))
+    Ok((Some(pixels), locations))
 }
 
 /// Without the `cuda` feature there are no kernel paths.

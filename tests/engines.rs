@@ -639,6 +639,7 @@ fn builds_the_tiny_models_engines_and_loads_them_at_the_next_start() {
         intra_threads: 0,
         tensorrt_fp16: s.fp16,
         engine_cache_dir: Some(s.engines_dir.clone()),
+        ..SessionOptions::default()
     };
     for g in &manifest.graphs {
         let trt = manifest.session_options(g.graph).unwrap();

@@ -228,6 +228,7 @@ fn model(mut f: Fields, errors: &mut Errors) -> Option<ModelConfig> {
         duration_at_least(v, Duration::from_secs(1))
     });
     let ort_library = f.opt("ort_library", errors, path_value);
+    let gpu_memory_limit_mb = f.opt("gpu_memory_limit_mb", errors, |v| uint_in(v, 64, 1 << 20));
     let decoding = f.table("decoding", errors).map(|d| decoding(d, errors));
     f.finish(errors);
 
@@ -269,6 +270,7 @@ fn model(mut f: Fields, errors: &mut Errors) -> Option<ModelConfig> {
         threads: usize::try_from(threads).ok()?,
         batch_timeout,
         ort_library,
+        gpu_memory_limit_mb: gpu_memory_limit_mb.map(|mb| mb as usize),
         decoding: decoding??,
     })
 }

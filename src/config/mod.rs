@@ -74,6 +74,9 @@ pub struct ModelConfig {
     pub batch_timeout: Duration,
     /// `libonnxruntime.so` to load instead of the one found by the loader.
     pub ort_library: Option<PathBuf>,
+    /// GPU backends: device memory each ONNX Runtime session's arena (and
+    /// TensorRT's builder workspace) may take, in MiB; `None`: no limit.
+    pub gpu_memory_limit_mb: Option<usize>,
     pub decoding: Decoding,
 }
 

@@ -95,6 +95,9 @@ impl Config {
         if let Some(lib) = &m.ort_library {
             t.insert("ort_library".into(), path(lib));
         }
+        if let Some(mb) = m.gpu_memory_limit_mb {
+            t.insert("gpu_memory_limit_mb".into(), int(mb));
+        }
         let mut d = Table::new();
         match m.decoding.strategy {
             Strategy::Greedy => {

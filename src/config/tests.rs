@@ -138,7 +138,7 @@ fn a_typo_is_an_unknown_key_that_names_itself_and_a_suggestion() {
     let printed = lines(&text);
     assert_eq!(printed.len(), 4, "{printed:#?}");
     assert!(printed.contains(
-        &"test.toml: model.dri: unknown key; did you mean `dir`? (allowed: dir, backend, precision, decoder, engines_dir, build_engines_at_start, max_batch, max_wait_ms, threads, batch_timeout, ort_library, decoding)".to_string()
+        &"test.toml: model.dri: unknown key; did you mean `dir`? (allowed: dir, backend, precision, decoder, engines_dir, build_engines_at_start, max_batch, max_wait_ms, threads, batch_timeout, ort_library, gpu_memory_limit_mb, decoding)".to_string()
     ));
     assert!(printed
         .iter()
@@ -581,4 +581,25 @@ fn camera_ids_that_collide_with_topics_are_refused() {
         lines(&text),
         ["test.toml: cameras[1].id: camera id \"gate\" is also the node id; they share `{prefix}/{id}/status`, so rename the camera"],
     );
+}
+
+#[test]
+fn gpu_memory_limit_is_in_mib_within_bounds() {
+    let with = |v: &str| {
+        MINIMAL.replace(
+            "[model]\n",
+            &format!("[model]\ngpu_memory_limit_mb = {v}\n"),
+        )
+    };
+    let config = compile(&with("2048")).expect("valid");
+    assert_eq!(config.model.gpu_memory_limit_mb, Some(2048));
+    assert_eq!(
+        compile(MINIMAL).expect("valid").model.gpu_memory_limit_mb,
+        None
+    );
+    assert_eq!(keys(&with("10")), ["model.gpu_memory_limit_mb"]);
+    assert_eq!(keys(&with("\"2GB\"")), ["model.gpu_memory_limit_mb"]);
+    // What validate --print writes compiles back to the same limit.
+    let printed = config.effective_toml();
+    assert!(printed.contains("gpu_memory_limit_mb = 2048"), "{printed}");
 }

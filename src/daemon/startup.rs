@@ -19,6 +19,7 @@ pub fn load_options(config: &Config) -> LoadOptions {
         m.engines_dir.as_deref(),
     ));
     opts.tensorrt_fp16 = m.tensorrt_fp16();
+    opts.gpu_memory_limit = m.gpu_memory_limit_mb.map(|mb| mb.saturating_mul(1 << 20));
     opts
 }
 

@@ -130,6 +130,11 @@ impl Florence2 {
         &self.placement
     }
 
+    /// The vision encoder's graph file, for messages.
+    pub fn vision_path(&self) -> &std::path::Path {
+        &self.vision.path
+    }
+
     /// The element type of the vision encoder's `pixel_values`.
     pub fn pixel_type(&self) -> FloatType {
         self.pixel_type

@@ -390,6 +390,13 @@ pub struct SessionOptions {
     /// TensorRT: FP16 engines, engine and timing cache under this directory.
     pub tensorrt_fp16: bool,
     pub engine_cache_dir: Option<PathBuf>,
+    /// GPU backends: the most device memory one session's CUDA arena may
+    /// hold (and TensorRT's builder workspace); `None`: no limit. Set it
+    /// on 8–16 GB Jetsons, where the GPU shares memory with the system.
+    pub gpu_memory_limit: Option<usize>,
+    /// CUDA: TF32 matrix maths on Ampere and later (ONNX Runtime's
+    /// default, faster); off gives FP32 results that match the CPU's.
+    pub cuda_tf32: bool,
 }
 
 impl Default for SessionOptions {
@@ -399,8 +406,26 @@ impl Default for SessionOptions {
             intra_threads: 0,
             tensorrt_fp16: true,
             engine_cache_dir: None,
+            gpu_memory_limit: None,
+            cuda_tf32: true,
         }
     }
+}
+
+/// The CUDA execution provider as every session uses it: the arena grows
+/// by what is requested (the default doubles, which on a Jetson reserves
+/// memory the system needs), cuDNN picks convolution algorithms
+/// heuristically (the exhaustive default allocates large workspaces to
+/// benchmark each), and the arena is capped where a limit is set.
+fn cuda_provider(options: &SessionOptions) -> ep::CUDA {
+    let mut cuda = ep::CUDA::default()
+        .with_arena_extend_strategy(ep::ArenaExtendStrategy::SameAsRequested)
+        .with_conv_algorithm_search(ep::cuda::ConvAlgorithmSearch::Heuristic)
+        .with_tf32(options.cuda_tf32);
+    if let Some(limit) = options.gpu_memory_limit {
+        cuda = cuda.with_memory_limit(limit);
+    }
+    cuda
 }
 
 /// One TensorRT optimization profile, in the TensorRT execution provider's
@@ -505,13 +530,16 @@ fn session_builder(
         Backend::Cpu => {}
         Backend::Cuda => {
             builder = builder
-                .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
+                .with_execution_providers([cuda_provider(options).build().error_on_failure()])
                 .map_err(|e| err(e.to_string()))?;
         }
         Backend::TensorRt => {
             let mut trt = ep::TensorRT::default()
                 .with_fp16(options.tensorrt_fp16)
                 .with_layer_norm_fp32_fallback(true);
+            if let Some(limit) = options.gpu_memory_limit {
+                trt = trt.with_max_workspace_size(limit);
+            }
             if let Some(dir) = &options.engine_cache_dir {
                 let dir = dir.display().to_string();
                 trt = trt
@@ -538,7 +566,7 @@ fn session_builder(
             builder = builder
                 .with_execution_providers([
                     trt.build().error_on_failure(),
-                    ep::CUDA::default().build().error_on_failure(),
+                    cuda_provider(options).build().error_on_failure(),
                 ])
                 .map_err(|e| err(e.to_string()))?;
         }

@@ -38,6 +38,12 @@ pub struct LoadOptions {
     /// the `cuda` feature). `None`: `kernels/` under `engine_cache_dir`, or
     /// under the system's temporary directory.
     pub kernel_cache_dir: Option<PathBuf>,
+    /// GPU backends: the device memory limit of each session's arena and
+    /// TensorRT workspace (`model.gpu_memory_limit_mb`); `None`: no limit.
+    pub gpu_memory_limit: Option<usize>,
+    /// CUDA TF32 maths (default on); tests comparing tokens with the CPU
+    /// turn it off.
+    pub cuda_tf32: bool,
 }
 
 impl LoadOptions {
@@ -53,6 +59,8 @@ impl LoadOptions {
             engine_manifest: None,
             tensorrt_fp16: true,
             kernel_cache_dir: None,
+            gpu_memory_limit: None,
+            cuda_tf32: true,
         }
     }
 }
@@ -100,6 +108,8 @@ impl Florence2 {
             intra_threads: opts.intra_threads,
             tensorrt_fp16: opts.tensorrt_fp16,
             engine_cache_dir: opts.engine_cache_dir.clone(),
+            gpu_memory_limit: opts.gpu_memory_limit,
+            cuda_tf32: opts.cuda_tf32,
         };
         use runtime::tensorrt::EngineGraph;
         let manifest = opts

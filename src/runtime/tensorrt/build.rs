@@ -351,6 +351,7 @@ fn build_engines_on(
             intra_threads: 0,
             tensorrt_fp16: spec.fp16,
             engine_cache_dir: Some(dir.clone()),
+            ..SessionOptions::default()
         };
         let trt = TensorRtSessionOptions {
             profile: Some(profile.tensorrt_profile()),

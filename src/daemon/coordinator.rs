@@ -48,20 +48,23 @@ impl Coordinator {
                 payload.last_error = Some(error.clone());
             }
         }
-        {
-            let mut sink = crate::sync::lock(&self.sink);
-            sink.camera_status(&payload);
-        }
+        self.send_status(&payload);
+    }
+
+    fn send_status(&self, payload: &crate::publish::CameraStatusPayload) {
+        let mut sink = crate::sync::lock(&self.sink);
+        sink.camera_status(payload);
     }
 
     /// Publishes the last status of a camera this node no longer runs, so
     /// the retained topic does not go on saying `streaming`.
     fn publish_final(&self, status: &CameraStatus, why: NotRunning) {
-        let payload = result::final_status_payload(&self.node, &self.run_id, status, why);
-        {
-            let mut sink = crate::sync::lock(&self.sink);
-            sink.camera_status(&payload);
-        }
+        self.send_status(&result::final_status_payload(
+            &self.node,
+            &self.run_id,
+            status,
+            why,
+        ));
     }
 
     /// A camera that a reload removed (or disabled): stopped, forgotten,

@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod bench;
 pub mod config;
+pub mod control;
 #[cfg(feature = "gstreamer")]
 pub mod daemon;
 pub mod florence2;

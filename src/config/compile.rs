@@ -551,6 +551,7 @@ fn task(mut f: Fields, path: &str, errors: &mut Errors) -> Option<TaskSchedule> 
         Ok(text)
     });
     let region = f.opt("region", errors, region);
+    let enabled = f.or("enabled", true, errors, boolean);
     f.finish(errors);
     let task = task?;
     let needs = |key: &str, errors: &mut Errors, allowed: &str| {
@@ -605,5 +606,6 @@ fn task(mut f: Fields, path: &str, errors: &mut Errors) -> Option<TaskSchedule> 
         task,
         argument: argument?,
         every: every?,
+        enabled,
     })
 }

@@ -157,6 +157,45 @@ impl Topics {
     pub fn snapshot(&self, camera: &str, task: &str) -> Result<String, TopicError> {
         Ok(format!("{}/snapshot", self.result(camera, task)?))
     }
+
+    /// The prefix, as configured (`florence-edge`, `site/a`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `{prefix}/{camera}/{name}/state`: the retained effective settings of
+    /// one task; `name` is its control name (`control::task_names`: `od`,
+    /// `open_vocabulary_detection_2`).
+    pub fn task_state(&self, camera: &str, name: &str) -> Result<String, TopicError> {
+        self.check_camera(camera)?;
+        check_level("task name", name)?;
+        Ok(format!("{}/{camera}/{name}/state", self.prefix))
+    }
+
+    /// `{prefix}/{camera}/{name}/set`: commands for one task (JSON keys of
+    /// the task; `…/set/enabled`, `…/set/text`, `…/set/every` take plain
+    /// values).
+    pub fn task_command(&self, camera: &str, name: &str) -> Result<String, TopicError> {
+        self.check_camera(camera)?;
+        check_level("task name", name)?;
+        Ok(format!("{}/{camera}/{name}/set", self.prefix))
+    }
+
+    /// `{prefix}/{node}/set`: the node's command topics start here.
+    pub fn node_command(&self) -> String {
+        format!("{}/{}/set", self.prefix, self.node)
+    }
+
+    /// `{prefix}/{node}/response`: where every command is answered.
+    pub fn command_response(&self) -> String {
+        format!("{}/{}/response", self.prefix, self.node)
+    }
+
+    /// `{prefix}/{node}/config`: the retained revision and summary of the
+    /// configuration in effect.
+    pub fn node_config(&self) -> String {
+        format!("{}/{}/config", self.prefix, self.node)
+    }
 }
 
 /// Rate limit for snapshots: at most one per topic per interval.

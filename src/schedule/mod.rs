@@ -51,6 +51,9 @@ pub struct TaskSchedule {
     pub argument: TaskArgument,
     /// The period; never zero.
     pub every: Duration,
+    /// A disabled task stays configured (its settings, its place in the
+    /// list, the stream's frame rate) but is never scheduled.
+    pub enabled: bool,
 }
 
 /// One unit of inference: run `key.task` on frame `frame_seq` of

@@ -147,6 +147,7 @@ impl Scheduler {
         };
         let slots = tasks
             .iter()
+            .filter(|t| t.enabled)
             .map(|t| {
                 let key = Arc::new(JobKey {
                     camera: camera.clone(),
@@ -319,6 +320,7 @@ mod tests {
             task,
             argument: TaskArgument::None,
             every: ms(every),
+            enabled: true,
         }
     }
 
@@ -573,6 +575,7 @@ mod tests {
                         task: Task::Ocr,
                         argument: TaskArgument::None,
                         every,
+                        enabled: true,
                     }],
                 )],
                 Instant::now(),

@@ -249,11 +249,13 @@ fn overload_keeps_the_queue_bounded_and_the_rate_measurable() {
                         task: Task::ObjectDetection,
                         argument: TaskArgument::None,
                         every,
+                        enabled: true,
                     },
                     TaskSchedule {
                         task: Task::OpenVocabularyDetection,
                         argument: TaskArgument::Text(Arc::from("a forklift")),
                         every,
+                        enabled: true,
                     },
                 ],
             )

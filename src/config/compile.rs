@@ -9,7 +9,7 @@ use std::time::Duration;
 use ::config::{FileFormat, Source, Value, ValueKind};
 
 use super::{
-    Backend, CameraConfig, Config, ConfigError, DecoderLayout, Decoding, HttpConfig, ModelConfig,
+    Backend, CameraConfig, Config, ConfigError, ControlConfig, DecoderLayout, Decoding, HttpConfig, ModelConfig,
     NodeConfig, Strategy, TaskSchedule, Variant, ENV_PREFIX,
 };
 use crate::ingest::settings::URL_ALLOWED;
@@ -129,6 +129,7 @@ fn compile_root(
         .table("mqtt", errors)
         .map(|f| MqttSettings::from_section(f, node_id.as_deref(), errors));
     let http = root.table("http", errors).map(|f| http(f, errors));
+    let control = root.table("control", errors).map(|f| control(f, errors));
     let cameras = cameras(&mut root, node_id.as_deref(), errors);
     root.finish(errors);
     Some(Config {
@@ -137,6 +138,7 @@ fn compile_root(
         model: model??,
         mqtt: mqtt??,
         http: http??,
+        control: control??,
         cameras: cameras?,
     })
 }
@@ -321,6 +323,21 @@ fn http(mut f: Fields, errors: &mut Errors) -> Option<HttpConfig> {
     Some(HttpConfig {
         listen: enabled.then_some(listen),
         bearer_token_file,
+    })
+}
+
+fn control(mut f: Fields, errors: &mut Errors) -> Option<ControlConfig> {
+    let http = f.or("http", true, errors, boolean);
+    let overrides_file = f.or(
+        "overrides_file",
+        std::path::PathBuf::from(super::DEFAULT_OVERRIDES_FILE),
+        errors,
+        path_value,
+    );
+    f.finish(errors);
+    Some(ControlConfig {
+        http,
+        overrides_file,
     })
 }
 

@@ -30,6 +30,8 @@ pub struct ConfigDiff {
     pub model_changed: bool,
     pub mqtt_changed: bool,
     pub http_changed: bool,
+    /// `[control]` (and `[homeassistant]`): read at start.
+    pub control_changed: bool,
 }
 
 impl ConfigDiff {
@@ -39,6 +41,7 @@ impl ConfigDiff {
             && !self.model_changed
             && !self.mqtt_changed
             && !self.http_changed
+            && !self.control_changed
     }
 
     /// Ids of cameras with the given change, in id order.
@@ -74,6 +77,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         model_changed: old.model != new.model,
         mqtt_changed: old.mqtt != new.mqtt,
         http_changed: old.http != new.http,
+        control_changed: old.control != new.control,
     }
 }
 

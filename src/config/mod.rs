@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use crate::schedule::{Region, Task, TaskArgument, TaskInput, TaskSchedule, UnknownTask};
 pub use diff::{diff, CameraChange, ConfigDiff};
-pub use plan::{plan, Plan};
+pub use plan::{plan, plan_with, Plan, PromptCheck};
 
 /// Environment variables starting with this, then `__SECTION__KEY`, override
 /// the file (`FLORENCE_EDGE__MQTT__URL`).
@@ -38,6 +38,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub mqtt: crate::publish::MqttSettings,
     pub http: HttpConfig,
+    pub control: ControlConfig,
     /// In file order, enabled or not.
     pub cameras: Vec<CameraConfig>,
 }
@@ -100,6 +101,21 @@ pub struct HttpConfig {
     pub listen: Option<SocketAddr>,
     pub bearer_token_file: Option<PathBuf>,
 }
+
+/// `[control]`: changes at run time (docs/CONTROL.md).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlConfig {
+    /// Accept changes on the HTTP endpoint (`PUT /api/cameras/…`); reads
+    /// (`GET /api/config`) are always served.
+    pub http: bool,
+    /// Where runtime changes persist; laid over the file at every start
+    /// and reload.
+    pub overrides_file: PathBuf,
+}
+
+/// `control.overrides_file` when unset: under systemd's
+/// `StateDirectory=florence-edge`.
+pub const DEFAULT_OVERRIDES_FILE: &str = "/var/lib/florence-edge/overrides.json";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct CameraConfig {
@@ -180,7 +196,74 @@ pub fn load_with_env(
             reason: e.to_string(),
         }]
     })?;
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    // A file that is not TOML is reported by the compile, as a syntax error.
+    let Ok(root) = toml::from_str::<toml::Table>(&text) else {
+        return compile::compile(path, &text, env, hostname().as_deref());
+    };
+    let overrides = overrides_file(&root, &env);
+    let overlay = crate::control::overlay::Overlay::load(&overrides).map_err(|e| {
+        vec![ConfigError::Invalid {
+            origin: file.clone(),
+            key: "control.overrides_file".into(),
+            problem: e.to_string(),
+            allowed: None,
+        }]
+    })?;
+    compile_layered(path, root, &overlay, env)
+}
+
+/// The file's tree with `overlay` laid over it, compiled as [`load`] does:
+/// the one way runtime changes (`control`) are checked.
+pub fn compile_layered(
+    path: &Path,
+    mut root: toml::Table,
+    overlay: &crate::control::overlay::Overlay,
+    env: Vec<(String, String)>,
+) -> Result<Config, Vec<ConfigError>> {
+    let file = path.display().to_string();
+    overlay.apply(&mut root).map_err(|p| {
+        vec![ConfigError::Invalid {
+            origin: file.clone(),
+            key: p.key,
+            problem: p.reason,
+            allowed: None,
+        }]
+    })?;
+    let text = toml::to_string(&root).map_err(|e| {
+        vec![ConfigError::Syntax {
+            file: file.clone(),
+            reason: e.to_string(),
+        }]
+    })?;
     compile::compile(path, &text, env, hostname().as_deref())
+}
+
+/// `control.overrides_file`: the environment's override, the file's key,
+/// or [`DEFAULT_OVERRIDES_FILE`]. Read before the compile, since the overlay
+/// it names is part of what is compiled (a key of the wrong type is
+/// reported by the compile).
+pub fn overrides_file(root: &toml::Table, env: &[(String, String)]) -> PathBuf {
+    let from_env = env
+        .iter()
+        .find(|(k, _)| k == &format!("{ENV_PREFIX}__CONTROL__OVERRIDES_FILE"))
+        .map(|(_, v)| v.as_str());
+    let from_file = root
+        .get("control")
+        .and_then(|c| c.get("overrides_file"))
+        .and_then(toml::Value::as_str);
+    PathBuf::from(
+        from_env
+            .or(from_file)
+            .unwrap_or(DEFAULT_OVERRIDES_FILE),
+    )
+}
+
+/// The `FLORENCE_EDGE__…` variables of the process environment.
+pub fn config_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+        .collect()
 }
 
 /// Compiles configuration text that did not come from disk; `path` only

@@ -34,6 +34,36 @@ pub struct Plan {
 /// Checks `config` against the disk, collecting every problem, each named
 /// by the key of the file it is about.
 pub fn plan(config: Config) -> Result<Plan, Vec<ConfigError>> {
+    plan_with(config, None)
+}
+
+/// The model's tokenizer and sequence limit, loaded once by a daemon that
+/// plans many changes (runtime control) against the same model directory.
+pub struct PromptCheck {
+    limit: SequenceLimit,
+    tokenizer: FlorenceTokenizer,
+}
+
+impl PromptCheck {
+    /// `None` when the directory has no tokenizer.json/config.json or no
+    /// limit (then [`plan`] checks nothing either) or they do not read (then
+    /// [`plan`] reports them).
+    pub fn load(dir: &Path) -> Option<PromptCheck> {
+        if !dir.join("tokenizer.json").is_file() || !dir.join("config.json").is_file() {
+            return None;
+        }
+        let limit = SequenceLimit::from_dir(dir).ok()??;
+        let tokenizer = FlorenceTokenizer::from_dir(dir).ok()?;
+        Some(PromptCheck { limit, tokenizer })
+    }
+}
+
+/// [`plan`], with the prompts counted by `prompts` when given instead of a
+/// tokenizer loaded from the model directory.
+pub fn plan_with(
+    config: Config,
+    prompts: Option<&PromptCheck>,
+) -> Result<Plan, Vec<ConfigError>> {
     let file = config.file.display().to_string();
     let mut errors = Vec::new();
     let mut report = |key: String, problem: String| {
@@ -97,7 +127,10 @@ pub fn plan(config: Config) -> Result<Plan, Vec<ConfigError>> {
             Err(other) => report(format!("cameras[{i}].url"), other.to_string()),
         }
     }
-    errors.extend(prompt_problems(&config, &file));
+    errors.extend(match prompts {
+        Some(check) => count_prompts(&config, &file, check),
+        None => prompt_problems(&config, &file),
+    });
     match publisher {
         Some(publisher) if errors.is_empty() => Ok(Plan { config, publisher }),
         _ => Err(errors),
@@ -130,6 +163,17 @@ fn prompt_problems(config: &Config, file: &str) -> Vec<ConfigError> {
     let tokenizer = match FlorenceTokenizer::from_dir(dir) {
         Ok(t) => t,
         Err(e) => return vec![invalid("model.dir".into(), e.to_string(), None)],
+    };
+    count_prompts(config, file, &PromptCheck { limit, tokenizer })
+}
+
+fn count_prompts(config: &Config, file: &str, check: &PromptCheck) -> Vec<ConfigError> {
+    let (limit, tokenizer) = (&check.limit, &check.tokenizer);
+    let invalid = |key: String, problem: String, allowed: Option<String>| ConfigError::Invalid {
+        origin: file.to_string(),
+        key,
+        problem,
+        allowed,
     };
     // Every `<loc_N>` is one token, so any bins count the same.
     let region = "<loc_0>".repeat(4);

@@ -39,6 +39,25 @@ fn password(t: &mut Table, p: &Option<PasswordSource>) {
 impl Config {
     /// The effective configuration as TOML text.
     pub fn effective_toml(&self) -> String {
+        let root = self.effective_table();
+        // Serializing a table built of strings, numbers and tables only
+        // cannot fail; an error would still be shown rather than hidden.
+        toml::to_string_pretty(&root).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+
+    /// The effective configuration as JSON in the file's shape
+    /// (`GET /api/config`), credentials redacted as in [`Config::effective_toml`].
+    pub fn effective_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.effective_table()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// One camera's effective table as JSON (`GET /api/cameras/{id}`).
+    pub fn camera_json(&self, id: &str) -> Option<serde_json::Value> {
+        let camera = self.cameras.iter().find(|c| c.id == id)?;
+        serde_json::to_value(camera_table(camera)).ok()
+    }
+
+    fn effective_table(&self) -> Table {
         let mut root = Table::new();
         let mut node = Table::new();
         node.insert("id".into(), text(&self.node.id));
@@ -54,6 +73,10 @@ impl Config {
             http.insert("bearer_token_file".into(), path(file));
         }
         root.insert("http".into(), Value::Table(http));
+        let mut control = Table::new();
+        control.insert("http".into(), Value::Boolean(self.control.http));
+        control.insert("overrides_file".into(), path(&self.control.overrides_file));
+        root.insert("control".into(), Value::Table(control));
         root.insert(
             "cameras".into(),
             Value::Array(
@@ -63,9 +86,7 @@ impl Config {
                     .collect(),
             ),
         );
-        // Serializing a table built of strings, numbers and tables only
-        // cannot fail; an error would still be shown rather than hidden.
-        toml::to_string_pretty(&root).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+        root
     }
 
     fn model_table(&self) -> Table {
@@ -183,6 +204,9 @@ fn camera_table(c: &CameraConfig) -> Table {
                 );
             }
             tt.insert("every".into(), duration(task.every));
+            if !task.enabled {
+                tt.insert("enabled".into(), Value::Boolean(false));
+            }
             Value::Table(tt)
         })
         .collect();

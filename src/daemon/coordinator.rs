@@ -6,8 +6,17 @@ use super::*;
 use crate::publish::NotRunning;
 
 pub(super) struct Coordinator {
+    /// The configuration revision in effect (`control::overlay`).
+    pub(super) revision: u64,
+    /// The runtime overlay in effect, as last persisted.
+    pub(super) overlay: crate::control::overlay::Overlay,
+    /// The model's prompt limits, loaded once for planning runtime changes.
+    pub(super) prompts: Option<crate::config::PromptCheck>,
+    /// The task states last published, by (camera, task name).
+    pub(super) published_states:
+        std::collections::BTreeMap<(String, String), crate::control::TaskState>,
     pub(super) scheduler: Scheduler,
-    pub(super) batcher: Batcher<Arc<Frame>>,
+    pub(super) batcher: Batcher<super::JobFrame>,
     pub(super) latest: HashMap<Arc<str>, Arc<Frame>>,
     pub(super) cameras: BTreeMap<String, CameraHandle>,
     pub(super) registry: CameraRegistry,
@@ -256,6 +265,11 @@ impl Coordinator {
                     self.job_outcomes(outcomes, Instant::now());
                 }
                 Ok(Msg::Reload) => self.reload(),
+                Ok(Msg::Control { request, reply }) => {
+                    let answer = self.control(request);
+                    // The caller may have given up waiting; nothing to do then.
+                    let _ = reply.try_send(answer);
+                }
                 Ok(Msg::Shutdown(why)) => break why,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break "all senders gone",
@@ -272,7 +286,11 @@ impl Coordinator {
                 // The scheduler only emits a job once its camera has a frame.
                 if let Some(frame) = self.latest.get(&job.key.camera) {
                     let frame = frame.clone();
-                    if let Some(stale) = self.batcher.push(job.with_frame(frame), now) {
+                    let tagged = super::JobFrame {
+                        frame,
+                        revision: self.revision,
+                    };
+                    if let Some(stale) = self.batcher.push(job.with_frame(tagged), now) {
                         tracing::debug!(camera = %stale.key.camera, task = %stale.key.task, "Stale job replaced by a newer frame.");
                     }
                 }

@@ -112,7 +112,7 @@ pub(super) fn inference_thread(
                 result::result_payload(&ctx.node, &ctx.run_id, &info, job, r, *seq, dispatched);
             {
                 let mut sink = crate::sync::lock(&sink);
-                sink.result_with_frame(&out, &job.frame);
+                sink.result_with_frame(&out, &job.frame.frame);
             }
             let end_to_end = SystemTime::now()
                 .duration_since(job.frame.captured_at)

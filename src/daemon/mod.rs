@@ -8,6 +8,7 @@
 //! Inference never runs on an async runtime's workers.
 
 pub mod cameras;
+mod control;
 mod coordinator;
 mod inference;
 mod isolate;
@@ -36,6 +37,7 @@ use crate::service::{Liveness, Notifier, Watchdog};
 pub use observe::{BatchSizes, DaemonView, ModelLabels, StageHistograms};
 
 pub use result::{MqttSink, ResultSink, StdoutSink};
+pub use control::{ControlHandle, CONTROL_TIMEOUT};
 pub use startup::{load_options, preflight, Daemon};
 
 use coordinator::Coordinator;
@@ -96,6 +98,11 @@ enum Msg {
     },
     /// SIGHUP: re-read the configuration file.
     Reload,
+    /// A runtime change (HTTP or MQTT), answered on `reply`.
+    Control {
+        request: crate::control::ControlRequest,
+        reply: SyncSender<crate::control::ControlReply>,
+    },
     Shutdown(&'static str),
 }
 
@@ -145,7 +152,23 @@ pub struct CameraEntry {
 /// The running cameras by id, readable from other threads.
 pub type CameraRegistry = Arc<Mutex<BTreeMap<String, CameraEntry>>>;
 
-type FrameJob = Job<Arc<Frame>>;
+type FrameJob = Job<JobFrame>;
+
+/// What a job carries through the batcher: its frame, and the configuration
+/// revision it was made under (the revision its result names).
+#[derive(Clone, Debug)]
+pub struct JobFrame {
+    pub frame: Arc<Frame>,
+    pub revision: u64,
+}
+
+impl std::ops::Deref for JobFrame {
+    type Target = Frame;
+
+    fn deref(&self) -> &Frame {
+        &self.frame
+    }
+}
 
 /// What the daemon has done so far, for operators and tests.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -176,6 +199,12 @@ pub struct DaemonStats {
     /// configuration stayed).
     pub reloads: u64,
     pub reloads_rejected: u64,
+    /// Runtime changes (HTTP, MQTT) applied, and refused (invalid, unknown
+    /// camera, malformed).
+    pub control_changes: u64,
+    pub control_refused: u64,
+    /// The configuration revision in effect.
+    pub config_revision: u64,
     /// Cameras a reload could not start at all (a camera that starts and
     /// then fails is `reconnecting`/`failed` in its own status instead).
     pub reload_camera_failures: u64,

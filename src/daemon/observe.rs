@@ -113,6 +113,10 @@ pub struct DaemonView {
     pub cameras: CameraRegistry,
     pub liveness: Arc<Liveness>,
     pub publisher: Option<Arc<PublisherStats>>,
+    /// Where runtime changes go; `None` for a view without a daemon.
+    pub control: Option<super::ControlHandle>,
+    /// `[control] http`: whether the HTTP endpoint may change things.
+    pub control_writes: bool,
 }
 
 /// Reads one counter from a camera's status.
@@ -336,6 +340,24 @@ impl DaemonView {
             "florence_edge_reloads_rejected_total",
             "Reloads rejected because the new file was invalid; the running configuration stayed.",
             st.reloads_rejected,
+        )?;
+        counter(
+            e,
+            "florence_edge_control_changes_total",
+            "Runtime changes (HTTP API, MQTT commands) applied.",
+            st.control_changes,
+        )?;
+        counter(
+            e,
+            "florence_edge_control_refused_total",
+            "Runtime changes refused (invalid, unknown camera or task, malformed); nothing of them was applied.",
+            st.control_refused,
+        )?;
+        gauge(
+            e,
+            "florence_edge_config_revision",
+            "The configuration revision in effect; results carry it as `revision`.",
+            st.config_revision,
         )?;
         counter(
             e,
@@ -598,6 +620,8 @@ mod tests {
             cameras: CameraRegistry::default(),
             liveness: Liveness::new(std::time::Duration::from_secs(5)),
             publisher: Some(Arc::new(PublisherStats::default())),
+            control: None,
+            control_writes: false,
         }
     }
 

@@ -30,7 +30,7 @@ impl Coordinator {
         tracing::info!(file = %path.display(), "Reloading the configuration.");
         // The same checks as `validate` and start-up: the file, then the
         // machine (password files, installed decoders, the model directory).
-        let mut new = match crate::config::load(&path).and_then(crate::config::plan) {
+        let new = match crate::config::load(&path).and_then(crate::config::plan) {
             Ok(plan) => plan.config,
             Err(errors) => {
                 for e in &errors {
@@ -54,6 +54,20 @@ impl Coordinator {
                 return;
             }
         };
+        let outcome = format!("Reloaded: {}", self.apply(new));
+        {
+            let mut st = crate::sync::lock(&self.stats);
+            st.reloads += 1;
+        }
+        self.bump_revision();
+        tracing::info!("{outcome}");
+        self.notifier
+            .ready(&format!("{outcome} {}", self.summary()));
+    }
+
+    /// Applies a checked configuration the way a reload does (see the
+    /// module docs) and returns the one-line outcome.
+    pub(super) fn apply(&mut self, mut new: crate::config::Config) -> String {
         let diff = self.config.diff(&new);
         // Sections that need a restart keep their running values, so the
         // next reload compares against what really runs.
@@ -62,6 +76,7 @@ impl Coordinator {
             (diff.model_changed, "model"),
             (diff.mqtt_changed, "mqtt"),
             (diff.http_changed, "http"),
+            (diff.control_changed, "control"),
         ] {
             if changed {
                 tracing::warn!(
@@ -74,6 +89,7 @@ impl Coordinator {
         new.model = self.config.model.clone();
         new.mqtt = self.config.mqtt.clone();
         new.http = self.config.http.clone();
+        new.control = self.config.control.clone();
 
         let now = Instant::now();
         let mut failed = Vec::new();
@@ -151,11 +167,10 @@ impl Coordinator {
         self.config = new;
         {
             let mut st = crate::sync::lock(&self.stats);
-            st.reloads += 1;
             st.reload_camera_failures += failed.len() as u64;
         }
-        let outcome = format!(
-            "Reloaded: {} added, {} removed, {} restarted, {} rescheduled{}.",
+        format!(
+            "{} added, {} removed, {} restarted, {} rescheduled{}.",
             diff.with(&CameraChange::Added).len(),
             diff.with(&CameraChange::Removed).len(),
             diff.with(&CameraChange::StreamChanged).len(),
@@ -165,9 +180,6 @@ impl Coordinator {
             } else {
                 format!("; failed to start: {}", failed.join(", "))
             }
-        );
-        tracing::info!("{outcome}");
-        self.notifier
-            .ready(&format!("{outcome} {}", self.summary()));
+        )
     }
 }

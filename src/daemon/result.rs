@@ -27,7 +27,7 @@ pub fn result_payload(
     node: &str,
     run_id: &str,
     model: &publish::ModelInfo,
-    job: &Job<Arc<Frame>>,
+    job: &Job<super::JobFrame>,
     r: TaskResult,
     sequence: u64,
     dispatched: Instant,
@@ -37,6 +37,7 @@ pub fn result_payload(
         schema_version: RESULT_SCHEMA_VERSION,
         node: node.to_string(),
         run_id: run_id.to_string(),
+        revision: job.frame.revision,
         camera: job.key.camera.to_string(),
         task: r.task.clone(),
         text_input: r.text_input.clone(),
@@ -98,6 +99,11 @@ pub fn final_status_payload(
 /// Where results and statuses go. Called from the daemon's threads:
 /// implementations must not block (queue and count instead).
 pub trait ResultSink: Send {
+    /// The retained state of one task (`{prefix}/{camera}/{name}/state`);
+    /// `None` clears it (the task or camera is gone). Sinks without
+    /// retained topics ignore it.
+    fn task_state(&mut self, _camera: &str, _name: &str, _state: Option<&crate::control::TaskState>) {}
+
     fn result(&mut self, result: &ResultPayload);
     /// A result with the frame it was computed on (for snapshots). The
     /// daemon calls this one; sinks that need no frame keep the default.

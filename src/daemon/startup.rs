@@ -173,7 +173,14 @@ impl Daemon {
         let scheduler = Scheduler::new(Vec::new(), now)?;
         let batcher = Batcher::new(config.model.max_batch, config.model.max_wait)?;
         let registry: CameraRegistry = Arc::new(Mutex::new(BTreeMap::new()));
+        let (overlay, revision) = super::control::starting_revision(&config, options.config_path.is_some());
+        tracing::info!(revision, overrides = overlay.cameras.len(), "Configuration revision in effect.");
+        crate::sync::lock(&stats).config_revision = revision;
         let mut coordinator = Coordinator {
+            revision,
+            overlay,
+            prompts: crate::config::PromptCheck::load(&config.model.dir),
+            published_states: BTreeMap::new(),
             scheduler,
             batcher,
             latest: HashMap::new(),
@@ -198,6 +205,7 @@ impl Daemon {
         for camera in config.cameras.iter().filter(|c| c.enabled) {
             coordinator.start_camera(camera, now)?;
         }
+        coordinator.publish_control_state();
         let view = DaemonView {
             node: config.node.id.clone(),
             model: ModelLabels {
@@ -209,6 +217,8 @@ impl Daemon {
             cameras: registry.clone(),
             liveness: liveness.clone(),
             publisher,
+            control: Some(super::ControlHandle { tx: tx.clone() }),
+            control_writes: config.control.http,
         };
         let http = match config.http.listen {
             None => None,
@@ -270,6 +280,14 @@ impl Daemon {
     /// The daemon's state as `/metrics` and `/api/cameras` render it.
     pub fn view(&self) -> DaemonView {
         self.view.clone()
+    }
+
+    /// Runtime control of this daemon (what the HTTP API and MQTT commands
+    /// use).
+    pub fn controller(&self) -> super::ControlHandle {
+        super::ControlHandle {
+            tx: self.tx.clone(),
+        }
     }
 
     /// Ask the daemon to stop (as SIGTERM does).

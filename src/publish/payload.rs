@@ -70,6 +70,11 @@ pub struct ResultPayload {
     /// apart by (node, run_id, camera, task, sequence).
     #[schemars(regex(pattern = RUN_ID_PATTERN), extend("format" = "uuid"))]
     pub run_id: String,
+    /// The configuration revision the job was made under: it goes up by one
+    /// with every change applied (a runtime command, a reload, a start with
+    /// a changed file), so results of an old prompt can be told from those
+    /// of the new one. Persisted in the state directory across restarts.
+    pub revision: u64,
     /// Camera id.
     pub camera: String,
     /// Task token, e.g. `<OD>`.

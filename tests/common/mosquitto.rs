@@ -547,6 +547,7 @@ pub fn od_result(
         schema_version: RESULT_SCHEMA_VERSION,
         node: node.to_owned(),
         run_id: TEST_RUN_ID.to_owned(),
+        revision: 1,
         camera: camera.to_owned(),
         task: "<OD>".into(),
         text_input: None,

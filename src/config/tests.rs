@@ -603,3 +603,79 @@ fn gpu_memory_limit_is_in_mib_within_bounds() {
     let printed = config.effective_toml();
     assert!(printed.contains("gpu_memory_limit_mb = 2048"), "{printed}");
 }
+
+#[test]
+fn a_task_can_be_disabled_without_losing_its_settings_or_the_stream_rate() {
+    let text = MINIMAL.replace(
+        r#"{ task = "<OD>", every = "500ms" },"#,
+        r#"{ task = "<OD>", every = "500ms", enabled = false },"#,
+    );
+    let config = compile(&text).expect("valid");
+    let tasks = &config.cameras[0].tasks;
+    assert!(!tasks[0].enabled && tasks[1].enabled);
+    assert_eq!(tasks[0].every, Duration::from_millis(500));
+    // The disabled task still sets the rate, so enabling it again needs no
+    // stream restart.
+    assert_eq!(config.cameras[0].analysis_fps(), Some(2.0));
+    assert!(config.effective_toml().contains("enabled = false"));
+    let bad = MINIMAL.replace(
+        r#"{ task = "<OD>", every = "500ms" },"#,
+        r#"{ task = "<OD>", every = "500ms", enabled = "no" },"#,
+    );
+    assert_eq!(keys(&bad), ["cameras[0].tasks[0].enabled"]);
+}
+
+#[test]
+fn the_overlay_in_the_state_directory_is_laid_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = dir.path().join("overrides.json");
+    let file = dir.path().join("florence-edge.toml");
+    let text = format!(
+        "[control]\noverrides_file = \"{}\"\n{MINIMAL}",
+        overrides.display()
+    );
+    std::fs::write(&file, &text).unwrap();
+    let plain = load_with_env(&file, Vec::new()).expect("valid without an overlay");
+    assert_eq!(plain.control.overrides_file, overrides);
+    assert!(plain.control.http);
+
+    let mut overlay = crate::control::overlay::Overlay {
+        version: crate::control::overlay::OVERLAY_VERSION,
+        ..Default::default()
+    };
+    let request = crate::control::ControlRequest::PatchTask {
+        camera: "front-door".into(),
+        task: "open_vocabulary_detection".into(),
+        body: serde_json::json!({"text": "a ladder"}),
+    };
+    let root: toml::Table = toml::from_str(&text).unwrap();
+    overlay = overlay
+        .with_change(&request, &root, Some(&plain.cameras[0].tasks))
+        .expect("a known task");
+    overlay.save(&overrides).unwrap();
+    let layered = load_with_env(&file, Vec::new()).expect("valid with the overlay");
+    assert_eq!(
+        layered.cameras[0].tasks[2].argument.text(),
+        Some("a ladder")
+    );
+    assert!(layered.effective_toml().contains("a ladder"));
+
+    // An invalid change in the overlay is reported like one in the file.
+    let bad = crate::control::ControlRequest::PatchTask {
+        camera: "front-door".into(),
+        task: "0".into(),
+        body: serde_json::json!({"every": "0s"}),
+    };
+    overlay
+        .with_change(&bad, &root, None)
+        .unwrap()
+        .save(&overrides)
+        .unwrap();
+    let errors = load_with_env(&file, Vec::new()).unwrap_err();
+    assert_eq!(errors[0].key(), Some("cameras[0].tasks[0].every"), "{errors:?}");
+
+    std::fs::write(&overrides, "[]").unwrap();
+    let errors = load_with_env(&file, Vec::new()).unwrap_err();
+    assert_eq!(errors[0].key(), Some("control.overrides_file"), "{errors:?}");
+    assert!(errors[0].to_string().contains("overrides.json"));
+}

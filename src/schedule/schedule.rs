@@ -340,6 +340,30 @@ mod tests {
     }
 
     #[test]
+    fn a_disabled_task_is_never_scheduled_and_runs_again_when_enabled() {
+        let t0 = Instant::now();
+        let mut caption = task(Task::Caption, 1000);
+        caption.enabled = false;
+        let cam = CameraId::from("cam");
+        let mut s = Scheduler::new(
+            [(cam.clone(), vec![task(Task::ObjectDetection, 500), caption.clone()])],
+            t0,
+        )
+        .expect("valid");
+        s.on_frame("cam", 1, t0).expect("known camera");
+        assert_eq!(tasks_of(&s.poll(t0)), [(Task::ObjectDetection, 1)]);
+        caption.enabled = true;
+        s.set_camera(cam, &[task(Task::ObjectDetection, 500), caption], t0 + ms(100))
+            .expect("valid");
+        s.on_frame("cam", 2, t0 + ms(100)).expect("known camera");
+        assert_eq!(
+            tasks_of(&s.poll(t0 + ms(100))),
+            [(Task::Caption, 2)],
+            "enabled again: due at once, the kept task keeps its rhythm"
+        );
+    }
+
+    #[test]
     fn tasks_run_on_the_newest_frame_at_their_own_period() {
         let t0 = Instant::now();
         let mut s = one_camera(t0);

@@ -414,7 +414,18 @@ fn run(command: Command) -> Result<()> {
             let problems = florence_edge::config::validate(&config, !no_files);
             if problems.is_empty() {
                 if print {
-                    print!("{}", load_config(&config)?.effective_toml());
+                    let effective = load_config(&config)?;
+                    let file = &effective.control.overrides_file;
+                    match florence_edge::control::overlay::Overlay::load(file) {
+                        Ok(o) if !o.is_empty() => println!(
+                            "# runtime overrides from {} (revision {}) replace camera(s): {}\n# (DELETE /api/overrides goes back to the file)",
+                            file.display(),
+                            o.revision,
+                            o.cameras.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                        _ => {}
+                    }
+                    print!("{}", effective.effective_toml());
                 } else {
                     println!("{}: ok", config.display());
                 }

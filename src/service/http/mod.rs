@@ -1,23 +1,57 @@
 //! The operators' HTTP endpoint: Prometheus metrics, health and readiness
-//! probes, and a JSON view of the cameras.
+//! probes, a JSON view of the cameras, and runtime control of the daemon
+//! (`crate::control`).
 //!
 //! | route | answer |
 //! |---|---|
 //! | `GET /metrics` | 200, `text/plain; version=0.0.4; charset=utf-8` |
 //! | `GET /healthz` | 200 when the daemon is alive, else 503; JSON |
 //! | `GET /readyz` | 200 when it is ready to do its work, else 503; JSON |
-//! | `GET /api/cameras` | 200, JSON |
+//! | `GET /api/cameras` | 200, JSON: every camera and its state |
+//! | `GET /api/config` | the effective configuration ([`ControlRequest::Config`]) |
+//! | `GET /api/cameras/{id}` | one camera's settings ([`ControlRequest::GetCamera`]) |
+//! | `PUT /api/cameras/{id}` | body: a camera table (object); add or replace ([`ControlRequest::PutCamera`]) |
+//! | `DELETE /api/cameras/{id}` | remove the camera ([`ControlRequest::DeleteCamera`]) |
+//! | `PUT /api/cameras/{id}/tasks` | body: the task list (array) ([`ControlRequest::PutTasks`]) |
+//! | `PATCH /api/cameras/{id}/tasks/{task}` | body: keys of one task (object); `{task}` is its index or name ([`ControlRequest::PatchTask`]) |
+//! | `DELETE /api/overrides` | drop every runtime change ([`ControlRequest::ClearOverrides`]) |
 //!
 //! `HEAD` is answered like `GET` without the body. Other paths get 404 with
-//! the list of paths, other methods 405 with `Allow: GET, HEAD`; query strings
-//! are ignored. A panic in the daemon's [`HttpSource`] is caught and answered
-//! with 500: the endpoint keeps serving.
+//! the list of paths ([`PATHS`]), a method a path does not take 405 with an
+//! `Allow` header listing the ones it takes; query strings are ignored. A
+//! panic in the daemon's [`HttpSource`] is caught and answered with 500: the
+//! endpoint keeps serving.
 //!
-//! **Authentication.** With a bearer token configured, `/metrics` and
-//! `/api/cameras` need `Authorization: Bearer <token>` (compared in constant
-//! time) and answer 401 with `WWW-Authenticate: Bearer` otherwise, because
-//! they name cameras and show their state. `/healthz` and `/readyz` stay
-//! open, as probes from systemd, Kubernetes or a load balancer carry no
+//! **Control routes.** The control rows go to [`HttpSource::control`]; its
+//! [`ControlReply`] is the answer: `status` as the HTTP status, `body` as the
+//! JSON body (200 applied or read, 404 no such camera or task, 422 refused
+//! with every problem, …). Bodies are JSON in the shape of the TOML file.
+//! `{id}` and `{task}` are percent-decoded (`front%20door` is `front door`);
+//! one that is empty, contains `/` or is not UTF-8 once decoded is answered
+//! 400 naming the segment. A `PUT` or `PATCH` body:
+//!
+//! - may carry `Content-Type: application/json` (with parameters such as
+//!   `charset`) or none; another type is answered 415;
+//! - must fit in [`HttpLimits::max_body_bytes`] (default 1 MiB; 413
+//!   otherwise) and arrive within [`HttpLimits::body_timeout`] (default 10 s;
+//!   408 otherwise);
+//! - must not be empty, must be valid JSON (400 with the parser's message,
+//!   line and column) and of the kind the route takes (400 otherwise).
+//!
+//! Bodies sent with other requests are read briefly and ignored. A request
+//! waiting for its body counts against the workers' queue (see below), like
+//! one waiting for a worker. A source without runtime control keeps the
+//! default [`HttpSource::control`], which answers 404.
+//!
+//! **Authentication.** With a bearer token configured, `/metrics` and every
+//! `/api/…` route — the reads and the control writes alike — need
+//! `Authorization: Bearer <token>` (compared in constant time) and answer 401
+//! with `WWW-Authenticate: Bearer` otherwise, because they name cameras and
+//! show or change their state. The token is checked from the request head,
+//! before any body is read. Without a token configured the control routes
+//! are open to whoever reaches the address: configure one (or listen on
+//! loopback only) on any network you do not trust. `/healthz` and `/readyz`
+//! stay open, as probes from systemd, Kubernetes or a load balancer carry no
 //! credentials; without a valid token they answer only the status
 //! (`{"status":"ok"}`), and the detail — which may name cameras — only to a
 //! caller with the token.
@@ -48,7 +82,8 @@
 //! connection that has not sent its whole request head yet (a new one before
 //! it sends anything), and so is a new connection while
 //! [`HttpLimits::max_connections`] are open (idle ones included). Answers that
-//! need no source call (401, 404, 405) are never refused.
+//! need no source call (400 for a bad path segment, 401, 404, 405, 415) are
+//! never refused.
 //!
 //! **Stopping.** [`HttpServer::stop`] (and drop) closes the listening socket at
 //! once, closes the connections still waiting for their request head, lets
@@ -70,6 +105,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 
+use crate::control::{ControlReply, ControlRequest};
 use server::{run, Shared};
 
 mod guard;
@@ -82,8 +118,22 @@ mod tests;
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const JSON_CONTENT_TYPE: &str = "application/json";
 
-/// Every path the endpoint serves (listed in 404 answers).
-pub const PATHS: [&str; 4] = ["/metrics", "/healthz", "/readyz", "/api/cameras"];
+/// Every path the endpoint serves (listed in 404 answers); `{id}` stands for
+/// a camera id, `{task}` for a task's index or name.
+pub const PATHS: [&str; 9] = [
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/api/config",
+    "/api/cameras",
+    "/api/cameras/{id}",
+    "/api/cameras/{id}/tasks",
+    "/api/cameras/{id}/tasks/{task}",
+    "/api/overrides",
+];
+
+/// The answer of [`HttpSource::control`]'s default implementation.
+pub const NO_CONTROL: &str = "runtime control is not available on this endpoint";
 
 /// How long a stop lets answers in progress finish.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -139,6 +189,16 @@ pub trait HttpSource: Send + Sync + 'static {
     fn readiness(&self) -> Health;
     /// The cameras and their state, for `/api/cameras`.
     fn cameras(&self) -> serde_json::Value;
+    /// Runtime control: reads and changes the configuration (the `/api/…`
+    /// control routes; see the module docs). Blocks until the change is
+    /// applied or refused, on a worker thread like the other calls. The
+    /// reply's status must be 200 to 599 (another is answered 500). The
+    /// default answers 404 ([`NO_CONTROL`]): a source that does not support
+    /// runtime control needs nothing more.
+    fn control(&self, request: ControlRequest) -> ControlReply {
+        let _ = request;
+        ControlReply::error(404, NO_CONTROL)
+    }
 }
 
 /// Bounds on the server's resources; [`HttpLimits::default`] suits a metrics
@@ -159,6 +219,12 @@ pub struct HttpLimits {
     pub head_timeout: Duration,
     /// Time a client has to take the whole answer.
     pub write_timeout: Duration,
+    /// Largest `PUT`/`PATCH` body of a control route, in bytes (at least
+    /// 1024); larger is answered 413.
+    pub max_body_bytes: usize,
+    /// Time a client has to send the whole body of a control route, counted
+    /// once the request head is in; later is answered 408.
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -170,6 +236,8 @@ impl Default for HttpLimits {
             max_head_bytes: 8 * 1024,
             head_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
+            max_body_bytes: 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -194,7 +262,16 @@ impl HttpLimits {
                 self.max_head_bytes
             ));
         }
-        if self.head_timeout.is_zero() || self.write_timeout.is_zero() {
+        if self.max_body_bytes < 1024 {
+            return Some(format!(
+                "max_body_bytes = {} (allowed: 1024 or more)",
+                self.max_body_bytes
+            ));
+        }
+        if self.head_timeout.is_zero()
+            || self.write_timeout.is_zero()
+            || self.body_timeout.is_zero()
+        {
             return Some("a zero timeout (allowed: more than 0)".into());
         }
         None

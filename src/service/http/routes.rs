@@ -1,30 +1,118 @@
 //! Routing and answers: which request gets which answer, the bearer-token
-//! check, and the [`HttpSource`] calls, run on the blocking workers with a
-//! panic answered 500.
+//! check, the control routes' path segments and JSON bodies, and the
+//! [`HttpSource`] calls, run on the blocking workers with a panic answered
+//! 500.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::server::{Admitted, Shared};
-use super::{HttpSource, BUSY, JSON_CONTENT_TYPE, LINGER, MAX_DRAIN, METRICS_CONTENT_TYPE, PATHS};
+use super::{
+    HttpLimits, HttpSource, BUSY, JSON_CONTENT_TYPE, LINGER, MAX_DRAIN, METRICS_CONTENT_TYPE, PATHS,
+};
+use crate::control::{ControlReply, ControlRequest};
 
 type Answer = Response<Full<Bytes>>;
 
 /// The source call a route needs.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Call {
     Health,
     Readiness,
     Metrics,
     Cameras,
+    /// A control request complete from the request head.
+    Control(ControlRequest),
+    /// A control request that needs its JSON body first.
+    ControlBody(Pending),
+}
+
+impl Call {
+    /// For the log.
+    fn name(&self) -> &'static str {
+        match self {
+            Call::Health => "health",
+            Call::Readiness => "readiness",
+            Call::Metrics => "metrics",
+            Call::Cameras => "cameras",
+            Call::Control(_) | Call::ControlBody(_) => "control",
+        }
+    }
+}
+
+/// A control request waiting for its body.
+#[derive(Clone, Debug, PartialEq)]
+enum Pending {
+    PutCamera { camera: String },
+    PutTasks { camera: String },
+    PatchTask { camera: String, task: String },
+}
+
+impl Pending {
+    /// What the route's body must be, for the refusal.
+    fn expects(&self) -> &'static str {
+        match self {
+            Pending::PutCamera { .. } => {
+                "PUT /api/cameras/{id} takes a JSON object (a camera table)"
+            }
+            Pending::PutTasks { .. } => {
+                "PUT /api/cameras/{id}/tasks takes a JSON array (the camera's task tables)"
+            }
+            Pending::PatchTask { .. } => {
+                "PATCH /api/cameras/{id}/tasks/{task} takes a JSON object (keys of the task)"
+            }
+        }
+    }
+
+    /// Whether `body` is of the JSON kind the route takes.
+    fn accepts(&self, body: &Value) -> bool {
+        match self {
+            Pending::PutCamera { .. } | Pending::PatchTask { .. } => body.is_object(),
+            Pending::PutTasks { .. } => body.is_array(),
+        }
+    }
+
+    fn with_body(self, body: Value) -> ControlRequest {
+        match self {
+            Pending::PutCamera { camera } => ControlRequest::PutCamera { camera, body },
+            Pending::PutTasks { camera } => ControlRequest::PutTasks { camera, body },
+            Pending::PatchTask { camera, task } => ControlRequest::PatchTask { camera, task, body },
+        }
+    }
+}
+
+/// A refusal decided without a source call: the status and the JSON body
+/// (small, unlike an [`Answer`]).
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    body: Value,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, error: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            body: json!({ "error": error.into() }),
+        }
+    }
+
+    fn bad_request(error: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::BAD_REQUEST, error)
+    }
+
+    fn answer(self) -> Answer {
+        json_answer(self.status, &self.body)
+    }
 }
 
 /// Where a request goes: an answer at once, or a source call (and whether the
@@ -33,6 +121,60 @@ enum Call {
 enum Route {
     Answer(Answer),
     Call { call: Call, authorized: bool },
+}
+
+/// A path the endpoint serves, its segments still percent-encoded.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Target<'a> {
+    Metrics,
+    Health,
+    Readiness,
+    Config,
+    Cameras,
+    Camera(&'a str),
+    Tasks(&'a str),
+    Task(&'a str, &'a str),
+    Overrides,
+}
+
+impl<'a> Target<'a> {
+    fn of(path: &'a str) -> Option<Target<'a>> {
+        let fixed = match path {
+            "/metrics" => Target::Metrics,
+            "/healthz" => Target::Health,
+            "/readyz" => Target::Readiness,
+            "/api/config" => Target::Config,
+            "/api/cameras" => Target::Cameras,
+            "/api/overrides" => Target::Overrides,
+            _ => {
+                let mut parts = path.strip_prefix("/api/cameras/")?.split('/');
+                return match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                    (Some(camera), None, _, _) => Some(Target::Camera(camera)),
+                    (Some(camera), Some("tasks"), None, _) => Some(Target::Tasks(camera)),
+                    (Some(camera), Some("tasks"), Some(task), None) => {
+                        Some(Target::Task(camera, task))
+                    }
+                    _ => None,
+                };
+            }
+        };
+        Some(fixed)
+    }
+
+    /// The methods the path takes (`HEAD` wherever `GET`), in `Allow` order.
+    fn methods(self) -> &'static [&'static str] {
+        match self {
+            Target::Metrics
+            | Target::Health
+            | Target::Readiness
+            | Target::Config
+            | Target::Cameras => &["GET", "HEAD"],
+            Target::Camera(_) => &["GET", "HEAD", "PUT", "DELETE"],
+            Target::Tasks(_) => &["PUT"],
+            Target::Task(..) => &["PATCH"],
+            Target::Overrides => &["DELETE"],
+        }
+    }
 }
 
 /// hyper's service: one request, one answer.
@@ -48,31 +190,63 @@ pub(super) async fn respond(
         &parts.headers,
         shared.token.as_deref(),
     );
-    // Counted at once, before the body is drained.
+    // Counted at once, before the body is read or drained.
     let admitted = match route {
         Route::Call { .. } => Admitted::new(&shared),
         Route::Answer(_) => None,
     };
-    if !body.is_end_stream() {
-        drain(body).await;
-    }
+    let mut change = false;
     let answer = match (route, admitted) {
-        (Route::Answer(answer), _) => answer,
-        (Route::Call { call, authorized }, Some(admitted)) => {
-            answer_call(&shared, call, authorized, admitted).await
-        }
-        (Route::Call { .. }, None) => {
-            tracing::warn!(%peer, "HTTP workers busy and queue full; answered 503.");
-            busy()
+        (
+            Route::Call {
+                call: Call::ControlBody(pending),
+                ..
+            },
+            Some(admitted),
+        ) => match read_json(body, &shared.limits, &pending).await {
+            Ok(value) => {
+                change = true;
+                answer_control(&shared, pending.with_body(value), admitted).await
+            }
+            Err(refusal) => refusal.answer(),
+        },
+        (route, admitted) => {
+            if !body.is_end_stream() {
+                drain(body).await;
+            }
+            match (route, admitted) {
+                (Route::Answer(answer), _) => answer,
+                (Route::Call { call, authorized }, Some(admitted)) => {
+                    change = matches!(&call, Call::Control(request) if request.is_change());
+                    answer_call(&shared, call, authorized, admitted).await
+                }
+                (Route::Call { .. }, None) => {
+                    tracing::warn!(%peer, "HTTP workers busy and queue full; answered 503.");
+                    busy()
+                }
+            }
         }
     };
-    tracing::debug!(
-        %peer,
-        method = %parts.method,
-        path = %parts.uri.path(),
-        status = answer.status().as_u16(),
-        "HTTP request answered."
-    );
+    let status = answer.status().as_u16();
+    if change {
+        // Who changed what: the daemon logs what it applied, only this end
+        // knows the peer.
+        tracing::info!(
+            %peer,
+            method = %parts.method,
+            path = %parts.uri.path(),
+            status,
+            "HTTP control change answered."
+        );
+    } else {
+        tracing::debug!(
+            %peer,
+            method = %parts.method,
+            path = %parts.uri.path(),
+            status,
+            "HTTP request answered."
+        );
+    }
     Ok(answer)
 }
 
@@ -81,26 +255,111 @@ async fn drain(body: Incoming) {
     let _ = tokio::time::timeout(LINGER, Limited::new(body, MAX_DRAIN).collect()).await;
 }
 
+/// Reads a control route's body within the size and time limits and parses
+/// it as JSON of the kind the route takes; the refusal otherwise.
+async fn read_json(
+    mut body: Incoming,
+    limits: &HttpLimits,
+    pending: &Pending,
+) -> Result<Value, Refusal> {
+    let limit = limits.max_body_bytes;
+    let too_large = || {
+        let error = format!(
+            "the request body is larger than {limit} bytes (the endpoint's max_body_bytes)"
+        );
+        Refusal {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            body: json!({"error": error, "max_body_bytes": limit}),
+        }
+    };
+    // A declared length over the limit is refused without reading.
+    if body.size_hint().lower() > u64::try_from(limit).unwrap_or(u64::MAX) {
+        drain(body).await;
+        return Err(too_large());
+    }
+    let read = tokio::time::timeout(
+        limits.body_timeout,
+        Limited::new(&mut body, limit).collect(),
+    )
+    .await;
+    let bytes = match read {
+        Err(_elapsed) => {
+            let error = format!(
+                "request body not received within {}",
+                humantime::format_duration(limits.body_timeout)
+            );
+            return Err(Refusal::new(StatusCode::REQUEST_TIMEOUT, error));
+        }
+        Ok(Err(error)) if error.is::<LengthLimitError>() => {
+            drain(body).await;
+            return Err(too_large());
+        }
+        Ok(Err(error)) => {
+            return Err(Refusal::bad_request(format!(
+                "could not read the request body: {error}"
+            )))
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let expected = pending.expects();
+    if bytes.trim_ascii().is_empty() {
+        return Err(Refusal::bad_request(format!(
+            "the request body is empty; {expected}"
+        )));
+    }
+    let value: Value = serde_json::from_slice(&bytes).map_err(|error| {
+        Refusal::bad_request(format!("the request body is not valid JSON: {error}"))
+    })?;
+    if pending.accepts(&value) {
+        Ok(value)
+    } else {
+        Err(Refusal::bad_request(format!(
+            "{expected}, not {}",
+            json_kind(&value)
+        )))
+    }
+}
+
+/// `an array`, `a string`, … for messages.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 fn route(method: &Method, uri: &Uri, headers: &HeaderMap, token: Option<&[u8]>) -> Route {
     let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
     let (given, second) = (authorization.next(), authorization.next());
     if second.is_some() {
-        return Route::Answer(json_answer(
-            StatusCode::BAD_REQUEST,
-            &json!({"error": "bad request: two Authorization headers"}),
-        ));
+        return Route::Answer(
+            Refusal::bad_request("bad request: two Authorization headers").answer(),
+        );
     }
-    if method != Method::GET && method != Method::HEAD {
+    let path = uri.path();
+    let Some(target) = Target::of(path) else {
+        return Route::Answer(json_answer(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no such path: {path}"), "paths": PATHS}),
+        ));
+    };
+    let methods = target.methods();
+    if !methods.contains(&method.as_str()) {
+        let allow = methods.join(", ");
         let mut answer = json_answer(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({
-                "error": format!("method {method} is not allowed"),
-                "allow": ["GET", "HEAD"],
+                "error": format!("method {method} is not allowed on {path}"),
+                "allow": methods,
             }),
         );
-        answer
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        if let Ok(allow) = HeaderValue::from_str(&allow) {
+            answer.headers_mut().insert(header::ALLOW, allow);
+        }
         return Route::Answer(answer);
     }
     let authorized = match token {
@@ -109,38 +368,104 @@ fn route(method: &Method, uri: &Uri, headers: &HeaderMap, token: Option<&[u8]>) 
             .and_then(|value| bearer_token(value.as_bytes()))
             .is_some_and(|given| constant_time_eq(token, given)),
     };
-    let call = match uri.path() {
-        "/healthz" => Call::Health,
-        "/readyz" => Call::Readiness,
-        "/metrics" | "/api/cameras" if !authorized => {
-            let mut answer = json_answer(
-                StatusCode::UNAUTHORIZED,
-                &json!({"error": "this path needs an Authorization: Bearer token"}),
-            );
-            answer.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"florence-edge\""),
-            );
-            return Route::Answer(answer);
+    let open = matches!(target, Target::Health | Target::Readiness);
+    if !open && !authorized {
+        let mut answer = json_answer(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "this path needs an Authorization: Bearer token"}),
+        );
+        answer.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"florence-edge\""),
+        );
+        return Route::Answer(answer);
+    }
+    match control_call(target, method, headers) {
+        Ok(call) => Route::Call { call, authorized },
+        Err(refusal) => Route::Answer(refusal.answer()),
+    }
+}
+
+/// The call for a path and a method it takes (checked by [`route`]); the
+/// control routes' segments decoded and their `Content-Type` checked.
+fn control_call(target: Target, method: &Method, headers: &HeaderMap) -> Result<Call, Refusal> {
+    let request = match target {
+        Target::Metrics => return Ok(Call::Metrics),
+        Target::Health => return Ok(Call::Health),
+        Target::Readiness => return Ok(Call::Readiness),
+        Target::Cameras => return Ok(Call::Cameras),
+        Target::Config => ControlRequest::Config,
+        Target::Overrides => ControlRequest::ClearOverrides,
+        Target::Camera(camera) => {
+            let camera = segment(camera, "camera id")?;
+            match *method {
+                Method::PUT => {
+                    json_content_type(headers)?;
+                    return Ok(Call::ControlBody(Pending::PutCamera { camera }));
+                }
+                Method::DELETE => ControlRequest::DeleteCamera { camera },
+                _ => ControlRequest::GetCamera { camera },
+            }
         }
-        "/metrics" => Call::Metrics,
-        "/api/cameras" => Call::Cameras,
-        path => {
-            return Route::Answer(json_answer(
-                StatusCode::NOT_FOUND,
-                &json!({"error": format!("no such path: {path}"), "paths": PATHS}),
-            ))
+        Target::Tasks(camera) => {
+            let camera = segment(camera, "camera id")?;
+            json_content_type(headers)?;
+            return Ok(Call::ControlBody(Pending::PutTasks { camera }));
+        }
+        Target::Task(camera, task) => {
+            let camera = segment(camera, "camera id")?;
+            let task = segment(task, "task")?;
+            json_content_type(headers)?;
+            return Ok(Call::ControlBody(Pending::PatchTask { camera, task }));
         }
     };
-    Route::Call { call, authorized }
+    Ok(Call::Control(request))
+}
+
+/// One path segment, percent-decoded: `what` names it in the refusal.
+fn segment(raw: &str, what: &str) -> Result<String, Refusal> {
+    let refuse = |problem: &str| {
+        Refusal::bad_request(format!(
+            "the {what} in the path {problem} (allowed: a non-empty UTF-8 name without '/', \
+             percent-encoded where needed)"
+        ))
+    };
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| refuse(&format!("{raw:?} is not UTF-8 once percent-decoded")))?;
+    if decoded.is_empty() {
+        return Err(refuse("is empty"));
+    }
+    if decoded.contains('/') {
+        return Err(refuse(&format!("{decoded:?} contains '/'")));
+    }
+    Ok(Cow::into_owned(decoded))
+}
+
+/// A control body's `Content-Type`, if given, must be JSON (parameters such
+/// as `charset` allowed); 415 otherwise.
+fn json_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
+    for value in headers.get_all(header::CONTENT_TYPE) {
+        let given = String::from_utf8_lossy(value.as_bytes());
+        let media_type = given.split(';').next().unwrap_or_default().trim();
+        if !media_type.eq_ignore_ascii_case(JSON_CONTENT_TYPE) {
+            return Err(Refusal::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Type {given:?} is not supported (allowed: {JSON_CONTENT_TYPE})"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Runs the source call on a worker and builds the answer.
 async fn answer_call(shared: &Shared, call: Call, authorized: bool, admitted: Admitted) -> Answer {
+    let which = call.name();
     match call {
         Call::Health | Call::Readiness => {
-            let health = call_source(shared, call, admitted, move |source| {
-                if call == Call::Health {
+            let health_call = call == Call::Health;
+            let health = call_source(shared, which, admitted, move |source| {
+                if health_call {
                     source.health()
                 } else {
                     source.readiness()
@@ -163,14 +488,36 @@ async fn answer_call(shared: &Shared, call: Call, authorized: bool, admitted: Ad
             };
             json_answer(code, &body)
         }
-        Call::Metrics => match call_source(shared, call, admitted, |s| s.metrics()).await {
+        Call::Metrics => match call_source(shared, which, admitted, |s| s.metrics()).await {
             Some(text) => answer(StatusCode::OK, METRICS_CONTENT_TYPE, text.into_bytes()),
             None => internal_error(),
         },
-        Call::Cameras => match call_source(shared, call, admitted, |s| s.cameras()).await {
+        Call::Cameras => match call_source(shared, which, admitted, |s| s.cameras()).await {
             Some(cameras) => json_answer(StatusCode::OK, &cameras),
             None => internal_error(),
         },
+        Call::Control(request) => answer_control(shared, request, admitted).await,
+        // `respond` reads the body and calls `answer_control`; never here.
+        Call::ControlBody(_) => internal_error(),
+    }
+}
+
+/// Runs a control request on a worker; its reply is the answer.
+async fn answer_control(shared: &Shared, request: ControlRequest, admitted: Admitted) -> Answer {
+    let reply: Option<ControlReply> =
+        call_source(shared, "control", admitted, move |s| s.control(request)).await;
+    let Some(reply) = reply else {
+        return internal_error();
+    };
+    match StatusCode::from_u16(reply.status) {
+        Ok(status) if (200..=599).contains(&reply.status) => json_answer(status, &reply.body),
+        _ => {
+            tracing::error!(
+                status = reply.status,
+                "HTTP control reply has an invalid status; answered 500 (a bug in florence-edge)."
+            );
+            internal_error()
+        }
     }
 }
 
@@ -180,7 +527,7 @@ async fn answer_call(shared: &Shared, call: Call, authorized: bool, admitted: Ad
 /// request is dropped.
 async fn call_source<T: Send + 'static>(
     shared: &Shared,
-    which: Call,
+    which: &'static str,
     admitted: Admitted,
     call: impl FnOnce(&dyn HttpSource) -> T + Send + 'static,
 ) -> Option<T> {
@@ -195,7 +542,7 @@ async fn call_source<T: Send + 'static>(
         Ok(Ok(value)) => return Some(value),
         Ok(Err(payload)) => payload,
         Err(error) => {
-            tracing::error!(?which, %error, "HTTP source call did not finish; answered 500.");
+            tracing::error!(which, %error, "HTTP source call did not finish; answered 500.");
             return None;
         }
     };
@@ -205,7 +552,7 @@ async fn call_source<T: Send + 'static>(
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".into());
     tracing::error!(
-        ?which,
+        which,
         panic = %message,
         "HTTP source panicked; answered 500 (a bug in florence-edge)."
     );

@@ -78,12 +78,17 @@ fn counters(addr: SocketAddr, id: &str) -> (u64, u64) {
         .find(|c| c["id"] == id)
         .unwrap_or_else(|| panic!("camera {id} in {v}"))
         .clone();
-    (c["frames_in"].as_u64().unwrap(), c["restarts"].as_u64().unwrap())
+    (
+        c["frames_in"].as_u64().unwrap(),
+        c["restarts"].as_u64().unwrap(),
+    )
 }
 
 fn of<'a>(results: &'a [Value], camera: &str) -> impl Iterator<Item = &'a Value> + 'a {
     let camera = camera.to_string();
-    results.iter().filter(move |r| r["camera"] == camera.as_str())
+    results
+        .iter()
+        .filter(move |r| r["camera"] == camera.as_str())
 }
 
 #[test]
@@ -124,9 +129,9 @@ fn cameras_are_reprompted_retasked_added_and_removed_over_http() {
     assert_eq!(v["camera"]["tasks"][1]["text"], "a person with a ladder");
     let at = d.results().len();
     d.wait_results("a result of the new prompt", Duration::from_secs(60), |r| {
-        r[at..].iter().any(|x| {
-            x["camera"] == "door" && x["text_input"] == "a person with a ladder"
-        })
+        r[at..]
+            .iter()
+            .any(|x| x["camera"] == "door" && x["text_input"] == "a person with a ladder")
     });
     for r in d.results().iter().filter(|r| r["camera"] == "door") {
         let new_prompt = r["text_input"] == "a person with a ladder";
@@ -157,7 +162,12 @@ fn cameras_are_reprompted_retasked_added_and_removed_over_http() {
     assert!(keys.iter().any(|k| k.starts_with("tasks[1]")), "{v}");
     let (_, cfg) = call(addr, "GET", "/api/config", None);
     assert_eq!(cfg["revision"].as_u64(), Some(rev1), "nothing applied");
-    let (code, _) = call(addr, "PATCH", "/api/cameras/nope/tasks/0", Some(json!({"enabled": false})));
+    let (code, _) = call(
+        addr,
+        "PATCH",
+        "/api/cameras/nope/tasks/0",
+        Some(json!({"enabled": false})),
+    );
     assert_eq!(code, 404);
 
     // 3. Retask: OD off, a caption on; the stream stays (same fastest period).
@@ -198,9 +208,11 @@ fn cameras_are_reprompted_retasked_added_and_removed_over_http() {
         })),
     );
     assert_eq!(code, 200, "{v}");
-    d.wait_results("results from the added camera", Duration::from_secs(60), |r| {
-        of(r, "added").count() >= 2
-    });
+    d.wait_results(
+        "results from the added camera",
+        Duration::from_secs(60),
+        |r| of(r, "added").count() >= 2,
+    );
     let (code, v) = call(addr, "DELETE", "/api/cameras/added", None);
     assert_eq!(code, 200, "{v}");
     let (code, _) = call(addr, "GET", "/api/cameras/added", None);
@@ -208,7 +220,10 @@ fn cameras_are_reprompted_retasked_added_and_removed_over_http() {
 
     // The untouched camera streamed throughout and never restarted.
     let (frames1, restarts1) = counters(addr, "steady");
-    assert!(frames1 > frames0, "steady kept streaming: {frames0} → {frames1}");
+    assert!(
+        frames1 > frames0,
+        "steady kept streaming: {frames0} → {frames1}"
+    );
     assert_eq!(restarts1, restarts0, "steady was never restarted");
 
     // 5. Restart: the overlay and the revision persist.
@@ -224,10 +239,16 @@ fn cameras_are_reprompted_retasked_added_and_removed_over_http() {
     let printed = String::from_utf8_lossy(&print.stdout);
     assert!(print.status.success(), "{printed}");
     assert!(printed.contains("# runtime overrides from"), "{printed}");
-    assert!(printed.contains("<CAPTION>") && printed.contains("enabled = false"), "{printed}");
+    assert!(
+        printed.contains("<CAPTION>") && printed.contains("enabled = false"),
+        "{printed}"
+    );
     let (d2, addr) = start(&config);
     let (_, after) = call(addr, "GET", "/api/config", None);
-    assert_eq!(after["revision"], before["revision"], "same configuration, same revision");
+    assert_eq!(
+        after["revision"], before["revision"],
+        "same configuration, same revision"
+    );
     assert_eq!(after["config"]["cameras"], before["config"]["cameras"]);
     let (_, door) = call(addr, "GET", "/api/cameras/door", None);
     assert_eq!(door["overridden"], true);
@@ -238,15 +259,18 @@ fn cameras_are_reprompted_retasked_added_and_removed_over_http() {
     let (_, cfg) = call(addr, "GET", "/api/config", None);
     assert_eq!(cfg["overrides"], json!([]));
     assert_eq!(
-        cfg["config"]["cameras"][1]["tasks"][1]["text"],
-        "a person",
+        cfg["config"]["cameras"][1]["tasks"][1]["text"], "a person",
         "the file's prompt again"
     );
     assert!(cfg["revision"].as_u64().unwrap() > after["revision"].as_u64().unwrap());
     let at = d2.results().len();
-    d2.wait_results("the file's prompt runs again", Duration::from_secs(60), |r| {
-        r[at..]
-            .iter()
-            .any(|x| x["camera"] == "door" && x["text_input"] == "a person")
-    });
+    d2.wait_results(
+        "the file's prompt runs again",
+        Duration::from_secs(60),
+        |r| {
+            r[at..]
+                .iter()
+                .any(|x| x["camera"] == "door" && x["text_input"] == "a person")
+        },
+    );
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use ::config::{FileFormat, Source, Value, ValueKind};
 
 use super::{
-    Backend, CameraConfig, Config, ConfigError, ControlConfig, DecoderLayout, Decoding, HttpConfig, ModelConfig,
-    NodeConfig, Strategy, TaskSchedule, Variant, ENV_PREFIX,
+    Backend, CameraConfig, Config, ConfigError, ControlConfig, DecoderLayout, Decoding, HttpConfig,
+    ModelConfig, NodeConfig, Strategy, TaskSchedule, Variant, ENV_PREFIX,
 };
 use crate::ingest::settings::URL_ALLOWED;
 use crate::ingest::{CameraSettings, IngestError};

@@ -252,11 +252,7 @@ pub fn overrides_file(root: &toml::Table, env: &[(String, String)]) -> PathBuf {
         .get("control")
         .and_then(|c| c.get("overrides_file"))
         .and_then(toml::Value::as_str);
-    PathBuf::from(
-        from_env
-            .or(from_file)
-            .unwrap_or(DEFAULT_OVERRIDES_FILE),
-    )
+    PathBuf::from(from_env.or(from_file).unwrap_or(DEFAULT_OVERRIDES_FILE))
 }
 
 /// The `FLORENCE_EDGE__…` variables of the process environment.

@@ -60,10 +60,7 @@ impl PromptCheck {
 
 /// [`plan`], with the prompts counted by `prompts` when given instead of a
 /// tokenizer loaded from the model directory.
-pub fn plan_with(
-    config: Config,
-    prompts: Option<&PromptCheck>,
-) -> Result<Plan, Vec<ConfigError>> {
+pub fn plan_with(config: Config, prompts: Option<&PromptCheck>) -> Result<Plan, Vec<ConfigError>> {
     let file = config.file.display().to_string();
     let mut errors = Vec::new();
     let mut report = |key: String, problem: String| {

@@ -672,10 +672,18 @@ fn the_overlay_in_the_state_directory_is_laid_over_the_file() {
         .save(&overrides)
         .unwrap();
     let errors = load_with_env(&file, Vec::new()).unwrap_err();
-    assert_eq!(errors[0].key(), Some("cameras[0].tasks[0].every"), "{errors:?}");
+    assert_eq!(
+        errors[0].key(),
+        Some("cameras[0].tasks[0].every"),
+        "{errors:?}"
+    );
 
     std::fs::write(&overrides, "[]").unwrap();
     let errors = load_with_env(&file, Vec::new()).unwrap_err();
-    assert_eq!(errors[0].key(), Some("control.overrides_file"), "{errors:?}");
+    assert_eq!(
+        errors[0].key(),
+        Some("control.overrides_file"),
+        "{errors:?}"
+    );
     assert!(errors[0].to_string().contains("overrides.json"));
 }

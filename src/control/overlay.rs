@@ -150,13 +150,17 @@ impl Overlay {
             return Ok(());
         };
         for entry in &self.cameras {
-            let position = list.iter().position(|c| camera_id(c) == Some(entry.id.as_str()));
+            let position = list
+                .iter()
+                .position(|c| camera_id(c) == Some(entry.id.as_str()));
             match (&entry.camera, position) {
                 (Some(table), at) => {
-                    let value = json_to_toml(&Value::Object(table.clone()), "camera")
-                        .map_err(|p| Problem {
-                            key: format!("overrides.cameras.{}.{}", entry.id, p.key),
-                            reason: p.reason,
+                    let value =
+                        json_to_toml(&Value::Object(table.clone()), "camera").map_err(|p| {
+                            Problem {
+                                key: format!("overrides.cameras.{}.{}", entry.id, p.key),
+                                reason: p.reason,
+                            }
                         })?;
                     match at {
                         Some(i) => list[i] = value,
@@ -431,7 +435,9 @@ tasks = [{ task = "<OD>", every = "1s" }]
         let o = Overlay::default();
         let r = o
             .with_change(
-                &ControlRequest::DeleteCamera { camera: "zz".into() },
+                &ControlRequest::DeleteCamera {
+                    camera: "zz".into(),
+                },
                 &file(),
                 None,
             )
@@ -492,7 +498,10 @@ tasks = [{ task = "<OD>", every = "1s" }]
         assert_eq!(Overlay::load(&path).unwrap(), o);
         std::fs::write(&path, "{not json").unwrap();
         let e = Overlay::load(&path).unwrap_err().to_string();
-        assert!(e.contains("overrides.json") && e.contains("not a florence-edge overlay"), "{e}");
+        assert!(
+            e.contains("overrides.json") && e.contains("not a florence-edge overlay"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -511,6 +520,9 @@ tasks = [{ task = "<OD>", every = "1s" }]
         let a = digest("x", &[]);
         assert_eq!(a, digest("x", &[]));
         assert_ne!(a, digest("y", &[]));
-        assert_ne!(a, digest("x", &[("FLORENCE_EDGE__A__B".into(), "1".into())]));
+        assert_ne!(
+            a,
+            digest("x", &[("FLORENCE_EDGE__A__B".into(), "1".into())])
+        );
     }
 }

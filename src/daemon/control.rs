@@ -39,7 +39,9 @@ pub(super) fn starting_revision(config: &Config, from_file: bool) -> (Overlay, u
         Ok(stored) => overlay = stored,
         // `config::load` read it a moment ago; if it went bad since, run
         // without it rather than not at all, and say so.
-        Err(e) => tracing::error!(error = %e, "Runtime overrides not read; running the file alone."),
+        Err(e) => {
+            tracing::error!(error = %e, "Runtime overrides not read; running the file alone.")
+        }
     }
     let digest = overlay::digest(&config.effective_toml(), &[]);
     if overlay.digest != digest {
@@ -102,7 +104,11 @@ impl Coordinator {
         }
         if request.is_change() {
             if reply.is_ok() {
-                tracing::info!(?request, revision = self.revision, "Runtime change applied.");
+                tracing::info!(
+                    ?request,
+                    revision = self.revision,
+                    "Runtime change applied."
+                );
             } else {
                 tracing::warn!(?request, status = reply.status, answer = %reply.body, "Runtime change refused.");
             }
@@ -127,7 +133,10 @@ impl Coordinator {
                         "running": self.cameras.contains_key(camera.as_str()),
                         "camera": c,
                     })),
-                    None => ControlReply::error(404, format!("no camera {camera:?} in the configuration")),
+                    None => ControlReply::error(
+                        404,
+                        format!("no camera {camera:?} in the configuration"),
+                    ),
                 }
             }
             _ => {}
@@ -140,14 +149,19 @@ impl Coordinator {
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) => return ControlReply::error(409, format!("cannot read {}: {e}", path.display())),
+            Err(e) => {
+                return ControlReply::error(409, format!("cannot read {}: {e}", path.display()))
+            }
         };
         let file_root: toml::Table = match toml::from_str(&text) {
             Ok(root) => root,
             Err(e) => {
                 return ControlReply::error(
                     409,
-                    format!("{} is not valid TOML now ({e}); fix the file first", path.display()),
+                    format!(
+                        "{} is not valid TOML now ({e}); fix the file first",
+                        path.display()
+                    ),
                 )
             }
         };

@@ -36,8 +36,8 @@ use crate::service::{Liveness, Notifier, Watchdog};
 
 pub use observe::{BatchSizes, DaemonView, ModelLabels, StageHistograms};
 
-pub use result::{MqttSink, ResultSink, StdoutSink};
 pub use control::{ControlHandle, CONTROL_TIMEOUT};
+pub use result::{MqttSink, ResultSink, StdoutSink};
 pub use startup::{load_options, preflight, Daemon};
 
 use coordinator::Coordinator;

@@ -580,6 +580,20 @@ impl HttpSource for DaemonView {
     fn cameras(&self) -> serde_json::Value {
         self.cameras_json()
     }
+
+    fn control(&self, request: crate::control::ControlRequest) -> crate::control::ControlReply {
+        use crate::control::{ControlReply, Controller};
+        let Some(control) = &self.control else {
+            return ControlReply::error(404, crate::service::http::NO_CONTROL);
+        };
+        if request.is_change() && !self.control_writes {
+            return ControlReply::error(
+                403,
+                "changes over HTTP are switched off ([control] http = false); reads are served",
+            );
+        }
+        control.control(request)
+    }
 }
 
 #[cfg(test)]

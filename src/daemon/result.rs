@@ -102,7 +102,13 @@ pub trait ResultSink: Send {
     /// The retained state of one task (`{prefix}/{camera}/{name}/state`);
     /// `None` clears it (the task or camera is gone). Sinks without
     /// retained topics ignore it.
-    fn task_state(&mut self, _camera: &str, _name: &str, _state: Option<&crate::control::TaskState>) {}
+    fn task_state(
+        &mut self,
+        _camera: &str,
+        _name: &str,
+        _state: Option<&crate::control::TaskState>,
+    ) {
+    }
 
     fn result(&mut self, result: &ResultPayload);
     /// A result with the frame it was computed on (for snapshots). The

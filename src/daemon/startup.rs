@@ -173,8 +173,13 @@ impl Daemon {
         let scheduler = Scheduler::new(Vec::new(), now)?;
         let batcher = Batcher::new(config.model.max_batch, config.model.max_wait)?;
         let registry: CameraRegistry = Arc::new(Mutex::new(BTreeMap::new()));
-        let (overlay, revision) = super::control::starting_revision(&config, options.config_path.is_some());
-        tracing::info!(revision, overrides = overlay.cameras.len(), "Configuration revision in effect.");
+        let (overlay, revision) =
+            super::control::starting_revision(&config, options.config_path.is_some());
+        tracing::info!(
+            revision,
+            overrides = overlay.cameras.len(),
+            "Configuration revision in effect."
+        );
         crate::sync::lock(&stats).config_revision = revision;
         let mut coordinator = Coordinator {
             revision,

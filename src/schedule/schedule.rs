@@ -346,15 +346,22 @@ mod tests {
         caption.enabled = false;
         let cam = CameraId::from("cam");
         let mut s = Scheduler::new(
-            [(cam.clone(), vec![task(Task::ObjectDetection, 500), caption.clone()])],
+            [(
+                cam.clone(),
+                vec![task(Task::ObjectDetection, 500), caption.clone()],
+            )],
             t0,
         )
         .expect("valid");
         s.on_frame("cam", 1, t0).expect("known camera");
         assert_eq!(tasks_of(&s.poll(t0)), [(Task::ObjectDetection, 1)]);
         caption.enabled = true;
-        s.set_camera(cam, &[task(Task::ObjectDetection, 500), caption], t0 + ms(100))
-            .expect("valid");
+        s.set_camera(
+            cam,
+            &[task(Task::ObjectDetection, 500), caption],
+            t0 + ms(100),
+        )
+        .expect("valid");
         s.on_frame("cam", 2, t0 + ms(100)).expect("known camera");
         assert_eq!(
             tasks_of(&s.poll(t0 + ms(100))),

@@ -266,16 +266,31 @@ impl Coordinator {
                 current.insert((camera.id.clone(), name), state);
             }
         }
-        let mut sink = crate::sync::lock(&self.sink);
-        for key in self.published_states.keys() {
-            if !current.contains_key(key) {
-                sink.task_state(&key.0, &key.1, None);
+        if let Some(publisher) = self.publisher.upgrade() {
+            let topics = publisher.topics().clone();
+            let mut send = |camera: &str, name: &str, payload: Vec<u8>| {
+                let sent = topics
+                    .task_state(camera, name)
+                    .map_err(crate::publish::PublishError::from)
+                    .and_then(|topic| publisher.publish_retained(topic, payload));
+                if let Err(e) = sent {
+                    tracing::warn!(camera, task = name, error = %e, "Task state not published.");
+                }
+            };
+            for key in self.published_states.keys() {
+                if !current.contains_key(key) {
+                    send(&key.0, &key.1, Vec::new());
+                }
+            }
+            for ((camera, name), state) in &current {
+                if self.published_states.get(&(camera.clone(), name.clone())) != Some(state) {
+                    match serde_json::to_vec(state) {
+                        Ok(json) => send(camera, name, json),
+                        Err(e) => tracing::warn!(error = %e, "Task state not serialized."),
+                    }
+                }
             }
         }
-        for ((camera, name), state) in &current {
-            sink.task_state(camera, name, Some(state));
-        }
-        drop(sink);
         self.published_states = current;
     }
 }

@@ -12,6 +12,8 @@ pub(super) struct Coordinator {
     pub(super) overlay: crate::control::overlay::Overlay,
     /// The model's prompt limits, loaded once for planning runtime changes.
     pub(super) prompts: Option<crate::config::PromptCheck>,
+    /// The MQTT publisher, when results go to MQTT (the sink owns it).
+    pub(super) publisher: std::sync::Weak<crate::publish::Publisher>,
     /// The task states last published, by (camera, task name).
     pub(super) published_states:
         std::collections::BTreeMap<(String, String), crate::control::TaskState>,

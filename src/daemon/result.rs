@@ -123,6 +123,12 @@ pub trait ResultSink: Send {
     fn publisher_stats(&self) -> Option<Arc<crate::publish::PublisherStats>> {
         None
     }
+    /// The MQTT publisher, for runtime control (command topics, retained
+    /// task states, Home Assistant discovery). Callers keep a `Weak` of it:
+    /// the sink stops it at shutdown.
+    fn publisher(&self) -> Option<Arc<Publisher>> {
+        None
+    }
 }
 
 /// JSON lines on stdout, for debugging and for piping into other tools.
@@ -148,6 +154,9 @@ pub struct FanOut(pub Vec<Box<dyn ResultSink>>);
 impl ResultSink for FanOut {
     fn publisher_stats(&self) -> Option<Arc<crate::publish::PublisherStats>> {
         self.0.iter().find_map(|s| s.publisher_stats())
+    }
+    fn publisher(&self) -> Option<Arc<Publisher>> {
+        self.0.iter().find_map(|s| s.publisher())
     }
     fn result(&mut self, result: &ResultPayload) {
         for s in &mut self.0 {
@@ -319,6 +328,9 @@ impl MqttSink {
 impl ResultSink for MqttSink {
     fn publisher_stats(&self) -> Option<Arc<crate::publish::PublisherStats>> {
         self.stats()
+    }
+    fn publisher(&self) -> Option<Arc<Publisher>> {
+        self.publisher.clone()
     }
     fn result(&mut self, result: &ResultPayload) {
         let Some(p) = &self.publisher else { return };

@@ -115,6 +115,7 @@ impl Daemon {
         // READY=1 too, and a model load that hangs must not hang forever.
         let watchdog = Watchdog::start(notifier.clone(), liveness.clone());
         let publisher = sink.publisher_stats();
+        let mqtt = sink.publisher().map(|p| Arc::downgrade(&p));
         let sink: SharedSink = Arc::new(Mutex::new(sink));
         let http_token = config
             .http
@@ -186,6 +187,7 @@ impl Daemon {
             overlay,
             prompts: crate::config::PromptCheck::load(&config.model.dir),
             published_states: BTreeMap::new(),
+            publisher: mqtt.clone().unwrap_or_default(),
             scheduler,
             batcher,
             latest: HashMap::new(),

@@ -12,6 +12,8 @@
 //! persisted. Each applied change raises the configuration revision that
 //! result payloads carry.
 
+pub mod mqtt;
+
 use serde::Serialize;
 use serde_json::{json, Value};
 

@@ -735,7 +735,6 @@ pub fn refusal(topic: &str, request_id: Option<&Value>, status: u16, reason: &st
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde_json::json;

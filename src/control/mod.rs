@@ -12,6 +12,7 @@
 //! persisted. Each applied change raises the configuration revision that
 //! result payloads carry.
 
+pub mod mqtt;
 pub mod overlay;
 
 use serde::Serialize;

@@ -16,6 +16,13 @@
 //! * [`stats`] — counters and gauges for `/metrics`;
 //! * `shell` — the thread that ties them to rumqttc.
 //!
+//! The same thread carries the control plane's MQTT side: it subscribes to
+//! the command topics given to [`Publisher::set_command_inbox`] and hands
+//! what arrives to that inbox (`control::mqtt` makes requests of it), sends
+//! the answers ([`Publisher::publish_response`], transient) and keeps
+//! retained latest values such as task states
+//! ([`Publisher::publish_retained`], sent again after every reconnect).
+//!
 //! Delivery is at least once with QoS 1 and 2: a result the broker received but
 //! whose acknowledgement was lost to a disconnect is sent again after the
 //! reconnect. Results arrive in order per camera (first arrivals; a repeat is
@@ -85,6 +92,10 @@ pub enum PublishError {
     /// The publisher thread could not be started.
     #[error("cannot start the MQTT publisher thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// A topic given whole (a retained value, a command response) cannot be
+    /// published to.
+    #[error("cannot publish to topic {topic:?}: {reason}")]
+    InvalidTopic { topic: String, reason: &'static str },
 }
 
 /// What `shutdown` achieved, for the log line of a clean stop.
@@ -101,25 +112,88 @@ pub struct ShutdownReport {
 /// What the inference side sends to the publisher thread.
 pub(crate) enum Command {
     Result(Box<ResultPayload>),
-    Snapshot { topic: String, jpeg: Vec<u8> },
+    Snapshot {
+        topic: String,
+        jpeg: Vec<u8>,
+    },
+    /// The answer to a command: transient, neither spooled nor retained.
+    Response {
+        topic: String,
+        payload: Vec<u8>,
+    },
 }
 
-/// A camera's latest status as JSON, and whether it still has to go out.
+/// What a [`StatusBoard`] entry is the latest value of.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum BoardKey {
+    /// A camera's status (retained as `mqtt.retain.camera_status` says).
+    Camera(String),
+    /// A retained latest value on a topic of its own
+    /// ([`Publisher::publish_retained`]).
+    Topic(String),
+}
+
+/// A retained latest value as JSON, and whether it still has to go out.
 pub(crate) struct PendingStatus {
     pub(crate) topic: String,
     pub(crate) json: Vec<u8>,
     pub(crate) unsent: bool,
 }
 
-/// The latest status of every camera, kept apart from the result queue:
-/// status is a retained latest-value, so a newer one replaces an unsent older
-/// one instead of queueing behind results, and it is never refused.
+/// The latest status of every camera, and other retained latest values
+/// (task states, the node's configuration summary), kept apart from the
+/// result queue: a newer value replaces an unsent older one instead of
+/// queueing behind results, and it is never refused. Every value is sent
+/// again after a reconnect (the broker may have lost it).
+///
+/// It also carries the command inbox to the `fe-publish` thread: the thread
+/// subscribes to its filters after every connect, and at once (woken by
+/// `notify`) when an inbox is set while connected.
 #[derive(Default)]
 pub(crate) struct StatusBoard {
-    /// camera id → (topic, JSON, still to be sent)
-    pub(crate) latest: Mutex<std::collections::BTreeMap<String, PendingStatus>>,
+    /// camera or topic → (topic, JSON, still to be sent)
+    pub(crate) latest: Mutex<std::collections::BTreeMap<BoardKey, PendingStatus>>,
     pub(crate) dirty: AtomicBool,
     pub(crate) notify: Notify,
+    pub(crate) inbox: Mutex<Option<Arc<CommandInbox>>>,
+    /// Set with a new inbox; the thread then brings its subscriptions in line.
+    pub(crate) inbox_changed: AtomicBool,
+}
+
+/// Where incoming messages on command topics go.
+pub(crate) struct CommandInbox {
+    pub(crate) filters: Vec<String>,
+    pub(crate) deliver: Box<dyn Fn(String, Vec<u8>) + Send + Sync>,
+}
+
+impl CommandInbox {
+    pub(crate) fn wants(&self, topic: &str) -> bool {
+        self.filters.iter().any(|f| rumqttc::matches(topic, f))
+    }
+}
+
+/// Checks a topic given whole: one rumqttc would refuse ends the connection.
+fn check_publish_topic(topic: &str) -> Result<(), PublishError> {
+    let reason = if topic.is_empty() {
+        Some("it is empty")
+    } else if topic.contains(['+', '#']) {
+        Some("it contains an MQTT wildcard ('+' or '#')")
+    } else if topic.starts_with('$') {
+        Some("topics starting with '$' are reserved for the broker")
+    } else if topic.contains('\0') {
+        Some("it contains a NUL character")
+    } else if topic.len() > usize::from(u16::MAX) {
+        Some("it is longer than 65535 bytes")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(PublishError::InvalidTopic {
+            topic: topic.chars().take(200).collect(),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Handle to the running publisher. Cheap calls, none of which block on MQTT.
@@ -222,7 +296,7 @@ impl Publisher {
         {
             let mut latest = crate::sync::lock(&self.board.latest);
             latest.insert(
-                camera.to_owned(),
+                BoardKey::Camera(camera.to_owned()),
                 PendingStatus {
                     topic,
                     json,
@@ -233,6 +307,82 @@ impl Publisher {
         self.board.dirty.store(true, Ordering::Release);
         self.board.notify.notify_one();
         Ok(())
+    }
+
+    /// Sets a retained latest value on `topic` (a task state, the node's
+    /// configuration summary), with `retain` always set. Like camera statuses:
+    /// the newest value per topic wins, an unsent older one is replaced, and
+    /// every value is sent again after each reconnect. An empty `payload`
+    /// clears the retained message on the broker; it is sent once and then
+    /// forgotten.
+    pub fn publish_retained(&self, topic: String, payload: Vec<u8>) -> Result<(), PublishError> {
+        check_publish_topic(&topic)?;
+        {
+            let mut latest = crate::sync::lock(&self.board.latest);
+            latest.insert(
+                BoardKey::Topic(topic.clone()),
+                PendingStatus {
+                    topic,
+                    json: payload,
+                    unsent: true,
+                },
+            );
+        }
+        self.board.dirty.store(true, Ordering::Release);
+        self.board.notify.notify_one();
+        Ok(())
+    }
+
+    /// Queues a transient message (the answer to a command) for `topic`:
+    /// not spooled, not retained, QoS as configured. Returns whether it was
+    /// queued; while the broker is away, or when the queue is full, it is
+    /// dropped and counted (`responses_dropped`).
+    pub fn publish_response(&self, topic: String, payload: Vec<u8>) -> Result<bool, PublishError> {
+        check_publish_topic(&topic)?;
+        if !self.stats.is_connected() {
+            self.stats.count_response_dropped();
+            return Ok(false);
+        }
+        match self.commands.try_send(Command::Response { topic, payload }) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.count_response_dropped();
+                Ok(false)
+            }
+            Err(_) => Err(PublishError::Stopped),
+        }
+    }
+
+    /// Hands every message arriving on a topic that matches one of
+    /// `filters` to `inbox(topic, payload)`, from now on: the publisher
+    /// subscribes to them (QoS 1) at once when connected and again after
+    /// every reconnect. A later call replaces the filters and the inbox.
+    ///
+    /// `inbox` runs on the `fe-publish` thread and must not block (send on
+    /// a channel). Messages the broker delivers with the retain flag (a
+    /// retained command, which would be replayed at every reconnect) are
+    /// logged and ignored. Invalid filters are logged and left out.
+    pub fn set_command_inbox(
+        &self,
+        filters: Vec<String>,
+        inbox: Box<dyn Fn(String, Vec<u8>) + Send + Sync>,
+    ) {
+        let filters = filters
+            .into_iter()
+            .filter(|f| {
+                let valid = rumqttc::valid_filter(f) && !f.starts_with('$');
+                if !valid {
+                    tracing::error!(filter = %f, "Not subscribing to an invalid MQTT topic filter.");
+                }
+                valid
+            })
+            .collect();
+        *crate::sync::lock(&self.board.inbox) = Some(Arc::new(CommandInbox {
+            filters,
+            deliver: inbox,
+        }));
+        self.board.inbox_changed.store(true, Ordering::Release);
+        self.board.notify.notify_one();
     }
 
     /// Queues an annotated JPEG for `{prefix}/{camera}/{task}/snapshot` unless
@@ -320,5 +470,42 @@ impl Drop for Publisher {
         if self.thread.is_some() {
             self.stop(Duration::from_secs(2));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_topics_are_checked_before_rumqttc_sees_them() {
+        assert!(check_publish_topic("fe/cam/od/state").is_ok());
+        for (topic, why) in [
+            ("", "empty"),
+            ("fe/+/x", "wildcard"),
+            ("fe/#", "wildcard"),
+            ("$SYS/x", "reserved"),
+            ("fe/a\0b", "NUL"),
+        ] {
+            let err = check_publish_topic(topic).expect_err(topic).to_string();
+            assert!(err.contains(why), "{topic:?}: {err}");
+        }
+        let long = "a".repeat(70_000);
+        assert!(check_publish_topic(&long)
+            .expect_err("long")
+            .to_string()
+            .contains("65535"));
+    }
+
+    #[test]
+    fn inbox_filters_match_like_the_broker() {
+        let inbox = CommandInbox {
+            filters: vec!["fe/n/set/#".into(), "fe/+/+/set".into()],
+            deliver: Box::new(|_, _| {}),
+        };
+        assert!(inbox.wants("fe/n/set/config/get"));
+        assert!(inbox.wants("fe/cam/od/set"));
+        assert!(!inbox.wants("fe/cam/od/set/enabled"));
+        assert!(!inbox.wants("fe/n/response"));
     }
 }

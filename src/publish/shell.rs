@@ -20,6 +20,12 @@
 //! entry is newer than every spool entry, and appending them keeps the order.
 //! Results the broker got but did not acknowledge in time are sent again:
 //! at least once, in order of first arrival.
+//!
+//! Commands. Once an inbox is set, every connection subscribes (QoS 1) to its
+//! filters, and each message on them goes to the inbox as it arrives; the
+//! answers (`Command::Response`) use the in-flight window like snapshots but
+//! wait their turn in a short backlog instead of being dropped while
+//! connected. Neither is spooled: an answer after an outage has no asker.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -28,7 +34,8 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
-    NetworkOptions, Outgoing, Packet, TlsConfiguration, Transport,
+    NetworkOptions, Outgoing, Packet, QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration,
+    Transport,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,13 +43,21 @@ use super::connection::LinkState;
 use super::settings::PublisherConfig;
 use super::spool::{Spool, SpooledMessage};
 use super::stats::{unix_ms, PublisherStats};
-use super::{Command, ShutdownReport, StatusBoard};
+use super::{BoardKey, Command, ShutdownReport, StatusBoard};
 
 /// Largest packet rumqttc may send: MQTT's own limit (snapshots are large).
 const MAX_OUTGOING_PACKET: usize = 268_435_455;
-/// Largest packet accepted from the broker. We subscribe to nothing, so only
-/// acknowledgements arrive; anything big is malformed and ends the connection.
-const MAX_INCOMING_PACKET: usize = 64 * 1024;
+/// Largest packet accepted from the broker: acknowledgements and the
+/// command topics we subscribe to. Commands are refused by size in
+/// `control::mqtt` (`control.max_command_bytes`, 64 KiB by default), where
+/// the sender gets an answer; so a command must reach it even when too
+/// large. A packet above this limit makes rumqttc drop the connection (it
+/// reconnects, and the command is lost without an answer): brokers should
+/// cap messages with `message_size_limit`.
+const MAX_INCOMING_PACKET: usize = 4 * 1024 * 1024;
+/// Command responses waiting for room in the in-flight window; beyond that
+/// the oldest is dropped (and counted).
+const RESPONSE_BACKLOG: usize = 64;
 /// How often a continuing spool overflow or write failure is logged again.
 const LOSS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -52,8 +67,10 @@ enum Origin {
     Spool(u64),
     Live(SpooledMessage),
     CameraStatus,
+    Retained,
     NodeStatus { online: bool },
     Snapshot,
+    Response,
 }
 
 struct InFlight {
@@ -89,6 +106,12 @@ pub(crate) struct Shell {
     window: usize,
     last_loss_log: Option<Instant>,
     offline_acknowledged: bool,
+    /// Command responses accepted while connected, not yet handed over.
+    responses: VecDeque<(String, Vec<u8>)>,
+    /// The command filters this connection is subscribed to.
+    subscribed: Vec<String>,
+    /// The subscriptions have to be brought in line with the inbox.
+    subscribe_due: bool,
 }
 
 impl Shell {
@@ -118,6 +141,9 @@ impl Shell {
             window,
             last_loss_log: None,
             offline_acknowledged: false,
+            responses: VecDeque::new(),
+            subscribed: Vec::new(),
+            subscribe_due: false,
         }
     }
 
@@ -267,8 +293,10 @@ impl Shell {
                 _ = self.board.notify.notified(), if connected => {}
             }
             if self.link.is_connected() {
+                self.sync_subscriptions(&client);
                 if let Err(reason) = self
-                    .send_statuses(&client)
+                    .send_responses(&client)
+                    .and_then(|()| self.send_statuses(&client))
                     .and_then(|()| self.fill_window(&client))
                 {
                     return SessionEnd::Lost(reason);
@@ -306,6 +334,9 @@ impl Shell {
                     }
                 }
                 self.board.dirty.store(true, Ordering::Release);
+                // A clean session: the broker forgot our subscriptions.
+                self.subscribed.clear();
+                self.subscribe_due = true;
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 if let Some(index) = self.inflight.iter().position(|f| f.pkid.is_none()) {
@@ -321,12 +352,95 @@ impl Shell {
             Event::Incoming(Packet::PubComp(comp)) if self.config.qos.level() == 2 => {
                 self.complete_pkid(comp.pkid)
             }
-            Event::Incoming(Packet::Publish(publish)) => {
-                // We subscribe to nothing; a broker that sends us messages is
+            Event::Incoming(Packet::Publish(publish)) => self.on_publish(publish),
+            Event::Incoming(Packet::SubAck(ack))
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|code| matches!(code, SubscribeReasonCode::Failure)) =>
+            {
+                tracing::error!(
+                    filters = %self.subscribed.join(", "),
+                    "The MQTT broker refused a subscription to command topics; commands over MQTT will not arrive (does the broker's ACL let this client read them?)."
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A message on a topic we subscribed to: a command goes to the inbox.
+    fn on_publish(&self, publish: rumqttc::Publish) {
+        let inbox = crate::sync::lock(&self.board.inbox).clone();
+        match inbox {
+            Some(inbox) if inbox.wants(&publish.topic) => {
+                if publish.retain {
+                    // Sent because we subscribed, so it is a stored command
+                    // that every reconnect would apply again.
+                    tracing::warn!(
+                        topic = %publish.topic,
+                        "Ignored a retained MQTT command; publish commands without the retain flag (and clear this one with an empty retained message)."
+                    );
+                    return;
+                }
+                self.stats.count_command_received();
+                (inbox.deliver)(publish.topic, publish.payload.to_vec());
+            }
+            _ => {
+                // Not a topic we asked for; a broker that sends it is
                 // misbehaving. Say so and ignore the payload.
                 tracing::warn!(topic = %publish.topic, bytes = publish.payload.len(), "Ignored a message on a topic florence-edge never subscribed to.");
             }
-            _ => {}
+        }
+    }
+
+    /// Subscribes to the inbox's filters (and unsubscribes from filters it
+    /// no longer has) when they changed or the connection is new. A request
+    /// rumqttc cannot take now is tried again after the next event.
+    fn sync_subscriptions(&mut self, client: &AsyncClient) {
+        if self.board.inbox_changed.swap(false, Ordering::AcqRel) {
+            self.subscribe_due = true;
+        }
+        if !self.subscribe_due {
+            return;
+        }
+        let wanted: Vec<String> = crate::sync::lock(&self.board.inbox)
+            .as_ref()
+            .map(|inbox| inbox.filters.clone())
+            .unwrap_or_default();
+        while let Some(index) = self.subscribed.iter().position(|f| !wanted.contains(f)) {
+            if let Err(e) = client.try_unsubscribe(self.subscribed[index].clone()) {
+                tracing::debug!(error = %e, "Could not hand an unsubscribe to rumqttc yet; trying again.");
+                return;
+            }
+            self.subscribed.remove(index);
+        }
+        let new: Vec<String> = wanted
+            .iter()
+            .filter(|f| !self.subscribed.contains(f))
+            .cloned()
+            .collect();
+        if !new.is_empty() {
+            let request = new
+                .iter()
+                .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+            if let Err(e) = client.try_subscribe_many(request) {
+                tracing::debug!(error = %e, "Could not hand a subscribe to rumqttc yet; trying again.");
+                return;
+            }
+            tracing::info!(filters = %new.join(", "), "Subscribed to MQTT command topics.");
+            self.subscribed.extend(new);
+        }
+        self.subscribe_due = false;
+    }
+
+    /// Hands queued command responses to rumqttc while the window allows.
+    fn send_responses(&mut self, client: &AsyncClient) -> Result<(), String> {
+        while self.inflight.len() < self.window {
+            let Some((topic, payload)) = self.responses.pop_front() else {
+                break;
+            };
+            self.hand(client, topic, false, payload, Origin::Response)?;
         }
         Ok(())
     }
@@ -349,12 +463,14 @@ impl Shell {
             }
             Origin::Live(_) => self.stats.count_result_published(),
             Origin::CameraStatus => self.stats.count_status_published(),
+            Origin::Retained => self.stats.count_retained_published(),
             Origin::NodeStatus { online } => {
                 if !online {
                     self.offline_acknowledged = true;
                 }
             }
             Origin::Snapshot => self.stats.count_snapshot_published(),
+            Origin::Response => self.stats.count_response_published(),
         }
     }
 
@@ -440,6 +556,19 @@ impl Shell {
                     Ok(())
                 }
             },
+            Command::Response { topic, payload } => {
+                if client.is_some() && self.link.is_connected() {
+                    if self.responses.len() >= RESPONSE_BACKLOG {
+                        self.responses.pop_front();
+                        self.stats.count_response_dropped();
+                    }
+                    self.responses.push_back((topic, payload));
+                } else {
+                    // An answer is only worth something while the asker waits.
+                    self.stats.count_response_dropped();
+                }
+                Ok(())
+            }
         }
     }
 
@@ -503,16 +632,19 @@ impl Shell {
         Ok(())
     }
 
-    /// Sends the camera statuses that changed (or all, after a reconnect).
+    /// Sends the camera statuses and retained values that changed (or all,
+    /// after a reconnect). A clear (an empty retained value) is sent once
+    /// and then forgotten.
     fn send_statuses(&mut self, client: &AsyncClient) -> Result<(), String> {
         if !self.board.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let due: Vec<(String, Vec<u8>)> = {
+        let due: Vec<(bool, String, Vec<u8>)> = {
             let mut latest = crate::sync::lock(&self.board.latest);
             let room = self.window.saturating_sub(self.inflight.len());
             let mut due = Vec::new();
-            for status in latest.values_mut() {
+            let mut cleared = Vec::new();
+            for (key, status) in latest.iter_mut() {
                 if status.unsent {
                     if due.len() == room {
                         // No room now; look again after the next event.
@@ -520,14 +652,28 @@ impl Shell {
                         break;
                     }
                     status.unsent = false;
-                    due.push((status.topic.clone(), status.json.clone()));
+                    let camera = matches!(key, BoardKey::Camera(_));
+                    if !camera && status.json.is_empty() {
+                        cleared.push(key.clone());
+                    }
+                    due.push((camera, status.topic.clone(), status.json.clone()));
                 }
+            }
+            for key in cleared {
+                latest.remove(&key);
             }
             due
         };
-        let retain = self.config.settings.retain.camera_status;
-        for (topic, json) in due {
-            self.hand(client, topic, retain, json, Origin::CameraStatus)?;
+        for (camera, topic, json) in due {
+            let (retain, origin) = if camera {
+                (
+                    self.config.settings.retain.camera_status,
+                    Origin::CameraStatus,
+                )
+            } else {
+                (true, Origin::Retained)
+            };
+            self.hand(client, topic, retain, json, origin)?;
         }
         Ok(())
     }
@@ -538,10 +684,16 @@ impl Shell {
     fn connection_lost(&mut self) {
         self.stats.set_connected(false);
         for entry in std::mem::take(&mut self.inflight) {
-            if let Origin::Live(message) = entry.origin {
-                self.spool_message(&message);
+            match entry.origin {
+                Origin::Live(message) => self.spool_message(&message),
+                Origin::Response => self.stats.count_response_dropped(),
+                _ => {}
             }
         }
+        for _ in self.responses.drain(..) {
+            self.stats.count_response_dropped();
+        }
+        self.subscribed.clear();
         self.spool.rewind();
     }
 
@@ -611,12 +763,17 @@ impl Shell {
             if !self.commands.is_empty() {
                 drained = false;
             }
-            if !lost && (self.send_statuses(client).is_err() || self.fill_window(client).is_err()) {
+            if !lost
+                && (self.send_responses(client).is_err()
+                    || self.send_statuses(client).is_err()
+                    || self.fill_window(client).is_err())
+            {
                 lost = true;
             }
             // Camera statuses (the `offline` of each, at a daemon's stop) go
             // out before the node's `offline`.
             let all_done = drained
+                && self.responses.is_empty()
                 && !self.spool.has_unsent()
                 && self.inflight.is_empty()
                 && !self.board.dirty.load(Ordering::Acquire);

@@ -18,6 +18,10 @@ pub struct PublisherStats {
     statuses_published: AtomicU64,
     snapshots_published: AtomicU64,
     snapshots_skipped: AtomicU64,
+    retained_published: AtomicU64,
+    commands_received: AtomicU64,
+    responses_published: AtomicU64,
+    responses_dropped: AtomicU64,
     publish_errors: AtomicU64,
     queue_full_drops: AtomicU64,
     results_spooled: AtomicU64,
@@ -47,6 +51,17 @@ pub struct PublisherStatsSnapshot {
     pub snapshots_published: u64,
     /// Snapshots not sent because of the rate limit.
     pub snapshots_skipped: u64,
+    /// Retained latest values on topics of their own (task states, node
+    /// configuration) the broker acknowledged, clears included.
+    pub retained_published: u64,
+    /// Messages on command topics handed to the command inbox.
+    pub commands_received: u64,
+    /// Command responses the broker acknowledged (QoS 1/2) or that were
+    /// written (QoS 0).
+    pub responses_published: u64,
+    /// Command responses not delivered: the broker was away, the queue was
+    /// full, or the connection dropped before the broker acknowledged them.
+    pub responses_dropped: u64,
     /// Publishes rumqttc refused, and results that could not be serialized.
     pub publish_errors: u64,
     /// Results refused because the queue to the publisher thread was full.
@@ -79,6 +94,10 @@ impl PublisherStats {
             statuses_published: get(&self.statuses_published),
             snapshots_published: get(&self.snapshots_published),
             snapshots_skipped: get(&self.snapshots_skipped),
+            retained_published: get(&self.retained_published),
+            commands_received: get(&self.commands_received),
+            responses_published: get(&self.responses_published),
+            responses_dropped: get(&self.responses_dropped),
             publish_errors: get(&self.publish_errors),
             queue_full_drops: get(&self.queue_full_drops),
             results_spooled: get(&self.results_spooled),
@@ -152,6 +171,22 @@ impl PublisherStats {
 
     pub(crate) fn count_snapshot_published(&self) {
         self.snapshots_published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_retained_published(&self) {
+        self.retained_published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_command_received(&self) {
+        self.commands_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_response_published(&self) {
+        self.responses_published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_response_dropped(&self) {
+        self.responses_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_publish_error(&self) {

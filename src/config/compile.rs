@@ -334,10 +334,12 @@ fn control(mut f: Fields, errors: &mut Errors) -> Option<ControlConfig> {
         errors,
         path_value,
     );
-    f.finish(errors);
+    // The MQTT keys, read (and the section finished) by their stage.
+    let mqtt = crate::control::mqtt::CommandSettings::from_section(f, errors);
     Some(ControlConfig {
         http,
         overrides_file,
+        mqtt: mqtt?,
     })
 }
 

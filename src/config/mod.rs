@@ -111,6 +111,8 @@ pub struct ControlConfig {
     /// Where runtime changes persist; laid over the file at every start
     /// and reload.
     pub overrides_file: PathBuf,
+    /// `mqtt`, `mqtt_allow`, `max_command_bytes`: commands on MQTT topics.
+    pub mqtt: crate::control::mqtt::CommandSettings,
 }
 
 /// `control.overrides_file` when unset: under systemd's

@@ -76,6 +76,15 @@ impl Config {
         let mut control = Table::new();
         control.insert("http".into(), Value::Boolean(self.control.http));
         control.insert("overrides_file".into(), path(&self.control.overrides_file));
+        control.insert("mqtt".into(), Value::Boolean(self.control.mqtt.enabled));
+        control.insert(
+            "mqtt_allow".into(),
+            Value::Array(self.control.mqtt.allow.iter().map(text).collect()),
+        );
+        control.insert(
+            "max_command_bytes".into(),
+            int(self.control.mqtt.max_payload_bytes),
+        );
         root.insert("control".into(), Value::Table(control));
         root.insert(
             "cameras".into(),

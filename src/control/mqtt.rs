@@ -94,9 +94,6 @@ impl CommandSettings {
     /// `max_command_bytes` (1024 to 1048576). Every problem goes to `errors`
     /// (an invalid value leaves its default here, and the configuration as a
     /// whole is refused); `None` when `mqtt_allow` is not an array at all.
-    // Called by `config::compile` once the `[control]` section is wired in;
-    // until then only the tests read a section.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn from_section(mut f: Fields, errors: &mut Errors) -> Option<CommandSettings> {
         let d = CommandSettings::default();
         let enabled = f.or("mqtt", d.enabled, errors, boolean);
@@ -139,7 +136,6 @@ impl CommandSettings {
     }
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 const FILTER_ALLOWED: &str = "an MQTT topic filter relative to the topic prefix, such as \
      \"{node}/set/config/get\", \"+/+/set/enabled\" or \"#\" ('+' and '#' as whole levels, \
      '#' last, no empty levels; {node} stands for the node id)";

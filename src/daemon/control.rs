@@ -92,7 +92,9 @@ impl Controller for ControlHandle {
 impl Coordinator {
     /// Answers one control request (see the module docs).
     pub(super) fn control(&mut self, request: ControlRequest) -> ControlReply {
+        let began = std::time::Instant::now();
         let reply = self.control_inner(&request);
+        let elapsed_ms = began.elapsed().as_secs_f64() * 1e3;
         {
             let mut st = crate::sync::lock(&self.stats);
             if !request.is_change() {
@@ -107,10 +109,11 @@ impl Coordinator {
                 tracing::info!(
                     ?request,
                     revision = self.revision,
+                    elapsed_ms,
                     "Runtime change applied."
                 );
             } else {
-                tracing::warn!(?request, status = reply.status, answer = %reply.body, "Runtime change refused.");
+                tracing::warn!(?request, status = reply.status, answer = %reply.body, elapsed_ms, "Runtime change refused.");
             }
         }
         reply
@@ -268,7 +271,7 @@ impl Coordinator {
         }
         if let Some(publisher) = self.publisher.upgrade() {
             let topics = publisher.topics().clone();
-            let mut send = |camera: &str, name: &str, payload: Vec<u8>| {
+            let send = |camera: &str, name: &str, payload: Vec<u8>| {
                 let sent = topics
                     .task_state(camera, name)
                     .map_err(crate::publish::PublishError::from)

@@ -12,6 +12,7 @@ mod control;
 mod coordinator;
 mod inference;
 mod isolate;
+mod mqtt_control;
 pub mod observe;
 pub mod reload;
 pub mod result;

@@ -231,6 +231,19 @@ impl Daemon {
             None => None,
             Some(addr) => Some(HttpServer::start(addr, http_token, Arc::new(view.clone()))?),
         };
+        if config.control.mqtt.enabled {
+            if let Some(publisher) = mqtt.as_ref().and_then(std::sync::Weak::upgrade) {
+                super::mqtt_control::start(
+                    &publisher,
+                    config.control.mqtt.clone(),
+                    super::ControlHandle { tx: tx.clone() },
+                )
+                .map_err(|source| DaemonError::Thread {
+                    thread: "control-mqtt",
+                    source,
+                })?;
+            }
+        }
         let summary = coordinator.summary();
         let handle = thread::Builder::new()
             .name("coordinator".into())

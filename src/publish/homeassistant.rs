@@ -119,6 +119,8 @@ pub struct HaTask {
     pub task: Task,
     /// The text prompt of a text-input task.
     pub text: Option<String>,
+    /// Whether the task runs. The discovery messages do not depend on it (a
+    /// disabled task keeps its entities; its switch reads `…/state`).
     pub enabled: bool,
 }
 
@@ -1182,6 +1184,8 @@ mod tests {
         assert_eq!(uids.len(), messages.len());
         assert_eq!(id_part("x_more"), format!("x-more-{:08x}", fnv1a("x_more")));
         assert_eq!(id_part("front-door"), "front-door");
+        // The example in docs/HOME_ASSISTANT.md.
+        assert_eq!(id_part("cam_1"), "cam-1-70cbcfa8");
         assert!(id_part("Hall Way.1").starts_with("Hall-Way-1-"));
         // FNV-1a's published test vector: the hash must never change.
         assert_eq!(fnv1a("a"), 0xe40c_292c);

@@ -29,6 +29,7 @@
 //! always of an earlier sequence number).
 
 pub mod connection;
+pub mod homeassistant;
 pub mod payload;
 pub mod settings;
 mod shell;

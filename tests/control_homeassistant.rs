@@ -22,7 +22,18 @@ const PREFIX: &str = "fe-ha";
 
 fn publish(port: u16, topic: &str, payload: &str) {
     let status = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-m", payload])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
         .status()
         .unwrap();
     assert!(status.success(), "mosquitto_pub {topic}");
@@ -82,20 +93,38 @@ fn the_text_entity_reprompts_the_camera_and_removal_clears_the_entities() {
         ),
     )
     .unwrap();
-    let discovery = Subscriber::start(broker.port(), "homeassistant/#", SubscriberOptions::default());
-    let results = Subscriber::start(broker.port(), &format!("{PREFIX}/#"), SubscriberOptions::default());
+    let discovery = Subscriber::start(
+        broker.port(),
+        "homeassistant/#",
+        SubscriberOptions::default(),
+    );
+    let results = Subscriber::start(
+        broker.port(),
+        &format!("{PREFIX}/#"),
+        SubscriberOptions::default(),
+    );
     let _d = DaemonProcess::start(&config, &[]);
 
     // Discovery: a text entity for porch's prompt, a switch per task.
     let msgs = discovery.wait_for(Duration::from_secs(120), "the text entity", |m| {
-        entity(&latest(m), "text", |v| v["command_topic"].as_str().is_some_and(|t| t.contains("/porch/"))).is_some()
+        entity(&latest(m), "text", |v| {
+            v["command_topic"]
+                .as_str()
+                .is_some_and(|t| t.contains("/porch/"))
+        })
+        .is_some()
     });
     let docs = latest(&msgs);
     let (_, text_entity) = entity(&docs, "text", |v| {
-        v["command_topic"].as_str().is_some_and(|t| t.contains("/porch/"))
+        v["command_topic"]
+            .as_str()
+            .is_some_and(|t| t.contains("/porch/"))
     })
     .unwrap();
-    assert_eq!(text_entity["availability_topic"], format!("{PREFIX}/ha-node/status"));
+    assert_eq!(
+        text_entity["availability_topic"],
+        format!("{PREFIX}/ha-node/status")
+    );
     let porch_docs: Vec<String> = docs
         .iter()
         .filter(|(_, p)| String::from_utf8_lossy(p).contains("/porch/"))
@@ -106,9 +135,15 @@ fn the_text_entity_reprompts_the_camera_and_removal_clears_the_entities() {
     // The state topic the text entity reads shows the prompt from the file.
     let state_topic = text_entity["state_topic"].as_str().unwrap().to_string();
     let states = results.wait_for(Duration::from_secs(30), "the task state", |m| {
-        m.iter().any(|x| x.topic == state_topic && !x.payload.is_empty())
+        m.iter()
+            .any(|x| x.topic == state_topic && !x.payload.is_empty())
     });
-    let first = states.iter().rev().find(|x| x.topic == state_topic).unwrap().json();
+    let first = states
+        .iter()
+        .rev()
+        .find(|x| x.topic == state_topic)
+        .unwrap()
+        .json();
     assert_eq!(first["text"], "a person");
     let old_revision = first["revision"].as_u64().unwrap();
 
@@ -123,9 +158,8 @@ fn the_text_entity_reprompts_the_camera_and_removal_clears_the_entities() {
         "a person with a ladder",
     );
     let after = results.wait_for(Duration::from_secs(60), "a result of the new prompt", |m| {
-        m.iter().any(|x| {
-            x.topic == result_topic && x.json()["text_input"] == "a person with a ladder"
-        })
+        m.iter()
+            .any(|x| x.topic == result_topic && x.json()["text_input"] == "a person with a ladder")
     });
     let r = after
         .iter()
@@ -133,14 +167,21 @@ fn the_text_entity_reprompts_the_camera_and_removal_clears_the_entities() {
         .unwrap()
         .json();
     assert!(r["revision"].as_u64().unwrap() > old_revision, "{r}");
-    let state = after.iter().rev().find(|x| x.topic == state_topic).unwrap().json();
+    let state = after
+        .iter()
+        .rev()
+        .find(|x| x.topic == state_topic)
+        .unwrap()
+        .json();
     assert_eq!(state["text"], "a person with a ladder");
     assert_eq!(state["revision"], r["revision"]);
 
     // The caption's switch: OFF stops its results.
     let docs = latest(&discovery.messages());
     let (_, switch) = entity(&docs, "switch", |v| {
-        v["command_topic"].as_str().is_some_and(|t| t.starts_with(&format!("{PREFIX}/porch/caption/")))
+        v["command_topic"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&format!("{PREFIX}/porch/caption/")))
     })
     .unwrap();
     publish(
@@ -173,17 +214,29 @@ fn the_text_entity_reprompts_the_camera_and_removal_clears_the_entities() {
         .map(|x| x.json())
         .filter(|v| v["revision"].as_u64().unwrap() >= off_revision)
         .collect();
-    assert!(captions_after.is_empty(), "captions after the switch went off: {captions_after:?}");
+    assert!(
+        captions_after.is_empty(),
+        "captions after the switch went off: {captions_after:?}"
+    );
 
     // Removing the camera clears every one of its discovery documents.
-    publish(broker.port(), &format!("{PREFIX}/ha-node/set/cameras/porch/delete"), "");
+    publish(
+        broker.port(),
+        &format!("{PREFIX}/ha-node/set/cameras/porch/delete"),
+        "",
+    );
     let msgs = discovery.wait_for(Duration::from_secs(30), "porch's documents cleared", |m| {
         let docs = latest(m);
-        porch_docs.iter().all(|t| docs.get(t).is_some_and(Vec::is_empty))
+        porch_docs
+            .iter()
+            .all(|t| docs.get(t).is_some_and(Vec::is_empty))
     });
     let docs = latest(&msgs);
     assert!(
-        entity(&docs, "sensor", |v| v["state_topic"].as_str().is_some_and(|t| t.contains("/yard/"))).is_some(),
+        entity(&docs, "sensor", |v| v["state_topic"]
+            .as_str()
+            .is_some_and(|t| t.contains("/yard/")))
+        .is_some(),
         "yard's entities stay"
     );
 }

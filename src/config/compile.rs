@@ -130,6 +130,9 @@ fn compile_root(
         .map(|f| MqttSettings::from_section(f, node_id.as_deref(), errors));
     let http = root.table("http", errors).map(|f| http(f, errors));
     let control = root.table("control", errors).map(|f| control(f, errors));
+    let homeassistant = root
+        .table("homeassistant", errors)
+        .map(|f| crate::publish::homeassistant::HomeAssistantSettings::from_section(f, errors));
     let cameras = cameras(&mut root, node_id.as_deref(), errors);
     root.finish(errors);
     Some(Config {
@@ -139,6 +142,7 @@ fn compile_root(
         mqtt: mqtt??,
         http: http??,
         control: control??,
+        homeassistant: homeassistant??,
         cameras: cameras?,
     })
 }

@@ -77,7 +77,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         model_changed: old.model != new.model,
         mqtt_changed: old.mqtt != new.mqtt,
         http_changed: old.http != new.http,
-        control_changed: old.control != new.control,
+        control_changed: old.control != new.control || old.homeassistant != new.homeassistant,
     }
 }
 

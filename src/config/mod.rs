@@ -39,6 +39,8 @@ pub struct Config {
     pub mqtt: crate::publish::MqttSettings,
     pub http: HttpConfig,
     pub control: ControlConfig,
+    /// `[homeassistant]`: MQTT discovery (docs/HOME_ASSISTANT.md).
+    pub homeassistant: crate::publish::homeassistant::HomeAssistantSettings,
     /// In file order, enabled or not.
     pub cameras: Vec<CameraConfig>,
 }

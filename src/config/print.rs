@@ -86,6 +86,13 @@ impl Config {
             int(self.control.mqtt.max_payload_bytes),
         );
         root.insert("control".into(), Value::Table(control));
+        let mut ha = Table::new();
+        ha.insert("enabled".into(), Value::Boolean(self.homeassistant.enabled));
+        ha.insert(
+            "discovery_prefix".into(),
+            text(&self.homeassistant.discovery_prefix),
+        );
+        root.insert("homeassistant".into(), Value::Table(ha));
         root.insert(
             "cameras".into(),
             Value::Array(

@@ -295,6 +295,69 @@ impl Coordinator {
             }
         }
         self.published_states = current;
+        self.publish_discovery();
+    }
+
+    /// Home Assistant discovery (`[homeassistant] enabled`): the documents
+    /// of every enabled camera's entities, retained; those of removed
+    /// cameras and tasks cleared with an empty retained message. Only
+    /// documents that changed are sent again.
+    fn publish_discovery(&mut self) {
+        use crate::publish::homeassistant::{discovery, removed, HaCamera, HaTask};
+        let Some(publisher) = self.publisher.upgrade() else {
+            return;
+        };
+        let cameras: Vec<HaCamera> = self
+            .config
+            .cameras
+            .iter()
+            .filter(|c| c.enabled)
+            .map(|c| HaCamera {
+                id: c.id.clone(),
+                tasks: c
+                    .tasks
+                    .iter()
+                    .zip(task_names(&c.tasks))
+                    .map(|(t, name)| HaTask {
+                        name,
+                        task: t.task,
+                        text: t.argument.text().map(str::to_string),
+                        enabled: t.enabled,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let docs = discovery(
+            &self.config.homeassistant,
+            publisher.topics(),
+            env!("CARGO_PKG_VERSION"),
+            &cameras,
+            self.config.mqtt.snapshots.enabled,
+        );
+        let send = |topic: String, payload: Vec<u8>| {
+            if let Err(e) = publisher.publish_retained(topic.clone(), payload) {
+                tracing::warn!(%topic, error = %e, "Home Assistant discovery not published.");
+            }
+        };
+        for topic in removed(&self.published_discovery, &docs) {
+            send(topic, Vec::new());
+        }
+        for (topic, doc) in &docs {
+            if self
+                .published_discovery
+                .iter()
+                .any(|(t, d)| t == topic && d == doc)
+            {
+                continue;
+            }
+            match serde_json::to_vec(doc) {
+                Ok(json) => send(topic.clone(), json),
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "Home Assistant discovery not serialized.")
+                }
+            }
+        }
+        self.published_discovery = docs;
     }
 }
 

@@ -14,6 +14,8 @@ pub(super) struct Coordinator {
     pub(super) prompts: Option<crate::config::PromptCheck>,
     /// The MQTT publisher, when results go to MQTT (the sink owns it).
     pub(super) publisher: std::sync::Weak<crate::publish::Publisher>,
+    /// The Home Assistant discovery documents last published.
+    pub(super) published_discovery: Vec<(String, serde_json::Value)>,
     /// The task states last published, by (camera, task name).
     pub(super) published_states:
         std::collections::BTreeMap<(String, String), crate::control::TaskState>,

@@ -90,6 +90,7 @@ impl Coordinator {
         new.mqtt = self.config.mqtt.clone();
         new.http = self.config.http.clone();
         new.control = self.config.control.clone();
+        new.homeassistant = self.config.homeassistant.clone();
 
         let now = Instant::now();
         let mut failed = Vec::new();

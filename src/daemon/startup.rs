@@ -187,6 +187,7 @@ impl Daemon {
             overlay,
             prompts: crate::config::PromptCheck::load(&config.model.dir),
             published_states: BTreeMap::new(),
+            published_discovery: Vec::new(),
             publisher: mqtt.clone().unwrap_or_default(),
             scheduler,
             batcher,

@@ -68,9 +68,6 @@ impl HomeAssistantSettings {
     /// `enabled` (boolean) and `discovery_prefix` (a topic prefix without
     /// wildcards). Every problem is reported under its key, unknown keys
     /// included.
-    // The configuration compiler calls this; until it does on this branch,
-    // only the tests here do.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn from_section(mut f: Fields, errors: &mut Errors) -> Option<Self> {
         let d = HomeAssistantSettings::default();
         let enabled = f.or("enabled", d.enabled, errors, boolean);

@@ -48,8 +48,8 @@ fn latest(messages: &[Received]) -> std::collections::BTreeMap<String, Vec<u8>> 
     out
 }
 
-fn entity<'a>(
-    docs: &'a std::collections::BTreeMap<String, Vec<u8>>,
+fn entity(
+    docs: &std::collections::BTreeMap<String, Vec<u8>>,
     component: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> Option<(String, Value)> {

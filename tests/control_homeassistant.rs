@@ -219,6 +219,33 @@ fn the_text_entity_reprompts_the_camera_and_removal_clears_the_entities() {
         "captions after the switch went off: {captions_after:?}"
     );
 
+    // A camera added over MQTT (a node command) becomes a device with its
+    // entities, and streams.
+    publish(
+        broker.port(),
+        &format!("{PREFIX}/ha-node/set/cameras/gate"),
+        r#"{"request_id": "add-gate", "url": "test://?pattern=smpte&width=96&height=64&fps=10", "tasks": [{"task": "<OD>", "every": "300ms"}]}"#,
+    );
+    let is_answer = |x: &Received| {
+        x.topic == format!("{PREFIX}/ha-node/response") && x.json()["request_id"] == "add-gate"
+    };
+    let answers = results.wait_for(Duration::from_secs(30), "the answer to the add", |m| {
+        m.iter().any(is_answer)
+    });
+    let answer = answers.iter().find(|x| is_answer(x)).unwrap().json();
+    assert_eq!(answer["status"], 200, "{answer}");
+    discovery.wait_for(Duration::from_secs(30), "gate's entities", |m| {
+        entity(&latest(m), "switch", |v| {
+            v["command_topic"]
+                .as_str()
+                .is_some_and(|t| t.contains("/gate/"))
+        })
+        .is_some()
+    });
+    results.wait_for(Duration::from_secs(60), "results from gate", |m| {
+        m.iter().any(|x| x.topic == format!("{PREFIX}/gate/od"))
+    });
+
     // Removing the camera clears every one of its discovery documents.
     publish(
         broker.port(),

@@ -172,6 +172,19 @@ pub fn task_names(tasks: &[TaskSchedule]) -> Vec<String> {
     names
 }
 
+/// `an array`, `a string`, … : a JSON value's kind, for messages about a
+/// body of the wrong shape.
+pub fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// `<OCR_WITH_REGION>` → `ocr_with_region`.
 pub fn snake(token: &str) -> String {
     token

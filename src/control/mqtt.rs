@@ -442,7 +442,7 @@ fn task_command(
                         topic,
                         format!(
                             "expected a JSON object of task keys or ON/OFF/true/false, found {}",
-                            kind(&value)
+                            crate::control::json_kind(&value)
                         ),
                     ),
                     None,
@@ -554,17 +554,6 @@ fn short(value: &str) -> String {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn parse_json(topic: &str, payload: &[u8], allowed: &str) -> Result<Value, Refusal> {
     let text = utf8(topic, payload)?;
     serde_json::from_str(text).map_err(|e| {
@@ -592,7 +581,7 @@ fn take_request_id(
                 topic,
                 format!(
                     "request_id is {}; allowed: a string or an integer",
-                    kind(&other)
+                    crate::control::json_kind(&other)
                 ),
             ),
             Some(other),
@@ -611,7 +600,10 @@ fn json_object(
             refuse(
                 400,
                 topic,
-                format!("expected {allowed}, found {}", kind(&value)),
+                format!(
+                    "expected {allowed}, found {}",
+                    crate::control::json_kind(&value)
+                ),
             ),
             None,
         ));
@@ -650,7 +642,10 @@ fn task_list(
                     refuse(
                         400,
                         topic,
-                        format!("tasks is {}; allowed: {ALLOWED}", kind(&other)),
+                        format!(
+                            "tasks is {}; allowed: {ALLOWED}",
+                            crate::control::json_kind(&other)
+                        ),
                     ),
                     request_id,
                 )),
@@ -668,7 +663,10 @@ fn task_list(
             refuse(
                 400,
                 topic,
-                format!("expected {ALLOWED}, found {}", kind(&other)),
+                format!(
+                    "expected {ALLOWED}, found {}",
+                    crate::control::json_kind(&other)
+                ),
             ),
             None,
         )),

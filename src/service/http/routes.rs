@@ -315,20 +315,8 @@ async fn read_json(
     } else {
         Err(Refusal::bad_request(format!(
             "{expected}, not {}",
-            json_kind(&value)
+            crate::control::json_kind(&value)
         )))
-    }
-}
-
-/// `an array`, `a string`, … for messages.
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

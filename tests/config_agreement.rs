@@ -331,3 +331,26 @@ proptest! {
         }
     }
 }
+
+/// The `[control]` example of docs/CONTROL.md and the `[homeassistant]`
+/// one of docs/HOME_ASSISTANT.md are files the daemon takes.
+#[test]
+fn the_documented_control_and_homeassistant_sections_are_accepted() {
+    for (doc, section) in [
+        ("docs/CONTROL.md", "[control]"),
+        ("docs/HOME_ASSISTANT.md", "[homeassistant]"),
+    ] {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(doc))
+            .expect("readable");
+        let start = text
+            .find(&format!("```toml\n{section}\n"))
+            .unwrap_or_else(|| panic!("a {section} example in {doc}"))
+            + 8;
+        let block = &text[start..];
+        let block = &block[..block.find("```").expect("closed")];
+        let path = PathBuf::from(doc);
+        let file = format!("[model]\ndir = \"/m\"\n{block}\n{CAMERA}");
+        let config = config::compile_str(&path, &file, std::iter::empty(), Some("edge-01"));
+        assert!(config.is_ok(), "{doc}: {:#?}", config.err());
+    }
+}

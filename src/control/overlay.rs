@@ -116,7 +116,16 @@ impl Overlay {
         let json = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
         let tmp = path.with_extension("json.tmp");
         {
-            let mut f = std::fs::File::create(&tmp).map_err(err)?;
+            // Owner only: camera tables may hold credentials, as the TOML
+            // file in /etc does.
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(err)?;
             f.write_all(&json).map_err(err)?;
             f.write_all(b"\n").map_err(err)?;
             f.sync_all().map_err(err)?;
@@ -279,6 +288,18 @@ impl Overlay {
         Ok(next)
     }
 
+    /// Drops removals of cameras the file does not have (a camera added at
+    /// run time and removed again leaves nothing behind).
+    pub fn prune(&mut self, file: &toml::Table) {
+        let in_file = |id: &str| {
+            file.get("cameras")
+                .and_then(toml::Value::as_array)
+                .is_some_and(|list| list.iter().any(|c| camera_id(c) == Some(id)))
+        };
+        self.cameras
+            .retain(|c| c.camera.is_some() || in_file(&c.id));
+    }
+
     fn set(&mut self, id: &str, camera: Option<Map<String, Value>>) {
         match self.cameras.iter_mut().find(|c| c.id == id) {
             Some(entry) => entry.camera = camera,
@@ -407,6 +428,23 @@ tasks = [{ task = "<OD>", every = "1s" }]
         let mut root = file();
         o.apply(&mut root).unwrap();
         assert_eq!(ids(&root), ["a", "c"]);
+        // Added at run time and removed again: nothing left of it; a file
+        // camera's removal stays.
+        let mut gone = o
+            .with_change(
+                &ControlRequest::DeleteCamera { camera: "c".into() },
+                &root,
+                None,
+            )
+            .unwrap();
+        gone.prune(&file());
+        assert_eq!(
+            gone.cameras,
+            [CameraOverride {
+                id: "b".into(),
+                camera: None
+            }]
+        );
         assert_eq!(root["cameras"][1]["id"].as_str(), Some("c"), "id filled in");
 
         let patch = ControlRequest::PatchTask {
@@ -496,6 +534,9 @@ tasks = [{ task = "<OD>", every = "1s" }]
         o.set("a", None);
         o.save(&path).unwrap();
         assert_eq!(Overlay::load(&path).unwrap(), o);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "owner only: it may hold credentials");
         std::fs::write(&path, "{not json").unwrap();
         let e = Overlay::load(&path).unwrap_err().to_string();
         assert!(

@@ -180,6 +180,7 @@ impl Coordinator {
             Ok(next) => next,
             Err(reply) => return reply,
         };
+        next.prune(&file_root);
         let env = crate::config::config_env();
         let index = request.camera().and_then(|id| {
             let mut layered = file_root.clone();

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod florence2;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod hub;
 pub mod ingest;
 pub mod pipeline;
 pub mod postprocess;

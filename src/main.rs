@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use florence_edge::florence2::{DecoderLayout, LoadOptions, Strategy, Task, Variant};
+use florence_edge::hub;
 use florence_edge::pipeline::{Decoding, Pipeline, TaskRequest};
 use florence_edge::postprocess::{self, ImageSize};
 use florence_edge::preprocess::RgbFrame;
@@ -148,10 +149,7 @@ impl ModelArgs {
         let mut opts = LoadOptions::new(&self.model);
         opts.backend = self.backend.parse::<Backend>()?;
         opts.variant = Variant::parse(&self.variant)?;
-        opts.layout = match self.decoder {
-            LayoutArg::Split => DecoderLayout::Split,
-            LayoutArg::Merged => DecoderLayout::Merged,
-        };
+        opts.layout = self.decoder.layout();
         opts.ort_library = self.ort_lib.clone();
         opts.intra_threads = self.threads;
         if self.batch == 0 {
@@ -266,6 +264,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Models from the Hugging Face Hub: pull one variant, list what is here, verify a directory.
+    Model {
+        #[command(subcommand)]
+        action: ModelCommand,
+    },
     /// Post-process raw decoder text (as the model emits it, special tokens included)
     /// read from stdin, and print the result as JSON.
     Parse {
@@ -279,6 +282,119 @@ enum Command {
         #[arg(long)]
         height: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Download exactly the files `run` opens for one variant and decoder layout,
+    /// verified against the Hub's SHA-256 and sizes; resumes an interrupted pull.
+    /// Prints the model directory. Honours HF_ENDPOINT, HF_TOKEN and HF_HOME.
+    Pull {
+        /// Hub model id, e.g. onnx-community/Florence-2-base-ft.
+        repo: String,
+        /// Branch, tag or commit.
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// Graph precision variant: fp32, fp16, q4, q4f16, int8, uint8, quantized, bnb4
+        /// (the same names as `[model] precision`).
+        #[arg(long, default_value = "fp32")]
+        variant: String,
+        /// Decoder graphs: split (what TensorRT needs) or merged.
+        #[arg(long, value_enum, default_value = "split")]
+        decoder: LayoutArg,
+        /// Model store (a Hugging Face cache directory); default: HF_HUB_CACHE,
+        /// HF_HOME/hub, the service's state directory, ~/.cache/huggingface/hub.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// How often one file's download is resumed within this pull when the
+        /// connection breaks.
+        #[arg(long, default_value_t = 5)]
+        retries: usize,
+    },
+    /// List the models in a store: repository, revision, commit, verified
+    /// variants, variants on disk, size.
+    List {
+        /// Model store; the same default as `pull`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash a model directory's verified files and load it the way `run` does
+    /// (on the CPU), for each variant and decoder layout it holds; names every problem.
+    Verify {
+        /// A model directory (what `pull` printed, or any onnx-community layout directory).
+        dir: PathBuf,
+        /// Check only this variant (with --decoder).
+        #[arg(long)]
+        variant: Option<String>,
+        /// Decoder layout for --variant.
+        #[arg(long, value_enum, default_value = "split")]
+        decoder: LayoutArg,
+        /// Path of libonnxruntime.so (else $ORT_DYLIB_PATH, .local/onnxruntime/lib, system locations).
+        #[arg(long)]
+        ort_lib: Option<PathBuf>,
+    },
+}
+
+impl LayoutArg {
+    fn layout(self) -> DecoderLayout {
+        match self {
+            LayoutArg::Split => DecoderLayout::Split,
+            LayoutArg::Merged => DecoderLayout::Merged,
+        }
+    }
+}
+
+fn model_store_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
+    match dir {
+        Some(d) => Ok(d),
+        None => Ok(hub::default_cache_dir()?),
+    }
+}
+
+fn model_cmd(action: ModelCommand) -> Result<()> {
+    match action {
+        ModelCommand::Pull {
+            repo,
+            revision,
+            variant,
+            decoder,
+            dir,
+            retries,
+        } => {
+            let opts = hub::PullOptions {
+                model: hub::ModelRef::new(&repo, &revision)?,
+                selection: hub::Selection {
+                    variant: Variant::parse(&variant)?,
+                    layout: decoder.layout(),
+                },
+                cache_dir: model_store_dir(dir)?,
+                endpoint: hub::endpoint_from_env(),
+                token: hub::token_from_env(),
+                retries,
+            };
+            hub::cli::pull_command(&opts)
+        }
+        ModelCommand::List { dir, json } => hub::cli::list_command(&model_store_dir(dir)?, json),
+        ModelCommand::Verify {
+            dir,
+            variant,
+            decoder,
+            ort_lib,
+        } => {
+            let only = variant
+                .map(|v| -> Result<hub::Selection> {
+                    Ok(hub::Selection {
+                        variant: Variant::parse(&v)?,
+                        layout: decoder.layout(),
+                    })
+                })
+                .transpose()?;
+            hub::cli::verify_command(&dir, only.as_ref(), ort_lib.as_deref())
+        }
+    }
 }
 
 fn parse_region(s: &str) -> Result<[f64; 4], String> {
@@ -438,6 +554,7 @@ fn run(command: Command) -> Result<()> {
             }
         }
         Command::BuildEngines { config } => build_engines_cmd(&config),
+        Command::Model { action } => model_cmd(action),
         Command::InstallService {
             root,
             bin_dir,
@@ -524,8 +641,17 @@ fn run_daemon(config_path: &std::path::Path, stdout: bool) -> Result<()> {
     use florence_edge::daemon::{Daemon, DaemonOptions, MqttSink, ResultSink, StdoutSink};
     // The same checks as `validate`: past this point only what lies outside
     // the file (a camera down, a broker away, a GPU missing) can fail.
-    let plan =
-        florence_edge::config::plan(load_config(config_path)?).map_err(invalid_configuration)?;
+    let notifier = std::sync::Arc::new(florence_edge::service::Notifier::from_env());
+    let mut config = load_config(config_path)?;
+    // `[model] id` with `download = true`: pull a missing model first, with
+    // its progress in systemd's STATUS= (and more start-up time asked for).
+    let status = notifier.clone();
+    if let Some(dir) = hub::ensure_model(&config.model, move |line| {
+        status.extend_timeout(std::time::Duration::from_secs(600), line)
+    })? {
+        config.model.dir = dir;
+    }
+    let plan = florence_edge::config::plan(config).map_err(invalid_configuration)?;
     let config = plan.config;
     let mqtt = MqttSink::start_validated(plan.publisher)
         .map_err(|e| anyhow::anyhow!("MQTT publisher: {e}"))?;
@@ -536,7 +662,7 @@ fn run_daemon(config_path: &std::path::Path, stdout: bool) -> Result<()> {
     let sink: Box<dyn ResultSink> = Box::new(FanOut(sinks));
     let options = DaemonOptions {
         config_path: Some(config_path.to_path_buf()),
-        notifier: std::sync::Arc::new(florence_edge::service::Notifier::from_env()),
+        notifier,
         // Fault injection for the watchdog tests (tests/service_daemon.rs).
         wedge_inference: std::env::var_os("FLORENCE_EDGE_FAULT_WEDGE_INFERENCE").is_some(),
     };

@@ -199,13 +199,92 @@ fn node(mut f: Fields, hostname: Option<&str>, errors: &mut Errors) -> Option<No
     Some(NodeConfig { id: id? })
 }
 
+/// `[model] id`, `revision`, `cache_dir`, `download`: a Hub model in the
+/// daemon's store.
+fn hub_model(
+    id: String,
+    revision: String,
+    cache_dir: Option<std::path::PathBuf>,
+    download: bool,
+    errors: &mut Errors,
+) -> Option<super::HubModel> {
+    let model = match crate::hub::ModelRef::new(&id, &revision) {
+        Ok(m) => m,
+        Err(crate::hub::HubError::Invalid { what, allowed }) => {
+            let key = if what.starts_with("revision") {
+                "model.revision"
+            } else {
+                "model.id"
+            };
+            errors.report(
+                None,
+                key,
+                Problem::new(format!("{what} is not valid"), allowed),
+            );
+            return None;
+        }
+        Err(e) => {
+            errors.report(None, "model.id", Problem::message(e.to_string()));
+            return None;
+        }
+    };
+    let cache_dir = match cache_dir {
+        Some(d) => d,
+        None => match crate::hub::default_cache_dir() {
+            Ok(d) => d,
+            Err(e) => {
+                errors.report(None, "model.cache_dir", Problem::message(e.to_string()));
+                return None;
+            }
+        },
+    };
+    Some(super::HubModel {
+        model,
+        cache_dir,
+        download,
+    })
+}
+
 fn model(mut f: Fields, errors: &mut Errors) -> Option<ModelConfig> {
-    let dir = f.required(
-        "dir",
-        "the model directory (a Hugging Face onnx-community Florence-2 download)",
-        errors,
-        path_value,
-    );
+    let hub_keys = ["id", "revision", "cache_dir", "download"];
+    let (dir, hub_given) = if f.has("id") {
+        if f.has("dir") {
+            errors.report(
+                f.origin(),
+                "model.dir",
+                Problem::new(
+                    "given together with model.id",
+                    "one of them: dir for a directory you manage, id for a Hub model the daemon keeps in its store",
+                ),
+            );
+        }
+        let _ = f.opt("dir", errors, path_value);
+        (None, true)
+    } else {
+        for key in &hub_keys[1..] {
+            if f.has(key) {
+                errors.report(
+                    f.origin(),
+                    &format!("model.{key}"),
+                    Problem::new(
+                        "applies to a Hub model only",
+                        "model.id = \"onnx-community/Florence-2-base-ft\" with it, or model.dir without it",
+                    ),
+                );
+            }
+        }
+        let dir = f.required(
+            "dir",
+            "the model directory (a Hugging Face onnx-community Florence-2 download), or model.id = \"onnx-community/Florence-2-base-ft\" for a model `florence-edge model pull` fetches",
+            errors,
+            path_value,
+        );
+        (dir, false)
+    };
+    let hub_id = f.opt("id", errors, non_empty_string);
+    let hub_revision = f.or("revision", "main".to_string(), errors, non_empty_string);
+    let hub_cache = f.opt("cache_dir", errors, path_value);
+    let hub_download = f.or("download", false, errors, boolean);
     let backend = f.or("backend", Backend::Auto, errors, |v| {
         one_of(v, &["auto", "tensorrt", "cuda", "cpu"]).map(|s| match s {
             "tensorrt" => Backend::TensorRt,
@@ -264,8 +343,23 @@ fn model(mut f: Fields, errors: &mut Errors) -> Option<ModelConfig> {
         }
     }
 
+    let selection = crate::hub::Selection {
+        variant: precision.clone().unwrap_or_else(Variant::fp32),
+        layout: decoder,
+    };
+    let (dir, hub) = if hub_given {
+        let hub = hub_model(hub_id?, hub_revision, hub_cache, hub_download, errors)?;
+        let store = crate::hub::ModelStore::new(&hub.cache_dir);
+        let dir = store
+            .resolve(&hub.model, &selection)
+            .unwrap_or_else(|_| store.repo_dir(&hub.model));
+        (dir, Some(hub))
+    } else {
+        (dir?, None)
+    };
     Some(ModelConfig {
-        dir: dir?,
+        dir,
+        hub,
         backend,
         precision,
         decoder,

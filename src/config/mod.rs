@@ -57,7 +57,11 @@ pub use crate::runtime::Backend;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
+    /// The model directory: `[model] dir`, or for a Hub model the verified
+    /// snapshot in the store (its repository folder while there is none).
     pub dir: PathBuf,
+    /// `[model] id`: a Hub model kept in a store (docs/MODELS.md).
+    pub hub: Option<HubModel>,
     pub backend: Backend,
     /// The graphs' file variant (`fp16` loads `*_fp16.onnx`); `None`: the
     /// fp32 files.
@@ -83,7 +87,25 @@ pub struct ModelConfig {
     pub decoding: Decoding,
 }
 
+/// `[model] id = "org/name"` with `revision`, `cache_dir` and `download`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubModel {
+    pub model: crate::hub::ModelRef,
+    /// The store (a Hugging Face cache directory).
+    pub cache_dir: PathBuf,
+    /// Pull a missing model at start instead of refusing to start.
+    pub download: bool,
+}
+
 impl ModelConfig {
+    /// The files `run` opens: the precision variant and decoder layout.
+    pub fn selection(&self) -> crate::hub::Selection {
+        crate::hub::Selection {
+            variant: self.precision.clone().unwrap_or_else(Variant::fp32),
+            layout: self.decoder,
+        }
+    }
+
     /// The graphs' file variant in effect: `precision`, or the fp32 files.
     pub fn variant_name(&self) -> &str {
         self.precision.as_ref().map_or("fp32", |p| p.name())

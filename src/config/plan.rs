@@ -81,8 +81,27 @@ pub fn plan_with(config: Config, prompts: Option<&PromptCheck>) -> Result<Plan, 
             )
         })
     };
-    if let Some(p) = need(&config.model.dir, true) {
-        report("model.dir".into(), p);
+    match &config.model.hub {
+        None => {
+            if let Some(p) = need(&config.model.dir, true) {
+                report("model.dir".into(), p);
+            }
+        }
+        Some(hub) => {
+            let store = crate::hub::ModelStore::new(&hub.cache_dir);
+            let selection = config.model.selection();
+            // With `download = true` the daemon pulls a missing model
+            // before it loads it (and plans again on the pulled files).
+            if let (Err(why), false) = (store.resolve(&hub.model, &selection), hub.download) {
+                report(
+                    "model.id".into(),
+                    format!(
+                        "{why}; fetch it with `{}` (as the user the daemon runs as), or set model.download = true to pull it at start",
+                        crate::hub::pull_command(&hub.model, &selection, Some(&hub.cache_dir))
+                    ),
+                );
+            }
+        }
     }
     if let Some(p) = config
         .model

@@ -108,7 +108,17 @@ impl Config {
     fn model_table(&self) -> Table {
         let m = &self.model;
         let mut t = Table::new();
-        t.insert("dir".into(), path(&m.dir));
+        match &m.hub {
+            None => {
+                t.insert("dir".into(), path(&m.dir));
+            }
+            Some(hub) => {
+                t.insert("id".into(), text(&hub.model.repo));
+                t.insert("revision".into(), text(&hub.model.revision));
+                t.insert("cache_dir".into(), path(&hub.cache_dir));
+                t.insert("download".into(), Value::Boolean(hub.download));
+            }
+        }
         t.insert("backend".into(), text(m.backend.to_string()));
         if let Some(p) = &m.precision {
             t.insert("precision".into(), text(p.name()));

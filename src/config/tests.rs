@@ -138,7 +138,7 @@ fn a_typo_is_an_unknown_key_that_names_itself_and_a_suggestion() {
     let printed = lines(&text);
     assert_eq!(printed.len(), 4, "{printed:#?}");
     assert!(printed.contains(
-        &"test.toml: model.dri: unknown key; did you mean `dir`? (allowed: dir, backend, precision, decoder, engines_dir, build_engines_at_start, max_batch, max_wait_ms, threads, batch_timeout, ort_library, gpu_memory_limit_mb, decoding)".to_string()
+        &"test.toml: model.dri: unknown key; did you mean `dir`? (allowed: dir, id, revision, cache_dir, download, backend, precision, decoder, engines_dir, build_engines_at_start, max_batch, max_wait_ms, threads, batch_timeout, ort_library, gpu_memory_limit_mb, decoding)".to_string()
     ));
     assert!(printed
         .iter()
@@ -686,4 +686,77 @@ fn the_overlay_in_the_state_directory_is_laid_over_the_file() {
         "{errors:?}"
     );
     assert!(errors[0].to_string().contains("overrides.json"));
+}
+
+#[test]
+fn a_hub_model_is_named_by_id_instead_of_dir() {
+    let store = tempfile::tempdir().unwrap();
+    let hub = format!(
+        "id = \"onnx-community/Florence-2-base-ft\"\nrevision = \"v1\"\ncache_dir = \"{}\"\nprecision = \"fp16\"",
+        store.path().display()
+    );
+    let config = compile(&MINIMAL.replace("dir = \"/models/Florence-2-base-ft\"", &hub)).unwrap();
+    let h = config.model.hub.as_ref().expect("a hub model");
+    assert_eq!(h.model.repo, "onnx-community/Florence-2-base-ft");
+    assert_eq!(h.model.revision, "v1");
+    assert!(!h.download);
+    // Not pulled: the repository's folder in the store, which plan refuses.
+    assert_eq!(
+        config.model.dir,
+        store
+            .path()
+            .join("models--onnx-community--Florence-2-base-ft")
+    );
+    let printed = config.effective_toml();
+    assert!(
+        printed.contains("id = \"onnx-community/Florence-2-base-ft\""),
+        "{printed}"
+    );
+    let model = printed
+        .split("[model]")
+        .nth(1)
+        .unwrap()
+        .split("\n[")
+        .next()
+        .unwrap();
+    assert!(!model.contains("\ndir = "), "{model}");
+    let errors = plan(config).unwrap_err();
+    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert!(
+        text[0].contains("model.id: onnx-community/Florence-2-base-ft@v1 is not in")
+            && text[0].contains(
+                "florence-edge model pull onnx-community/Florence-2-base-ft --revision v1 --variant fp16 --dir"
+            ),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn id_and_dir_exclude_each_other_and_hub_keys_need_id() {
+    let both = MINIMAL.replace(
+        "dir = \"/models/Florence-2-base-ft\"",
+        "dir = \"/m\"\nid = \"org/x\"\ncache_dir = \"/s\"",
+    );
+    assert_eq!(keys(&both), ["model.dir"]);
+    let stray = MINIMAL.replace(
+        "dir = \"/models/Florence-2-base-ft\"",
+        "dir = \"/m\"\nrevision = \"main\"\ndownload = true",
+    );
+    assert_eq!(keys(&stray), ["model.revision", "model.download"]);
+    let bad = MINIMAL.replace(
+        "dir = \"/models/Florence-2-base-ft\"",
+        "id = \"../etc\"\ncache_dir = \"/s\"",
+    );
+    assert_eq!(keys(&bad), ["model.id"]);
+    let bad_rev = MINIMAL.replace(
+        "dir = \"/models/Florence-2-base-ft\"",
+        "id = \"org/x\"\nrevision = \"../x\"\ncache_dir = \"/s\"",
+    );
+    assert_eq!(keys(&bad_rev), ["model.revision"]);
+    let neither = MINIMAL.replace("dir = \"/models/Florence-2-base-ft\"", "");
+    assert!(
+        lines(&neither)[0].contains("model.id = "),
+        "{:?}",
+        lines(&neither)
+    );
 }

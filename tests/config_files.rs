@@ -128,7 +128,7 @@ fn broken_configs_report_every_problem() {
         (
             "typo.toml",
             "[model]\ndir = \"/m\"\nmax_bach = 4\n[[cameras]]\nid = \"a\"\nurl = \"test://\"\ntasks = [{ task = \"<OD>\", every = \"1s\" }]\n",
-            &["typo.toml: model.max_bach: unknown key; did you mean `max_batch`? (allowed: dir, backend, precision, decoder, engines_dir, build_engines_at_start, max_batch, max_wait_ms, threads, batch_timeout, ort_library, gpu_memory_limit_mb, decoding)"],
+            &["typo.toml: model.max_bach: unknown key; did you mean `max_batch`? (allowed: dir, id, revision, cache_dir, download, backend, precision, decoder, engines_dir, build_engines_at_start, max_batch, max_wait_ms, threads, batch_timeout, ort_library, gpu_memory_limit_mb, decoding)"],
         ),
         (
             "tasks.toml",

@@ -292,6 +292,40 @@ fn a_complete_part_file_makes_hf_hub_ask_past_the_end() {
 }
 
 #[test]
+fn hf_hub_retrying_a_resume_appends_the_whole_file() {
+    // hf-hub 0.4.3 retries from the file's stream position, which is 0 in
+    // an append-mode `.part` nothing was written to yet: a resume whose
+    // first attempt fails before its first byte starts over at `bytes=0-`
+    // and appends the whole file after the part already there, and the
+    // result is kept without a size check. The product must verify.
+    const CUT: u64 = 1000;
+    let hub = start();
+    let cache = tempfile::tempdir().unwrap();
+    let content = &fixture()[GRAPH];
+    hub.cut_after(ID, GRAPH, CUT);
+    let api = api(&hub, cache.path()).build().unwrap();
+    api.model(ID.into()).download(GRAPH).unwrap_err();
+
+    hub.cut_after(ID, GRAPH, 0);
+    let api = self::api(&hub, cache.path())
+        .with_retries(1)
+        .build()
+        .unwrap();
+    let path = api.model(ID.into()).download(GRAPH).unwrap();
+    let got = std::fs::read(path).unwrap();
+    assert_eq!(got.len(), CUT as usize + content.len());
+    assert_eq!(&got[CUT as usize..], content);
+    let ranges: Vec<Option<String>> = hub
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/cdn/") && r.range.as_deref() != Some("bytes=0-0"))
+        .map(|r| r.range)
+        .collect();
+    let expected = ["bytes=0-", "bytes=1000-", "bytes=0-"].map(|r| Some(r.to_string()));
+    assert_eq!(ranges, expected);
+}
+
+#[test]
 fn a_corrupted_body_is_taken_as_is() {
     let hub = start();
     let cache = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
@@ -23,7 +24,7 @@ pub struct PullOptions {
     pub endpoint: String,
     pub token: Option<String>,
     /// How often one file's download is resumed within this pull after the
-    /// connection broke (hf-hub waits 0.3–10 s between tries).
+    /// connection broke (1 s, 2 s, 4 s … at most 10 s apart).
     pub retries: usize,
 }
 
@@ -59,7 +60,7 @@ pub fn pull(opts: &PullOptions, progress: &mut PullProgress) -> Result<PullRepor
         .with_endpoint(opts.endpoint.clone())
         .with_token(opts.token.clone())
         .with_progress(false)
-        .with_retries(opts.retries)
+        .with_retries(0)
         .with_user_agent("florence-edge", env!("CARGO_PKG_VERSION"))
         .build()
         .map_err(|e| ctx.api_error(e, "the Hub client"))?;
@@ -131,10 +132,29 @@ pub fn pull(opts: &PullOptions, progress: &mut PullProgress) -> Result<PullRepor
             std::fs::remove_file(&target).map_err(|e| HubError::io(&target, e))?;
         }
         progress.start_file(&f.path);
-        let got = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            by_commit.download_with_progress(&f.path, FileProgress(&mut *progress))
-        }));
-        let path = match got {
+        let blobs = store.repo_dir(&opts.model).join("blobs");
+        // Our own retries, not hf-hub's: each try starts again from the
+        // metadata, so hf-hub resumes from the `.part`'s length (its own
+        // retry resumes from the file position, 0 when a try wrote nothing,
+        // and appends the whole file to the part).
+        let mut attempt = 0;
+        let path = loop {
+            remove_unresumable_part(&blobs, f);
+            let got = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                by_commit.download_with_progress(&f.path, FileProgress(&mut *progress))
+            }));
+            match got {
+                Ok(Err(e)) if attempt < opts.retries && retryable(&e) => {
+                    attempt += 1;
+                    let wait =
+                        Duration::from_millis(500 << attempt.min(5)).min(Duration::from_secs(10));
+                    tracing::warn!(repo = %opts.model.repo, file = %f.path, error = %e, attempt, of = opts.retries, wait_ms = wait.as_millis() as u64, "The download broke off; resuming it.");
+                    std::thread::sleep(wait);
+                }
+                other => break other,
+            }
+        };
+        let path = match path {
             Ok(Ok(path)) => path,
             Ok(Err(ApiError::InvalidResume)) => {
                 remove_stale_parts(&store.repo_dir(&opts.model), f.size);
@@ -236,6 +256,32 @@ fn remove_download(link: &Path) {
         let _ = std::fs::remove_file(blob);
     }
     let _ = std::fs::remove_file(link);
+}
+
+/// Whether a failed try is worth another: a broken connection, a network
+/// error, the server busy or failing; not a refusal.
+fn retryable(e: &ApiError) -> bool {
+    match e {
+        ApiError::IoError(_) => true,
+        ApiError::RequestError(u) => match &**u {
+            ureq::Error::Transport(_) => true,
+            ureq::Error::Status(status, _) => *status == 429 || *status >= 500,
+        },
+        _ => false,
+    }
+}
+
+/// hf-hub cannot resume a `.part` that already holds the whole file (it
+/// asks for the bytes after the end and gets 416 forever): remove it.
+fn remove_unresumable_part(blobs: &Path, f: &RemoteFile) {
+    let Some(etag) = f.etag() else {
+        return;
+    };
+    let part = blobs.join(format!("{etag}.part"));
+    if std::fs::metadata(&part).is_ok_and(|m| m.len() >= f.size) {
+        tracing::info!(file = %f.path, part = %part.display(), "Removing a partial download that cannot be resumed (it is already the file's full length).");
+        let _ = std::fs::remove_file(part);
+    }
 }
 
 fn remove_stale_parts(repo_dir: &Path, size: u64) {

@@ -60,6 +60,16 @@ pub struct RemoteFile {
     pub size: u64,
     /// The LFS object's SHA-256 (large files); `None` for files kept in git.
     pub sha256: Option<String>,
+    /// The git blob id (`blobId`): the cache's name for a file kept in git.
+    pub blob_id: Option<String>,
+}
+
+impl RemoteFile {
+    /// What the cache names this file's blob after (the ETag hf-hub
+    /// reads): the SHA-256 of an LFS file, the git blob id of the others.
+    pub fn etag(&self) -> Option<&str> {
+        self.sha256.as_deref().or(self.blob_id.as_deref())
+    }
 }
 
 /// The Hub's answer for one revision: its commit and files.
@@ -79,6 +89,8 @@ struct InfoJson {
 struct SiblingJson {
     rfilename: String,
     size: Option<u64>,
+    #[serde(rename = "blobId")]
+    blob_id: Option<String>,
     lfs: Option<LfsJson>,
 }
 
@@ -127,6 +139,7 @@ impl RemoteListing {
                 path: s.rfilename,
                 size,
                 sha256,
+                blob_id: s.blob_id,
             });
         }
         Ok(RemoteListing {
@@ -251,6 +264,7 @@ mod tests {
                     path: p.to_string(),
                     size: 1,
                     sha256: p.ends_with(".onnx").then(|| "0".repeat(64)),
+                    blob_id: None,
                 })
                 .collect(),
         }
@@ -339,6 +353,7 @@ mod tests {
                 path: p.into(),
                 size: 1,
                 sha256: None,
+                blob_id: None,
             });
         }
         let got = select(&l, "o/f", "main", &sel("fp32", DecoderLayout::Split)).unwrap();

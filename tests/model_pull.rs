@@ -10,7 +10,6 @@
 mod hub;
 
 #[path = "common/daemon.rs"]
-#[allow(dead_code)]
 mod daemon;
 
 use std::path::{Path, PathBuf};
@@ -482,7 +481,36 @@ fn download_true_pulls_a_missing_model_at_start_then_runs() {
     assert!(toml.contains("download = true"));
     std::fs::write(&config, toml).unwrap();
     let endpoint = hub.endpoint();
-    let mut d = daemon::DaemonProcess::start(&config, &[("HF_ENDPOINT", endpoint.as_str())]);
+    // systemd's side of sd_notify: what `systemctl status` would show.
+    let socket_path = cfg_dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Read as systemd does, while the daemon runs: a full socket queue
+    // would block the sender.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut notes = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    notes.push(String::from_utf8_lossy(&buf[..n]).to_string());
+                }
+            }
+            notes
+        })
+    };
+    let socket_env = socket_path.display().to_string();
+    let mut d = daemon::DaemonProcess::start(
+        &config,
+        &[
+            ("HF_ENDPOINT", endpoint.as_str()),
+            ("NOTIFY_SOCKET", socket_env.as_str()),
+        ],
+    );
     d.wait_logged("Model pulled and verified.", Duration::from_secs(60));
     d.wait_results(
         "a result from the pulled model",
@@ -490,6 +518,27 @@ fn download_true_pulls_a_missing_model_at_start_then_runs() {
         |r| !r.is_empty(),
     );
     assert!(!d.logged("Downloading.").is_empty());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let notes = reader.join().unwrap();
+    let downloading: Vec<&String> = notes
+        .iter()
+        .filter(|n| n.contains("STATUS=Downloading test-org/tiny-florence2: "))
+        .collect();
+    assert!(
+        downloading
+            .iter()
+            .all(|n| n.starts_with("EXTEND_TIMEOUT_USEC=")),
+        "{notes:?}"
+    );
+    assert!(
+        downloading.iter().any(|n| n.contains(": 100% (")),
+        "{notes:?}"
+    );
+    let ready = notes.iter().position(|n| n.starts_with("READY=1"));
+    assert!(
+        ready.is_some_and(|r| r > 0),
+        "READY after the download: {notes:?}"
+    );
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(30)).success());
     assert_eq!(hub.downloads(REPO, "onnx/vision_encoder.onnx"), 1);

@@ -163,6 +163,33 @@ fn a_pulled_model_gives_the_fixtures_tokens_and_verifies() {
     assert_eq!(list[0]["revisions"], serde_json::json!(["main"]));
     assert_eq!(list[0]["verified"], serde_json::json!(["fp32/split"]));
 
+    let out = cli(&hub.endpoint())
+        .args(["model", "list", "--dir"])
+        .arg(store.path())
+        .output()
+        .unwrap();
+    let table = text(&out.stdout);
+    let row = table.lines().find(|l| l.starts_with(REPO)).expect("a row");
+    assert!(
+        row.contains("main") && row.contains("fp32/split"),
+        "{table}"
+    );
+    assert!(table.starts_with("REPO "), "{table}");
+
+    // A directory nobody pulled (no record): every variant and layout on
+    // disk is loaded.
+    let out = cli(&hub.endpoint())
+        .args(["model", "verify"])
+        .arg(fixture())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("loads as fp32/split, fp32/merged, quantized/split"),
+        "{}",
+        text(&out.stdout)
+    );
+
     // A byte changed on disk afterwards is found by verify, named.
     let graph = dir.join("onnx/decoder_model.onnx");
     let blob = std::fs::canonicalize(&graph).unwrap();
@@ -542,4 +569,46 @@ fn download_true_pulls_a_missing_model_at_start_then_runs() {
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(30)).success());
     assert_eq!(hub.downloads(REPO, "onnx/vision_encoder.onnx"), 1);
+}
+
+/// The `[model]` example of docs/MODELS.md and README's my.toml are files
+/// `validate` takes (without the machine checks: nothing is pulled here).
+#[test]
+fn the_documented_hub_model_sections_are_accepted() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let models = std::fs::read_to_string(root.join("docs/MODELS.md")).unwrap();
+    let start = models
+        .find("```toml\n[model]\n")
+        .expect("a [model] example")
+        + 8;
+    let block = &models[start..start + models[start..].find("```").unwrap()];
+    assert!(block.contains("id = \"onnx-community/Florence-2-base-ft\""));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme
+        .find("cat > my.toml <<'EOF'\n")
+        .expect("README's my.toml")
+        + 22;
+    let my = &readme[start..start + readme[start..].find("\nEOF").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, toml) in [
+        (
+            "models.toml",
+            format!("{block}\n[[cameras]]\nid = \"c\"\nurl = \"test://\"\ntasks = [{{ task = \"<OD>\", every = \"1s\" }}]\n"),
+        ),
+        ("my.toml", my.to_string()),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, toml).unwrap();
+        let out = cli("http://127.0.0.1:9")
+            .args(["validate", "--no-files", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
 }

@@ -223,4 +223,21 @@ mod tests {
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen, [25, 50, 0, 50, 100]);
     }
+
+    #[test]
+    fn the_bar_follows_the_whole_pull() {
+        let mut p = PullProgress::new(ProgressMode::Bar, "o/r");
+        p.begin(1, 10);
+        p.start_file("onnx/a.onnx");
+        p.add(4);
+        let bar = p.bar.clone().unwrap();
+        assert_eq!(bar.position(), 4);
+        assert_eq!(bar.length(), Some(10));
+        assert_eq!(bar.message(), "[1/1] onnx/a.onnx");
+        p.add(6);
+        p.finish_file(10);
+        assert_eq!(bar.position(), 10);
+        p.finish();
+        assert!(bar.is_finished());
+    }
 }

@@ -236,6 +236,12 @@ impl Shell {
             config.settings.retain.node_status,
         ));
         if let Some(tls) = &config.tls {
+            // rumqttc builds its rustls configuration with the process-wide
+            // crypto provider. Two are compiled in (aws-lc-rs through
+            // tokio-rustls, ring through the Hub client's ureq, which names
+            // its own), so rustls cannot pick one by itself: name it.
+            // Installing twice is harmless (the first one stays).
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let transport = match &tls.ca_pem {
                 Some(ca) => Transport::tls_with_config(TlsConfiguration::Simple {
                     ca: ca.clone(),

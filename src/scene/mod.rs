@@ -13,6 +13,8 @@
 //! Nothing here touches GStreamer, threads or clocks: the ingest feeds frames in, the
 //! scheduler reads the verdicts and counters.
 
+pub mod motion;
 pub mod zone;
 
+pub use motion::{rgb_to_luma, ChangeDetector, ChangeSettings, LumaView, Verdict};
 pub use zone::{keeps, region_bins, CropRect, NormRect, Polygon, ZoneError, ZoneFilter};

@@ -20,6 +20,7 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod publish;
 pub mod runtime;
+pub mod scene;
 pub mod schedule;
 pub mod service;
 pub mod settings;

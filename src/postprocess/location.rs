@@ -41,10 +41,11 @@ pub fn transformers_port_coordinate(bin: u32, size: u32) -> i64 {
 }
 
 /// Bin of a pixel coordinate: `floor(v * 1000 / size)` clamped to `0..=999`, so the right and
-/// bottom image edges (v == size) land in the last bin.
-fn quantize(value: f64, size: u32) -> u32 {
+/// bottom image edges (v == size) land in the last bin. Total: a value outside `0..=size` lands
+/// in the nearest end bin, and NaN or a zero `size` never panics (NaN gives bin 0).
+pub fn quantize(value: f64, size: u32) -> u32 {
     let bin = (value * f64::from(LOCATION_BINS) / f64::from(size)).floor();
-    // `value` is validated to lie in 0..=size, so `bin` is in 0..=1000 and the cast is exact.
+    // After the clamp `bin` is in 0..=999 (or NaN, which `as` turns into 0), so the cast is exact.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let bin = bin.clamp(0.0, f64::from(MAX_BIN)) as u32;
     bin

@@ -22,7 +22,8 @@ mod stitch_stream;
 use serde::{Deserialize, Serialize, Serializer};
 
 pub use location::{
-    dequantize, normalize, transformers_port_coordinate, LocationBins, LOCATION_BINS, MAX_BIN,
+    dequantize, normalize, quantize, transformers_port_coordinate, LocationBins, LOCATION_BINS,
+    MAX_BIN,
 };
 pub use parse::BANNED_GROUNDING_PHRASES;
 pub use stitch::{

@@ -1,0 +1,20 @@
+//! Scene building blocks for issue 16, pure and independent of GStreamer, the daemon and the
+//! configuration: plain data in, plain data out, tested on synthetic frames.
+//!
+//! - [`zone`]: zones as polygons in normalized frame coordinates — point and box tests, the
+//!   pixel crop a zone task feeds the model, the exact mapping of crop coordinates back to the
+//!   frame, which detections a zone keeps ([`ZoneFilter`]), and the location bins of a region
+//!   prompt ([`region_bins`], DESIGN.md §3).
+//! - [`motion`]: the per-camera change detector, a state machine fed each decoded frame's luma
+//!   (the Y plane where the pipeline has one, [`rgb_to_luma`] otherwise), with a threshold, a
+//!   minimum changed area and motion masks; it tells whether the scene changed, so a task with
+//!   `when = "changed"` can skip the model on a still picture.
+//!
+//! Nothing here touches GStreamer, threads or clocks: the ingest feeds frames in, the
+//! scheduler reads the verdicts and counters.
+
+pub mod motion;
+pub mod zone;
+
+pub use motion::{rgb_to_luma, ChangeDetector, ChangeSettings, LumaView, Verdict};
+pub use zone::{keeps, region_bins, CropRect, NormRect, Polygon, ZoneError, ZoneFilter};

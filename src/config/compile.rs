@@ -15,15 +15,21 @@ use super::{
 use crate::ingest::settings::URL_ALLOWED;
 use crate::ingest::{CameraSettings, IngestError};
 use crate::publish::MqttSettings;
-use crate::schedule::{Region, Task, TaskArgument, TaskInput};
+use crate::scene::motion::{ChangeDetector, ChangeSettings};
+use crate::scene::zone::Polygon;
+use crate::schedule::{Region, Task, TaskArgument, TaskInput, When};
 use crate::settings::{
-    boolean, duration, duration_at_least, non_empty_string, one_of, path_value, string, uint_in,
-    Errors, Fields, Problem,
+    boolean, duration, duration_at_least, duration_in, float_in, non_empty_string, one_of,
+    path_value, string, uint_in, Errors, Fields, Problem,
 };
 
 /// `model.batch_timeout` when unset: generous for a CPU running the large
 /// model with beam search; a GPU batch takes a fraction of a second.
 pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `max_interval` of a `when = "changed"` task when unset: a still scene
+/// is still analysed every five minutes.
+pub const DEFAULT_MAX_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Identifiers that end up in MQTT topics and metric labels.
 const ID_ALLOWED: &str = "1 to 64 characters of A-Z a-z 0-9 _ -";
@@ -507,6 +513,10 @@ fn camera(mut f: Fields, path: &str, errors: &mut Errors) -> Option<CameraConfig
     let id = f.required("id", ID_ALLOWED, errors, identifier);
     let enabled = f.or("enabled", true, errors, boolean);
     let stream = CameraSettings::from_section(&mut f, id.as_deref().unwrap_or(""), errors);
+    let motion = match f.table("motion", errors) {
+        Some(m) => motion(m, &format!("{path}.motion"), errors),
+        None => Some(ChangeSettings::default()),
+    };
     let tasks_given = f.has("tasks");
     let tasks = match f.array("tasks", errors) {
         Some(items) => tasks(items, enabled, path, errors),
@@ -550,9 +560,88 @@ fn camera(mut f: Fields, path: &str, errors: &mut Errors) -> Option<CameraConfig
         id: id?,
         enabled,
         stream,
+        motion: motion?,
         tasks: tasks?,
     };
     Some(camera)
+}
+
+/// `motion = { threshold, min_area, background_alpha, masks }`: the
+/// camera's change detector, which `when = "changed"` tasks wait on.
+fn motion(mut f: Fields, path: &str, errors: &mut Errors) -> Option<ChangeSettings> {
+    let d = ChangeSettings::default();
+    let threshold = f.or("threshold", u64::from(d.threshold), errors, |v| {
+        uint_in(v, 1, 255)
+    });
+    let min_area = f.or("min_area", d.min_area, errors, |v| float_in(v, 0.0, 1.0));
+    let background_alpha = f.or("background_alpha", d.background_alpha, errors, |v| {
+        float_in(v, 0.001, 1.0)
+    });
+    let masks = f.or("masks", Vec::new(), errors, polygons);
+    f.finish(errors);
+    let settings = ChangeSettings {
+        threshold: u8::try_from(threshold).ok()?,
+        min_area,
+        background_alpha,
+        masks,
+        ..d
+    };
+    // The detector's own check, the one the daemon runs.
+    if let Err(e) = ChangeDetector::new(settings.clone()) {
+        errors.report(None, path, Problem::message(e.to_string()));
+        return None;
+    }
+    Some(settings)
+}
+
+const POLYGONS_ALLOWED: &str = "a list of polygons, each a list of at least 3 [x, y] points in normalized coordinates 0..1, e.g. [[[0.0, 0.0], [0.3, 0.0], [0.3, 0.2]]]";
+
+/// A list of polygons in normalized coordinates (motion masks; zones).
+fn polygons(value: &Value) -> Result<Vec<Polygon>, Problem> {
+    let list = match &value.kind {
+        ValueKind::Array(list) => list,
+        _ => {
+            return Err(Problem::new(
+                "expected a list of polygons",
+                POLYGONS_ALLOWED,
+            ))
+        }
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, poly)| {
+            let points = match &poly.kind {
+                ValueKind::Array(points) => points,
+                _ => {
+                    return Err(Problem::new(
+                        format!("[{i}] is not a list of points"),
+                        POLYGONS_ALLOWED,
+                    ))
+                }
+            };
+            let points = points
+                .iter()
+                .enumerate()
+                .map(|(j, p)| match &p.kind {
+                    ValueKind::Array(xy) if xy.len() == 2 => {
+                        let c = |v: &Value| float_in(v, f64::MIN, f64::MAX).ok();
+                        match (c(&xy[0]), c(&xy[1])) {
+                            (Some(x), Some(y)) => Ok([x, y]),
+                            _ => Err(Problem::new(
+                                format!("[{i}][{j}] is not a pair of numbers"),
+                                POLYGONS_ALLOWED,
+                            )),
+                        }
+                    }
+                    _ => Err(Problem::new(
+                        format!("[{i}][{j}] is not an [x, y] pair"),
+                        POLYGONS_ALLOWED,
+                    )),
+                })
+                .collect::<Result<Vec<[f64; 2]>, Problem>>()?;
+            Polygon::new(points).map_err(|e| Problem::new(format!("[{i}]: {e}"), POLYGONS_ALLOWED))
+        })
+        .collect()
 }
 
 /// Frames per second the tasks need at most.
@@ -669,7 +758,45 @@ fn task(mut f: Fields, path: &str, errors: &mut Errors) -> Option<TaskSchedule> 
     });
     let region = f.opt("region", errors, region);
     let enabled = f.or("enabled", true, errors, boolean);
+    let changed = f.or("when", false, errors, |v| {
+        one_of(v, &["always", "changed"]).map(|s| s == "changed")
+    });
+    let has_max_interval = f.has("max_interval");
+    let max_interval = f.or("max_interval", DEFAULT_MAX_INTERVAL, errors, |v| {
+        duration_in(v, Duration::from_secs(1), crate::schedule::MAX_PERIOD)
+    });
     f.finish(errors);
+    if has_max_interval && !changed {
+        errors.report(
+            None,
+            &format!("{path}.max_interval"),
+            Problem::new(
+                "applies to when = \"changed\" only (a task that always runs needs no heartbeat)",
+                "when = \"changed\" with it, or no max_interval",
+            ),
+        );
+    }
+    if let (true, Some(every)) = (changed, every) {
+        if max_interval < every {
+            errors.report(
+                None,
+                &format!("{path}.max_interval"),
+                Problem::new(
+                    format!(
+                        "{} is shorter than every ({}): the heartbeat would run the task at every tick",
+                        humantime::format_duration(max_interval),
+                        humantime::format_duration(every)
+                    ),
+                    "at least the task's every",
+                ),
+            );
+        }
+    }
+    let when = if changed {
+        When::Changed { max_interval }
+    } else {
+        When::Always
+    };
     let task = task?;
     let needs = |key: &str, errors: &mut Errors, allowed: &str| {
         errors.report(
@@ -724,5 +851,6 @@ fn task(mut f: Fields, path: &str, errors: &mut Errors) -> Option<TaskSchedule> 
         argument: argument?,
         every: every?,
         enabled,
+        when,
     })
 }

@@ -151,6 +151,8 @@ pub struct CameraConfig {
     /// The stream settings, as the ingest stage defines them; a change
     /// restarts the camera. `analysis_fps` is set from the tasks.
     pub stream: crate::ingest::CameraSettings,
+    /// `motion`: the change detector `when = "changed"` tasks wait on.
+    pub motion: crate::scene::motion::ChangeSettings,
     /// Never empty.
     pub tasks: Vec<TaskSchedule>,
 }

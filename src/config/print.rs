@@ -214,6 +214,28 @@ fn camera_table(c: &CameraConfig) -> Table {
     };
     r.insert("max_attempts".into(), int(attempts));
     t.insert("reconnect".into(), Value::Table(r));
+    let m = &c.motion;
+    let mut mt = Table::new();
+    mt.insert("threshold".into(), int(m.threshold));
+    mt.insert("min_area".into(), Value::Float(m.min_area));
+    mt.insert("background_alpha".into(), Value::Float(m.background_alpha));
+    mt.insert(
+        "masks".into(),
+        Value::Array(
+            m.masks
+                .iter()
+                .map(|p| {
+                    Value::Array(
+                        p.points()
+                            .iter()
+                            .map(|[x, y]| Value::Array(vec![Value::Float(*x), Value::Float(*y)]))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        ),
+    );
+    t.insert("motion".into(), Value::Table(mt));
     let tasks = c
         .tasks
         .iter()
@@ -232,6 +254,10 @@ fn camera_table(c: &CameraConfig) -> Table {
             tt.insert("every".into(), duration(task.every));
             if !task.enabled {
                 tt.insert("enabled".into(), Value::Boolean(false));
+            }
+            if let crate::schedule::When::Changed { max_interval } = task.when {
+                tt.insert("when".into(), text("changed"));
+                tt.insert("max_interval".into(), duration(max_interval));
             }
             Value::Table(tt)
         })

@@ -3,6 +3,8 @@ use std::time::Duration;
 
 use super::*;
 
+mod scene;
+
 const MINIMAL: &str = r#"
 [model]
 dir = "/models/Florence-2-base-ft"

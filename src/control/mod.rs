@@ -205,6 +205,7 @@ mod tests {
             argument: text.map_or(TaskArgument::None, |s| TaskArgument::Text(s.into())),
             every: Duration::from_secs(1),
             enabled: true,
+            when: crate::schedule::When::Always,
         }
     }
 

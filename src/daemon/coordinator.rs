@@ -44,6 +44,10 @@ pub(super) struct Coordinator {
     /// The error of each task paused after failures, until it succeeds:
     /// its camera's status carries it as `last_error`.
     pub(super) task_errors: BTreeMap<Arc<JobKey>, String>,
+    /// The change detector of each camera with a `when = "changed"` task.
+    pub(super) detectors: HashMap<Arc<str>, crate::scene::motion::ChangeDetector>,
+    /// Scratch space: the luma of an RGB frame, for its detector.
+    pub(super) luma: Vec<u8>,
 }
 
 impl Coordinator {
@@ -83,6 +87,7 @@ impl Coordinator {
     /// A camera that a reload removed (or disabled): stopped, forgotten,
     /// and its status set to `removed`.
     pub(super) fn remove_camera(&mut self, id: &str) {
+        self.detectors.remove(id);
         let reader = self.cameras.get(id).map(CameraHandle::status_reader);
         self.stop_camera(id, true);
         if let Some(reader) = reader {
@@ -249,8 +254,12 @@ impl Coordinator {
                     }
                     let camera = frame.camera.clone();
                     let seq = frame.seq;
+                    let changes = self.detect_change(&frame);
                     self.latest.insert(camera.clone(), Arc::new(frame));
-                    if let Err(e) = self.scheduler.on_frame(&camera, seq, Instant::now()) {
+                    if let Err(e) =
+                        self.scheduler
+                            .on_frame_changes(&camera, seq, changes, Instant::now())
+                    {
                         tracing::debug!(camera = %camera, error = %e, "Frame of an unscheduled camera ignored.");
                     }
                 }
@@ -281,6 +290,7 @@ impl Coordinator {
             let now = Instant::now();
             if now.duration_since(self.last_status) >= STATUS_INTERVAL {
                 self.last_status = now;
+                self.record_schedule_counters();
                 for cam in self.cameras.values() {
                     self.publish_status(&cam.status());
                 }
@@ -314,6 +324,71 @@ impl Coordinator {
         self.shutdown(rx)
     }
 
+    /// Feeds `frame` to its camera's change detector, when one of the
+    /// camera's tasks waits on it; the detector's change count for the
+    /// scheduler (`None`: no task of the camera is gated).
+    fn detect_change(&mut self, frame: &Frame) -> Option<u64> {
+        use crate::ingest::PixelFormat;
+        use crate::scene::motion::{ChangeDetector, LumaView};
+        let camera = self
+            .config
+            .cameras
+            .iter()
+            .find(|c| *c.id == *frame.camera)?;
+        let gated = camera
+            .tasks
+            .iter()
+            .any(|t| t.enabled && matches!(t.when, crate::schedule::When::Changed { .. }));
+        if !gated {
+            self.detectors.remove(&frame.camera);
+            return None;
+        }
+        let detector = match self.detectors.entry(frame.camera.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                // The settings passed the same check in `validate`.
+                match ChangeDetector::new(camera.motion.clone()) {
+                    Ok(d) => v.insert(d),
+                    Err(e) => {
+                        tracing::error!(camera = %frame.camera, error = %e, "Change detector refused its settings; the camera's gated tasks run as if every frame changed.");
+                        return None;
+                    }
+                }
+            }
+        };
+        let verdict = match frame.format {
+            // NV12: the Y plane comes first, `stride` bytes per row.
+            PixelFormat::Nv12 => detector.feed(&LumaView {
+                data: &frame.data,
+                width: frame.width,
+                height: frame.height,
+                stride: frame.stride,
+            }),
+            PixelFormat::Rgb => {
+                let (w, h) = rgb_luma_thumbnail(frame, &mut self.luma);
+                detector.feed(&LumaView {
+                    data: &self.luma,
+                    width: w,
+                    height: h,
+                    stride: w as usize,
+                })
+            }
+        };
+        tracing::trace!(camera = %frame.camera, seq = frame.seq, changed = verdict.changed, fraction = verdict.changed_fraction, changes = detector.changes(), "Change detector.");
+        Some(detector.changes())
+    }
+
+    /// The scheduler's per-task counters into the stats `/metrics` reads.
+    pub(super) fn record_schedule_counters(&self) {
+        let mut st = crate::sync::lock(&self.stats);
+        for (key, c) in self.scheduler.counters() {
+            st.unchanged_skipped.insert(
+                (key.camera.to_string(), key.task.token().to_string()),
+                c.unchanged,
+            );
+        }
+    }
+
     pub(super) fn record_dispatch(&self, size: usize, waiting: usize) {
         {
             let mut st = crate::sync::lock(&self.stats);
@@ -329,6 +404,7 @@ impl Coordinator {
                 );
             }
         }
+        self.record_schedule_counters();
     }
 
     pub(super) fn dispatch(&mut self, batch: Vec<FrameJob>) -> Result<(), DaemonError> {
@@ -383,4 +459,32 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (a, None) => a,
         (None, b) => b,
     }
+}
+
+/// Luma of an RGB frame at most 256 pixels wide (nearest samples, BT.601
+/// integer weights) into `out`: the change detector averages a grid far
+/// coarser than that, so converting every pixel of a 1080p frame would be
+/// wasted work. Returns the thumbnail's size.
+fn rgb_luma_thumbnail(frame: &Frame, out: &mut Vec<u8>) -> (u32, u32) {
+    let (w, h) = (frame.width.max(1), frame.height.max(1));
+    let tw = w.min(256);
+    let th = (u64::from(h) * u64::from(tw) / u64::from(w)).clamp(1, u64::from(h)) as u32;
+    out.clear();
+    out.reserve((tw * th) as usize);
+    let data: &[u8] = &frame.data;
+    for ty in 0..th {
+        let y = (u64::from(ty) * u64::from(h) / u64::from(th)) as usize;
+        for tx in 0..tw {
+            let x = (u64::from(tx) * u64::from(w) / u64::from(tw)) as usize;
+            let i = y * frame.stride + x * 3;
+            let luma = match data.get(i..i + 3) {
+                Some(p) => {
+                    (77 * u32::from(p[0]) + 150 * u32::from(p[1]) + 29 * u32::from(p[2])) >> 8
+                }
+                None => 0,
+            };
+            out.push(luma as u8);
+        }
+    }
+    (tw, th)
 }

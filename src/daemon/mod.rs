@@ -184,6 +184,9 @@ pub struct DaemonStats {
     /// Jobs replaced by a newer one before the model took them, per
     /// (camera, task token).
     pub stale_skipped: BTreeMap<(String, String), u64>,
+    /// Ticks a `when = "changed"` task waited through on a still picture,
+    /// per (camera, task token).
+    pub unchanged_skipped: BTreeMap<(String, String), u64>,
     /// Results handed to the sink, per (camera, task token).
     pub results: BTreeMap<(String, String), u64>,
     /// Jobs that produced no result (refused input, failed batch).

@@ -250,6 +250,15 @@ impl DaemonView {
         )?;
         metrics::counters(
             e,
+            "florence_edge_task_unchanged_total",
+            "Due runs of a `when = \"changed\"` task not made because the camera's picture had not \
+             changed since its last run (model runs saved by scene-change gating).",
+            st.unchanged_skipped.iter().map(|((camera, task), n)| {
+                ([("camera", camera.as_str()), ("task", task.as_str())], *n)
+            }),
+        )?;
+        metrics::counters(
+            e,
             "florence_edge_job_errors_total",
             "Jobs that produced no result, per camera, task and reason (frame, prompt_too_long, \
              input, inference); the task is then paused, longer after each failure in a row.",

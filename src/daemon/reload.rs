@@ -112,6 +112,8 @@ impl Coordinator {
                     true
                 }
                 (CameraChange::TasksChanged, Some(camera)) => {
+                    // Recreated on the next frame, with the new settings.
+                    self.detectors.remove(id.as_str());
                     let old_rate = self
                         .config
                         .cameras

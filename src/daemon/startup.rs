@@ -209,6 +209,8 @@ impl Daemon {
             liveness: liveness.clone(),
             config: config.clone(),
             task_errors: BTreeMap::new(),
+            detectors: HashMap::new(),
+            luma: Vec::new(),
         };
         for camera in config.cameras.iter().filter(|c| c.enabled) {
             coordinator.start_camera(camera, now)?;

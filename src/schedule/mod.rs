@@ -54,6 +54,22 @@ pub struct TaskSchedule {
     /// A disabled task stays configured (its settings, its place in the
     /// list, the stream's frame rate) but is never scheduled.
     pub enabled: bool,
+    /// Every due tick, or only when the picture changed (scene-change
+    /// gating, docs/SCHEDULING.md).
+    pub when: When,
+}
+
+/// Whether a due task runs on a still picture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum When {
+    /// Every due tick, whatever the picture (the default).
+    #[default]
+    Always,
+    /// Only on a frame its camera's change detector counted a change in
+    /// since the task's last run — and, on a still scene, again once
+    /// `max_interval` passed since that run (a heartbeat). Ticks a task
+    /// spends waiting for a change are counted (`unchanged`).
+    Changed { max_interval: Duration },
 }
 
 /// One unit of inference: run `key.task` on frame `frame_seq` of

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::backoff::{BackoffChange, TaskBackoff};
-use super::{later, CameraId, Job, JobKey, ScheduleError, TaskSchedule, MAX_PERIOD};
+use super::{later, CameraId, Job, JobKey, ScheduleError, TaskSchedule, When, MAX_PERIOD};
 
-/// Counts of one (camera, task). `ticks == emitted + coalesced + owed` where
-/// owed is 1 while a tick waits for a new frame.
+/// Counts of one (camera, task). `ticks == emitted + coalesced + unchanged
+/// + owed` where owed is 1 while a tick waits for a new (or, with
+/// `when = "changed"`, a changed) frame.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScheduleCounters {
     /// Due instants that passed.
@@ -25,6 +26,9 @@ pub struct ScheduleCounters {
     pub emitted: u64,
     /// Ticks merged into an earlier one: no new frame yet, or a late poll.
     pub coalesced: u64,
+    /// Ticks that passed while a `when = "changed"` task waited for the
+    /// picture to change: model runs saved by the gating.
+    pub unchanged: u64,
 }
 
 /// The newest frame of a camera. `arrival` counts frames as the scheduler saw
@@ -35,6 +39,9 @@ struct NewestFrame {
     seq: u64,
     at: Instant,
     arrival: u64,
+    /// The camera's change count at this frame (`None`: no detector, every
+    /// frame counts as changed).
+    changes: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -49,11 +56,22 @@ struct Slot {
     counters: ScheduleCounters,
     /// Failures in a row and the pause they impose (see `backoff`).
     backoff: TaskBackoff,
+    when: When,
+    /// The change count of the frame the last job took.
+    last_changes: Option<u64>,
+    /// When the last job was made (the heartbeat of `when = "changed"`).
+    last_run: Option<Instant>,
+    /// The last poll found the debt open only for want of a change.
+    gated: bool,
 }
 
 impl Slot {
-    fn new(key: Arc<JobKey>, every: Duration, now: Instant) -> Slot {
+    fn new(key: Arc<JobKey>, every: Duration, when: When, now: Instant) -> Slot {
         Slot {
+            when,
+            last_changes: None,
+            last_run: None,
+            gated: false,
             key,
             every,
             // A new task is due at once: its first run is on the first frame.
@@ -75,6 +93,9 @@ impl Slot {
         let passed_u64 = u64::try_from(passed).unwrap_or(u64::MAX);
         self.counters.ticks = self.counters.ticks.saturating_add(passed_u64);
         match self.owed {
+            Some(_) if self.gated => {
+                self.counters.unchanged = self.counters.unchanged.saturating_add(passed_u64)
+            }
             Some(_) => self.counters.coalesced = self.counters.coalesced.saturating_add(passed_u64),
             None => {
                 self.owed = Some(self.next_tick);
@@ -159,9 +180,13 @@ impl Scheduler {
                         let mut slot = old_slots.swap_remove(i);
                         slot.every = t.every;
                         slot.next_tick = slot.next_tick.min(later(now, t.every));
+                        if slot.when != t.when {
+                            slot.when = t.when;
+                            slot.gated = false;
+                        }
                         slot
                     }
-                    None => Slot::new(key, t.every, now),
+                    None => Slot::new(key, t.every, t.when, now),
                 }
             })
             .collect();
@@ -191,6 +216,18 @@ impl Scheduler {
         seq: u64,
         now: Instant,
     ) -> Result<bool, ScheduleError> {
+        self.on_frame_changes(camera, seq, None, now)
+    }
+
+    /// [`Scheduler::on_frame`] with the camera's change count at this frame
+    /// (the detector's `changes()`), which `when = "changed"` tasks run on.
+    pub fn on_frame_changes(
+        &mut self,
+        camera: &str,
+        seq: u64,
+        changes: Option<u64>,
+        now: Instant,
+    ) -> Result<bool, ScheduleError> {
         let entry = self
             .cameras
             .get_mut(camera)
@@ -202,6 +239,7 @@ impl Scheduler {
             seq,
             at: now,
             arrival: entry.arrivals,
+            changes,
         });
         Ok(entry.slots.iter().any(|s| s.owed.is_some()))
     }
@@ -224,8 +262,24 @@ impl Scheduler {
                 if slot.last_arrival.is_some_and(|seen| seen >= frame.arrival) {
                     continue;
                 }
+                if let When::Changed { max_interval } = slot.when {
+                    let changed = match (slot.last_changes, frame.changes) {
+                        (Some(seen), Some(now_changes)) => now_changes > seen,
+                        _ => true,
+                    };
+                    let heartbeat = slot
+                        .last_run
+                        .is_none_or(|at| now.saturating_duration_since(at) >= max_interval);
+                    if !changed && !heartbeat {
+                        slot.gated = true;
+                        continue;
+                    }
+                }
+                slot.gated = false;
                 slot.owed = None;
                 slot.last_arrival = Some(frame.arrival);
+                slot.last_changes = frame.changes;
+                slot.last_run = Some(now);
                 slot.counters.emitted += 1;
                 self.next_job_id += 1;
                 jobs.push(Job {
@@ -248,9 +302,19 @@ impl Scheduler {
         self.cameras
             .values()
             .flat_map(|c| {
-                c.slots
-                    .iter()
-                    .flat_map(|s| std::iter::once(s.next_tick).chain(s.backoff.until()))
+                c.slots.iter().flat_map(|s| {
+                    // A task waiting for a change is due again at its
+                    // heartbeat.
+                    let heartbeat = match (s.gated, s.when, s.last_run) {
+                        (true, When::Changed { max_interval }, Some(at)) => {
+                            Some(later(at, max_interval))
+                        }
+                        _ => None,
+                    };
+                    std::iter::once(s.next_tick)
+                        .chain(s.backoff.until())
+                        .chain(heartbeat)
+                })
             })
             .min()
     }
@@ -307,6 +371,9 @@ impl Scheduler {
 }
 
 #[cfg(test)]
+mod gating_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::schedule::{Task, TaskArgument};
@@ -321,6 +388,7 @@ mod tests {
             argument: TaskArgument::None,
             every: ms(every),
             enabled: true,
+            when: When::Always,
         }
     }
 
@@ -521,7 +589,8 @@ mod tests {
             ScheduleCounters {
                 ticks: 11,
                 emitted: 2,
-                coalesced: 9
+                coalesced: 9,
+                unchanged: 0,
             }
         );
         assert_eq!(
@@ -529,7 +598,8 @@ mod tests {
             ScheduleCounters {
                 ticks: 3,
                 emitted: 2,
-                coalesced: 1
+                coalesced: 1,
+                unchanged: 0,
             }
         );
     }
@@ -607,6 +677,7 @@ mod tests {
                         argument: TaskArgument::None,
                         every,
                         enabled: true,
+                        when: crate::schedule::When::Always,
                     }],
                 )],
                 Instant::now(),

@@ -250,12 +250,14 @@ fn overload_keeps_the_queue_bounded_and_the_rate_measurable() {
                         argument: TaskArgument::None,
                         every,
                         enabled: true,
+                        when: crate::schedule::When::Always,
                     },
                     TaskSchedule {
                         task: Task::OpenVocabularyDetection,
                         argument: TaskArgument::Text(Arc::from("a forklift")),
                         every,
                         enabled: true,
+                        when: crate::schedule::When::Always,
                     },
                 ],
             )

@@ -1,6 +1,7 @@
-//! Scene-change gating end to end: the real binary, three GStreamer test
+//! Scene-change gating end to end: the real binary, four GStreamer test
 //! cameras — a moving ball, colour bars with their noise patch masked, the
-//! same bars unmasked — and the same `when = "changed"` task on all. The moving picture is analysed at
+//! same bars unmasked, the ball under a privacy mask — and the same
+//! `when = "changed"` task on all. The moving picture is analysed at
 //! the task's rate; the still one once, then only at its heartbeat; what
 //! gating saved shows in /metrics.
 
@@ -41,7 +42,13 @@ fn a_gated_task_runs_while_the_picture_moves_and_rests_while_it_is_still() {
     );
     // The same bars without the mask: the noise is a change.
     let noisy = test_camera("noisy", "smpte", gated);
-    let cameras = test_camera("moving", "ball", gated) + &still + &noisy;
+    // The moving ball under a privacy mask over the whole picture: the
+    // frames are black before the detector (or the model) sees them.
+    let private = test_camera("private", "ball", gated).replace(
+        "tasks = [",
+        "privacy_masks = [[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]]\ntasks = [",
+    );
+    let cameras = test_camera("moving", "ball", gated) + &still + &noisy + &private;
     let config = dir.path().join("florence-edge.toml");
     std::fs::write(
         &config,
@@ -71,6 +78,7 @@ fn a_gated_task_runs_while_the_picture_moves_and_rests_while_it_is_still() {
     // hour away) while the moving one was analysed eight times.
     assert_eq!(count(&results, "still"), 1, "{:?}", per_key(&results));
     assert!(count(&results, "noisy") >= 4, "{:?}", per_key(&results));
+    assert_eq!(count(&results, "private"), 1, "{:?}", per_key(&results));
     // Counted, not silent: the ticks the still camera's task waited
     // through (published at least every 10 s with the camera statuses).
     daemon::wait_until(

@@ -513,6 +513,7 @@ fn camera(mut f: Fields, path: &str, errors: &mut Errors) -> Option<CameraConfig
     let id = f.required("id", ID_ALLOWED, errors, identifier);
     let enabled = f.or("enabled", true, errors, boolean);
     let stream = CameraSettings::from_section(&mut f, id.as_deref().unwrap_or(""), errors);
+    let privacy_masks = f.or("privacy_masks", Vec::new(), errors, polygons);
     let motion = match f.table("motion", errors) {
         Some(m) => motion(m, &format!("{path}.motion"), errors),
         None => Some(ChangeSettings::default()),
@@ -561,6 +562,7 @@ fn camera(mut f: Fields, path: &str, errors: &mut Errors) -> Option<CameraConfig
         enabled,
         stream,
         motion: motion?,
+        privacy_masks,
         tasks: tasks?,
     };
     Some(camera)

@@ -84,7 +84,10 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
 fn camera_change(old: &CameraConfig, new: &CameraConfig) -> Option<CameraChange> {
     if old.stream != new.stream {
         Some(CameraChange::StreamChanged)
-    } else if old.tasks != new.tasks || old.motion != new.motion {
+    } else if old.tasks != new.tasks
+        || old.motion != new.motion
+        || old.privacy_masks != new.privacy_masks
+    {
         // The change detector is the scheduler's side of the camera: a new
         // one starts with the new settings, the stream keeps running.
         Some(CameraChange::TasksChanged)

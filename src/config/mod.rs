@@ -153,6 +153,9 @@ pub struct CameraConfig {
     pub stream: crate::ingest::CameraSettings,
     /// `motion`: the change detector `when = "changed"` tasks wait on.
     pub motion: crate::scene::motion::ChangeSettings,
+    /// `privacy_masks`: filled black in every frame before anything reads
+    /// it (the detector, the model, snapshots).
+    pub privacy_masks: Vec<crate::scene::zone::Polygon>,
     /// Never empty.
     pub tasks: Vec<TaskSchedule>,
 }

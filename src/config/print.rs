@@ -214,16 +214,9 @@ fn camera_table(c: &CameraConfig) -> Table {
     };
     r.insert("max_attempts".into(), int(attempts));
     t.insert("reconnect".into(), Value::Table(r));
-    let m = &c.motion;
-    let mut mt = Table::new();
-    mt.insert("threshold".into(), int(m.threshold));
-    mt.insert("min_area".into(), Value::Float(m.min_area));
-    mt.insert("background_alpha".into(), Value::Float(m.background_alpha));
-    mt.insert(
-        "masks".into(),
+    let polygons = |list: &[crate::scene::zone::Polygon]| {
         Value::Array(
-            m.masks
-                .iter()
+            list.iter()
                 .map(|p| {
                     Value::Array(
                         p.points()
@@ -233,8 +226,17 @@ fn camera_table(c: &CameraConfig) -> Table {
                     )
                 })
                 .collect(),
-        ),
-    );
+        )
+    };
+    if !c.privacy_masks.is_empty() {
+        t.insert("privacy_masks".into(), polygons(&c.privacy_masks));
+    }
+    let m = &c.motion;
+    let mut mt = Table::new();
+    mt.insert("threshold".into(), int(m.threshold));
+    mt.insert("min_area".into(), Value::Float(m.min_area));
+    mt.insert("background_alpha".into(), Value::Float(m.background_alpha));
+    mt.insert("masks".into(), polygons(&m.masks));
     t.insert("motion".into(), Value::Table(mt));
     let tasks = c
         .tasks

@@ -252,6 +252,9 @@ impl Coordinator {
                     if !current {
                         continue;
                     }
+                    let Some(frame) = self.mask_privacy(frame) else {
+                        continue;
+                    };
                     let camera = frame.camera.clone();
                     let seq = frame.seq;
                     let changes = self.detect_change(&frame);
@@ -322,6 +325,53 @@ impl Coordinator {
             "Shutting down: stopping cameras, finishing the batch in flight."
         );
         self.shutdown(rx)
+    }
+
+    /// The frame with its camera's privacy masks filled black (a copy of
+    /// the decoded bytes), before the detector, the model or a snapshot
+    /// reads it. A frame whose bytes do not fit its layout is dropped, so
+    /// nothing under a mask can pass unmasked.
+    fn mask_privacy(&self, frame: Frame) -> Option<Frame> {
+        use crate::ingest::PixelFormat;
+        use crate::scene::privacy::{fill, Layout};
+        let Some(camera) = self
+            .config
+            .cameras
+            .iter()
+            .find(|c| *c.id == *frame.camera)
+            .filter(|c| !c.privacy_masks.is_empty())
+        else {
+            return Some(frame);
+        };
+        let layout = match (frame.format, frame.chroma) {
+            (PixelFormat::Rgb, _) => Layout::Rgb {
+                stride: frame.stride,
+            },
+            (PixelFormat::Nv12, Some(uv)) => Layout::Nv12 {
+                y_stride: frame.stride,
+                uv_offset: uv.offset,
+                uv_stride: uv.stride,
+            },
+            (PixelFormat::Nv12, None) => {
+                tracing::warn!(camera = %frame.camera, "NV12 frame without its chroma plane dropped: its privacy masks cannot be applied.");
+                return None;
+            }
+        };
+        let mut bytes = frame.data.to_vec();
+        if let Err(e) = fill(
+            &mut bytes,
+            frame.width,
+            frame.height,
+            layout,
+            &camera.privacy_masks,
+        ) {
+            tracing::warn!(camera = %frame.camera, error = %e, "Frame dropped: its privacy masks cannot be applied.");
+            return None;
+        }
+        Some(Frame {
+            data: crate::ingest::FrameData::owned(bytes),
+            ..frame
+        })
     }
 
     /// Feeds `frame` to its camera's change detector, when one of the

@@ -15,25 +15,39 @@ pub struct ChromaPlane {
 }
 
 /// The bytes of a decoded frame: the GStreamer buffer itself, mapped for
-/// reading, so handing a frame over copies nothing.
-pub struct FrameData(gstreamer::MappedBuffer<gstreamer::buffer::Readable>);
+/// reading, so handing a frame over copies nothing — or bytes of our own,
+/// for a frame changed after decoding (privacy masks filled in).
+pub struct FrameData(Data);
+
+enum Data {
+    Mapped(gstreamer::MappedBuffer<gstreamer::buffer::Readable>),
+    Owned(Vec<u8>),
+}
 
 impl FrameData {
     pub(crate) fn new(mapped: gstreamer::MappedBuffer<gstreamer::buffer::Readable>) -> Self {
-        FrameData(mapped)
+        FrameData(Data::Mapped(mapped))
+    }
+
+    /// Bytes laid out as the frame's format, stride and chroma plane say.
+    pub fn owned(bytes: Vec<u8>) -> Self {
+        FrameData(Data::Owned(bytes))
     }
 }
 
 impl Deref for FrameData {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.0.as_slice()
+        match &self.0 {
+            Data::Mapped(m) => m.as_slice(),
+            Data::Owned(v) => v,
+        }
     }
 }
 
 impl fmt::Debug for FrameData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FrameData({} bytes)", self.0.len())
+        write!(f, "FrameData({} bytes)", self.len())
     }
 }
 

@@ -9,11 +9,13 @@
 //!   (the Y plane where the pipeline has one, [`rgb_to_luma`] otherwise), with a threshold, a
 //!   minimum changed area and motion masks; it tells whether the scene changed, so a task with
 //!   `when = "changed"` can skip the model on a still picture.
+//! - [`privacy`]: privacy masks, filled black in the decoded frame before anything reads it.
 //!
 //! Nothing here touches GStreamer, threads or clocks: the ingest feeds frames in, the
 //! scheduler reads the verdicts and counters.
 
 pub mod motion;
+pub mod privacy;
 pub mod zone;
 
 pub use motion::{rgb_to_luma, ChangeDetector, ChangeSettings, LumaView, Verdict};

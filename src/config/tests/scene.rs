@@ -75,3 +75,21 @@ fn gating_mistakes_name_the_key() {
     ));
     assert!(printed[0].contains("at least 3 points"), "{printed:?}");
 }
+
+#[test]
+fn privacy_masks_are_polygons_checked_and_printed() {
+    let text = MINIMAL.replace(
+        "tasks = [",
+        "privacy_masks = [[[0.6, 0.0], [1.0, 0.0], [1.0, 0.4]], [[0.0, 0.9], [0.2, 0.9], [0.2, 1.0], [0.0, 1.0]]]\ntasks = [",
+    );
+    let config = compile(&text).unwrap();
+    assert_eq!(config.cameras[0].privacy_masks.len(), 2);
+    let again = compile(&config.effective_toml()).unwrap();
+    assert_eq!(again.cameras[0].privacy_masks, config.cameras[0].privacy_masks);
+    let bad = MINIMAL.replace(
+        "tasks = [",
+        "privacy_masks = [[[0.0, 0.0], [0.0, 0.5], [0.0, 1.0]]]\ntasks = [",
+    );
+    assert_eq!(keys(&bad), ["cameras[0].privacy_masks"]);
+    assert!(lines(&bad)[0].contains("no area"), "{:?}", lines(&bad));
+}

@@ -85,7 +85,10 @@ fn privacy_masks_are_polygons_checked_and_printed() {
     let config = compile(&text).unwrap();
     assert_eq!(config.cameras[0].privacy_masks.len(), 2);
     let again = compile(&config.effective_toml()).unwrap();
-    assert_eq!(again.cameras[0].privacy_masks, config.cameras[0].privacy_masks);
+    assert_eq!(
+        again.cameras[0].privacy_masks,
+        config.cameras[0].privacy_masks
+    );
     let bad = MINIMAL.replace(
         "tasks = [",
         "privacy_masks = [[[0.0, 0.0], [0.0, 0.5], [0.0, 1.0]]]\ntasks = [",

@@ -10,13 +10,21 @@
 //!   minimum changed area and motion masks; it tells whether the scene changed, so a task with
 //!   `when = "changed"` can skip the model on a still picture.
 //! - [`privacy`]: privacy masks, filled black in the decoded frame before anything reads it.
+//! - [`events`]: the per-camera event state machines: `new` / `update` / `end` of a label,
+//!   debounced (`min_hits` consecutive results, gone for `end_after`), the retained per-label
+//!   counts, and one event per meaningful change of a text task's text.
 //!
 //! Nothing here touches GStreamer, threads or clocks: the ingest feeds frames in, the
 //! scheduler reads the verdicts and counters.
 
+pub mod events;
 pub mod motion;
 pub mod privacy;
 pub mod zone;
 
+pub use events::{
+    BestResult, Detection, Event, EventKind, EventSettings, EventTracker, TextEvent, TextTracker,
+    TextWatch,
+};
 pub use motion::{rgb_to_luma, ChangeDetector, ChangeSettings, LumaView, Verdict};
 pub use zone::{keeps, region_bins, CropRect, NormRect, Polygon, ZoneError, ZoneFilter};

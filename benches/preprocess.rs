@@ -10,6 +10,11 @@
 // Test and benchmark code: a failed unwrap or expect is the check failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+
+use cpu_time::thread_cpu_time;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -27,32 +32,6 @@ fn noise(len: usize, mut state: u64) -> Vec<u8> {
             (state >> 56) as u8
         })
         .collect()
-}
-
-/// CPU time of the calling thread (Linux `CLOCK_THREAD_CPUTIME_ID`); `None` elsewhere.
-#[cfg(target_os = "linux")]
-fn thread_cpu_time() -> Option<Duration> {
-    #[repr(C)]
-    struct Timespec {
-        tv_sec: i64,
-        tv_nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut ts = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn thread_cpu_time() -> Option<Duration> {
-    None
 }
 
 /// Median wall, best wall, median CPU time of this thread.
